@@ -1,0 +1,246 @@
+//! Types shared by the kernel programs (`blkio-agent-ebpf`) and userspace (`blkio-agent`).
+//!
+//! Everything here is `#[repr(C)]` plain data: the same bytes are written by the eBPF programs
+//! and read back through aya's map API, so layout changes must be made on both sides at once
+//! (they are, since both sides compile this one file).
+#![no_std]
+
+/// Number of log2 slots in every histogram. Slot `k` holds values `v` with `floor(log2(v)) == k`
+/// (slot 0 also holds 0); the last slot also holds everything larger.
+/// 32 µs-slots reach 2^32 µs (71 minutes); 32 byte-slots reach 4 GiB requests.
+pub const HIST_SLOTS: usize = 32;
+
+/// Request operations, as reported in JSONL and OTLP (`blkio.operation`).
+pub const OP_READ: u32 = 0;
+pub const OP_WRITE: u32 = 1;
+pub const OP_DISCARD: u32 = 2;
+pub const OP_FLUSH: u32 = 3;
+pub const OP_OTHER: u32 = 4;
+pub const OP_COUNT: usize = 5;
+pub const OP_NAMES: [&str; OP_COUNT] = ["read", "write", "discard", "flush", "other"];
+
+/// Capacity of the in-flight request map. blk-mq preallocates its requests, so the number of
+/// distinct `struct request *` keys is bounded by the tags of all queues; 64k covers 32 NVMe
+/// devices at queue depth 1024 with room for schedulers' tags. A full map is counted
+/// (`LOSS_START_INSERT_FAILED`), never silent.
+pub const MAX_INFLIGHT_REQUESTS: u32 = 65_536;
+/// Capacity of the per-(device, op) histogram map: 256 devices x 5 ops.
+pub const MAX_HIST_KEYS: u32 = 1_280;
+/// Capacity of the per-device in-flight gauge map.
+pub const MAX_DEVICES: u32 = 256;
+/// Capacity of the per-(cgroup, device, op) attribution map.
+pub const MAX_CGROUP_KEYS: u32 = 4_096;
+
+/// Indices into the per-CPU `LOSSES` counter array. Cumulative, never reset.
+pub const LOSS_START_INSERT_FAILED: u32 = 0;
+pub const LOSS_COMPLETE_WITHOUT_START: u32 = 1;
+pub const LOSS_STALE_EVICTED: u32 = 2;
+pub const LOSS_HIST_UPDATE_FAILED: u32 = 3;
+pub const LOSS_DEVICE_MAP_FULL: u32 = 4;
+pub const LOSS_CGROUP_MAP_FULL: u32 = 5;
+/// Not losses but worth showing: requeued requests (removed from tracking, issued again later)
+/// and partial completions (the request stays in flight until its last bytes complete).
+pub const EVENT_REQUEUED: u32 = 6;
+pub const EVENT_PARTIAL_COMPLETION: u32 = 7;
+pub const COUNTER_SLOTS: u32 = 8;
+pub const COUNTER_NAMES: [&str; COUNTER_SLOTS as usize] = [
+    "start_insert_failed",
+    "complete_without_start",
+    "stale_evicted",
+    "hist_update_failed",
+    "device_map_full",
+    "cgroup_map_full",
+    "requeued",
+    "partial_completion",
+];
+
+/// Index 0 of the `CONTROL` array: the interval epoch. Userspace increments it at each snapshot;
+/// programs use its parity to pick which of the two `peak` slots of [`DeviceInflight`] to raise.
+pub const CONTROL_EPOCH: u32 = 0;
+pub const CONTROL_SLOTS: u32 = 1;
+
+/// Key of the in-flight request map. In BTF mode `a` is the `struct request *` and `b` is 0;
+/// with classic tracepoints (no pointer in the record) it is `(sector, dev)`, which collides for
+/// concurrent I/O to one sector of one device — the documented limit of the fallback.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RequestKey {
+    pub a: u64,
+    pub b: u64,
+}
+
+/// What the programs remember about one tracked request between insert/issue and completion.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RequestStart {
+    /// `bpf_ktime_get_ns()` at `block_rq_insert`, 0 when the request was issued directly.
+    pub insert_ns: u64,
+    /// `bpf_ktime_get_ns()` at `block_rq_issue`, 0 until issued.
+    pub issue_ns: u64,
+    /// cgroup v2 id of the submitting task (taken at insert, else at issue), 0 when not attributing.
+    pub cgroup_id: u64,
+    /// `(major << 20) | minor` of the disk.
+    pub dev: u32,
+    /// One of the `OP_*` values.
+    pub op: u32,
+    /// Request size in bytes at issue.
+    pub bytes: u32,
+    pub _pad: u32,
+}
+
+/// Key of the per-(device, op) histogram map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HistKey {
+    pub dev: u32,
+    pub op: u32,
+}
+
+/// Cumulative per-CPU statistics of completed requests for one (device, op).
+///
+/// Slot counters are `u32` to keep per-CPU memory small; they wrap, and userspace takes deltas
+/// with `wrapping_sub`, which is exact as long as fewer than 2^32 requests land in one slot on
+/// one CPU between two snapshots. `count` and the sums are `u64` and never wrap in practice.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct OpHist {
+    pub count: u64,
+    /// Exact sum of device time (issue -> complete) in nanoseconds.
+    pub device_ns: u64,
+    /// Exact sum of queue time (insert -> issue) in nanoseconds.
+    pub queue_ns: u64,
+    /// Exact sum of request bytes.
+    pub bytes: u64,
+    /// Device time, log2 of microseconds.
+    pub device_slots: [u32; HIST_SLOTS],
+    /// Queue time, log2 of microseconds (slot 0 for requests that were never queued).
+    pub queue_slots: [u32; HIST_SLOTS],
+    /// Request size, log2 of bytes.
+    pub size_slots: [u32; HIST_SLOTS],
+}
+
+impl OpHist {
+    pub const ZERO: OpHist = OpHist {
+        count: 0,
+        device_ns: 0,
+        queue_ns: 0,
+        bytes: 0,
+        device_slots: [0; HIST_SLOTS],
+        queue_slots: [0; HIST_SLOTS],
+        size_slots: [0; HIST_SLOTS],
+    };
+}
+
+/// In-flight gauge of one device, shared by all CPUs (atomic adds).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DeviceInflight {
+    /// Requests issued and not yet completed, among those tracked since the agent started.
+    pub inflight: i64,
+    /// Highest `inflight` seen, one slot per epoch parity (see [`CONTROL_EPOCH`]).
+    pub peak: [u64; 2],
+}
+
+/// Key of the per-cgroup attribution map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CgroupKey {
+    pub cgroup_id: u64,
+    pub dev: u32,
+    pub op: u32,
+}
+
+/// Cumulative statistics of completed requests submitted from one cgroup (atomic adds).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct CgroupStats {
+    pub count: u64,
+    pub device_ns: u64,
+    pub bytes: u64,
+    pub _pad: u64,
+    pub device_slots: [u64; HIST_SLOTS],
+}
+
+impl CgroupStats {
+    pub const ZERO: CgroupStats = CgroupStats {
+        count: 0,
+        device_ns: 0,
+        bytes: 0,
+        _pad: 0,
+        device_slots: [0; HIST_SLOTS],
+    };
+}
+
+/// `floor(log2(v))` clamped to the last slot; 0 for 0 and 1. Branch-light so the BPF verifier
+/// sees a bounded result (same shape as libbpf-tools' `log2l`).
+#[inline(always)]
+pub fn log2_slot(v: u64) -> usize {
+    let mut v = v;
+    let mut r: u64 = 0;
+    if v > 0xFFFF_FFFF {
+        v >>= 32;
+        r += 32;
+    }
+    if v > 0xFFFF {
+        v >>= 16;
+        r += 16;
+    }
+    if v > 0xFF {
+        v >>= 8;
+        r += 8;
+    }
+    if v > 0xF {
+        v >>= 4;
+        r += 4;
+    }
+    if v > 0x3 {
+        v >>= 2;
+        r += 2;
+    }
+    if v > 0x1 {
+        r += 1;
+    }
+    let r = r as usize;
+    if r >= HIST_SLOTS { HIST_SLOTS - 1 } else { r }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all are repr(C) plain integers with explicit padding fields.
+    unsafe impl aya::Pod for RequestKey {}
+    unsafe impl aya::Pod for RequestStart {}
+    unsafe impl aya::Pod for HistKey {}
+    unsafe impl aya::Pod for OpHist {}
+    unsafe impl aya::Pod for DeviceInflight {}
+    unsafe impl aya::Pod for CgroupKey {}
+    unsafe impl aya::Pod for CgroupStats {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log2_slot_edges() {
+        assert_eq!(log2_slot(0), 0);
+        assert_eq!(log2_slot(1), 0);
+        assert_eq!(log2_slot(2), 1);
+        assert_eq!(log2_slot(3), 1);
+        assert_eq!(log2_slot(4), 2);
+        for k in 1..HIST_SLOTS as u32 {
+            assert_eq!(log2_slot((1u64 << k) - 1), (k - 1) as usize, "2^{k}-1");
+            assert_eq!(log2_slot(1u64 << k), k as usize, "2^{k}");
+        }
+        assert_eq!(log2_slot(1u64 << 40), HIST_SLOTS - 1);
+        assert_eq!(log2_slot(u64::MAX), HIST_SLOTS - 1);
+    }
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(core::mem::size_of::<RequestStart>(), 40);
+        assert_eq!(core::mem::size_of::<OpHist>(), 32 + 3 * 4 * HIST_SLOTS);
+        assert_eq!(core::mem::size_of::<CgroupStats>(), 32 + 8 * HIST_SLOTS);
+        assert_eq!(core::mem::size_of::<CgroupKey>(), 16);
+    }
+}

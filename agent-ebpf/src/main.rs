@@ -1,0 +1,294 @@
+//! Kernel side of blkio-agent: block request latency, queue time, size and in-flight depth.
+//!
+//! Two attach modes feed the same maps:
+//! - BTF tracepoints (`tp_btf`): the raw `struct request *` is the key, fields are read with
+//!   `bpf_probe_read_kernel` at offsets userspace found in the running kernel's BTF and passed in as
+//!   globals (aya has no CO-RE relocations for Rust programs, so nothing here hard-codes a layout).
+//! - Classic tracepoints: the record carries no request pointer, so the key is `(sector, dev)`;
+//!   record field offsets come from tracefs `format` files, again via globals.
+//!
+//! Tracepoint definitions: include/trace/events/block.h
+//! <https://github.com/torvalds/linux/blob/v6.18/include/trace/events/block.h>
+#![no_std]
+#![no_main]
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
+
+mod state;
+
+use aya_ebpf::{
+    macros::{btf_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, TracePointContext},
+};
+use blkio_agent_common::{OP_DISCARD, OP_FLUSH, OP_OTHER, OP_READ, OP_WRITE, RequestKey};
+
+use crate::state::{Completion, on_complete, on_insert, on_issue, on_requeue};
+
+/// Reads a global that userspace set with `EbpfLoader::override_global`. The volatile read
+/// keeps LLVM from folding the compile-time default into the code.
+macro_rules! global {
+    ($name:ident) => {
+        unsafe { core::ptr::read_volatile(&$name) }
+    };
+}
+pub(crate) use global;
+
+// ---- struct layout, from kernel BTF (BTF mode) ----
+#[unsafe(no_mangle)]
+static RQ_Q_OFF: u64 = 0;
+#[unsafe(no_mangle)]
+static RQ_CMD_FLAGS_OFF: u64 = 0;
+#[unsafe(no_mangle)]
+static RQ_DATA_LEN_OFF: u64 = 0;
+/// Offset of `rq_disk` in `struct request` on kernels before 5.17; `u64::MAX` when the disk is
+/// found through `rq->q->disk` instead.
+#[unsafe(no_mangle)]
+static RQ_DISK_OFF: u64 = u64::MAX;
+#[unsafe(no_mangle)]
+static Q_DISK_OFF: u64 = 0;
+#[unsafe(no_mangle)]
+static DISK_MAJOR_OFF: u64 = 0;
+#[unsafe(no_mangle)]
+static DISK_FIRST_MINOR_OFF: u64 = 0;
+/// `REQ_OP_MASK` and the `enum req_op` values, from BTF.
+#[unsafe(no_mangle)]
+static REQ_OP_MASK: u32 = 0xff;
+#[unsafe(no_mangle)]
+static REQ_OP_READ: u32 = 0;
+#[unsafe(no_mangle)]
+static REQ_OP_WRITE: u32 = 1;
+#[unsafe(no_mangle)]
+static REQ_OP_FLUSH: u32 = 2;
+#[unsafe(no_mangle)]
+static REQ_OP_DISCARD: u32 = 3;
+#[unsafe(no_mangle)]
+static REQ_OP_SECURE_ERASE: u32 = 5;
+
+// ---- classic tracepoint record offsets, from tracefs format files ----
+#[unsafe(no_mangle)]
+static TP_INSERT_DEV: u64 = 0;
+#[unsafe(no_mangle)]
+static TP_INSERT_SECTOR: u64 = 0;
+#[unsafe(no_mangle)]
+static TP_ISSUE_DEV: u64 = 0;
+#[unsafe(no_mangle)]
+static TP_ISSUE_SECTOR: u64 = 0;
+#[unsafe(no_mangle)]
+static TP_ISSUE_BYTES: u64 = 0;
+#[unsafe(no_mangle)]
+static TP_ISSUE_RWBS: u64 = 0;
+#[unsafe(no_mangle)]
+static TP_COMPLETE_DEV: u64 = 0;
+#[unsafe(no_mangle)]
+static TP_COMPLETE_SECTOR: u64 = 0;
+#[unsafe(no_mangle)]
+static TP_REQUEUE_DEV: u64 = 0;
+#[unsafe(no_mangle)]
+static TP_REQUEUE_SECTOR: u64 = 0;
+
+/// 1 when per-cgroup attribution is on (the submitting cgroup is recorded at insert/issue).
+#[unsafe(no_mangle)]
+static ATTRIBUTE_CGROUPS: u8 = 0;
+
+#[inline(always)]
+fn read_kernel<T>(base: u64, off: u64) -> Result<T, i64> {
+    unsafe { aya_ebpf::helpers::bpf_probe_read_kernel((base + off) as *const T) }.map_err(i64::from)
+}
+
+/// What the issue path needs to know about a request in BTF mode.
+struct RqInfo {
+    dev: u32,
+    op: u32,
+    bytes: u32,
+}
+
+#[inline(always)]
+fn rq_info(rq: u64) -> Result<RqInfo, i64> {
+    let disk: u64 = match global!(RQ_DISK_OFF) {
+        u64::MAX => {
+            let q: u64 = read_kernel(rq, global!(RQ_Q_OFF))?;
+            read_kernel(q, global!(Q_DISK_OFF))?
+        }
+        off => read_kernel(rq, off)?,
+    };
+    // A request without a disk (e.g. NVMe multipath's hidden paths before naming) reports 0:0.
+    let dev = if disk == 0 {
+        0
+    } else {
+        let major: i32 = read_kernel(disk, global!(DISK_MAJOR_OFF))?;
+        let minor: i32 = read_kernel(disk, global!(DISK_FIRST_MINOR_OFF))?;
+        ((major as u32) << 20) | (minor as u32 & 0xfffff)
+    };
+    let cmd_flags: u32 = read_kernel(rq, global!(RQ_CMD_FLAGS_OFF))?;
+    let bytes: u32 = read_kernel(rq, global!(RQ_DATA_LEN_OFF))?;
+    Ok(RqInfo { dev, op: classify_req_op(cmd_flags & global!(REQ_OP_MASK)), bytes })
+}
+
+#[inline(always)]
+fn classify_req_op(op: u32) -> u32 {
+    if op == global!(REQ_OP_READ) {
+        OP_READ
+    } else if op == global!(REQ_OP_WRITE) {
+        OP_WRITE
+    } else if op == global!(REQ_OP_FLUSH) {
+        OP_FLUSH
+    } else if op == global!(REQ_OP_DISCARD) || op == global!(REQ_OP_SECURE_ERASE) {
+        OP_DISCARD
+    } else {
+        OP_OTHER
+    }
+}
+
+/// Op from the tracepoint's `rwbs` string (`blk_fill_rwbs`): an optional leading `F` for a
+/// preflush, then the op letter (`R`, `W`, `D`, `F` for a pure flush, `N` for anything else).
+#[inline(always)]
+fn classify_rwbs(rwbs: &[u8; 8]) -> u32 {
+    let mut saw_flush = false;
+    let mut i = 0;
+    while i < 8 {
+        match rwbs[i] {
+            b'R' => return OP_READ,
+            b'W' => return OP_WRITE,
+            b'D' => return OP_DISCARD,
+            b'N' => return OP_OTHER,
+            b'F' => saw_flush = true,
+            0 => break,
+            _ => {}
+        }
+        i += 1;
+    }
+    if saw_flush { OP_FLUSH } else { OP_OTHER }
+}
+
+#[inline(always)]
+fn btf_key(rq: u64) -> RequestKey {
+    RequestKey { a: rq, b: 0 }
+}
+
+// ---------------- BTF tracepoints ----------------
+// Since 5.11 (a54895fa057c) insert/issue/requeue take `(struct request *rq)`; before that
+// `(struct request_queue *q, struct request *rq)`. Both variants are compiled; the loader picks
+// the one matching the parameter list of `btf_trace_block_rq_*` in the running kernel's BTF.
+
+#[btf_tracepoint(function = "block_rq_insert")]
+pub fn rq_insert_btf(ctx: BtfTracePointContext) -> i32 {
+    on_insert(btf_key(ctx.arg::<u64>(0)));
+    0
+}
+
+#[btf_tracepoint(function = "block_rq_insert")]
+pub fn rq_insert_btf_q(ctx: BtfTracePointContext) -> i32 {
+    on_insert(btf_key(ctx.arg::<u64>(1)));
+    0
+}
+
+#[btf_tracepoint(function = "block_rq_issue")]
+pub fn rq_issue_btf(ctx: BtfTracePointContext) -> i32 {
+    let _ = try_rq_issue_btf(ctx.arg::<u64>(0));
+    0
+}
+
+#[btf_tracepoint(function = "block_rq_issue")]
+pub fn rq_issue_btf_q(ctx: BtfTracePointContext) -> i32 {
+    let _ = try_rq_issue_btf(ctx.arg::<u64>(1));
+    0
+}
+
+#[inline(always)]
+fn try_rq_issue_btf(rq: u64) -> Result<(), i64> {
+    let info = rq_info(rq)?;
+    on_issue(btf_key(rq), info.dev, info.op, info.bytes);
+    Ok(())
+}
+
+#[btf_tracepoint(function = "block_rq_requeue")]
+pub fn rq_requeue_btf(ctx: BtfTracePointContext) -> i32 {
+    on_requeue(btf_key(ctx.arg::<u64>(0)));
+    0
+}
+
+#[btf_tracepoint(function = "block_rq_requeue")]
+pub fn rq_requeue_btf_q(ctx: BtfTracePointContext) -> i32 {
+    on_requeue(btf_key(ctx.arg::<u64>(1)));
+    0
+}
+
+/// `block_rq_complete(struct request *rq, blk_status_t error, unsigned int nr_bytes)`.
+/// It fires once per `blk_update_request()`, so a request completed in pieces fires several
+/// times; only the call that completes its remaining `__data_len` ends it.
+#[btf_tracepoint(function = "block_rq_complete")]
+pub fn rq_complete_btf(ctx: BtfTracePointContext) -> i32 {
+    let _ = try_rq_complete_btf(ctx);
+    0
+}
+
+#[inline(always)]
+fn try_rq_complete_btf(ctx: BtfTracePointContext) -> Result<(), i64> {
+    let rq: u64 = ctx.arg(0);
+    let nr_bytes: u32 = ctx.arg(2);
+    let remaining: u32 = read_kernel(rq, global!(RQ_DATA_LEN_OFF))?;
+    let completion = if nr_bytes < remaining { Completion::Partial } else { Completion::Final };
+    on_complete(btf_key(rq), completion);
+    Ok(())
+}
+
+// ---------------- classic tracepoints (no BTF) ----------------
+
+#[inline(always)]
+fn tp_key(ctx: &TracePointContext, dev_off: u64, sector_off: u64) -> Result<(RequestKey, u32), i64> {
+    let dev: u32 = unsafe { ctx.read_at(dev_off as usize) }?;
+    let sector: u64 = unsafe { ctx.read_at(sector_off as usize) }?;
+    Ok((RequestKey { a: sector, b: dev as u64 }, dev))
+}
+
+#[tracepoint(category = "block", name = "block_rq_insert")]
+pub fn rq_insert_tp(ctx: TracePointContext) -> i32 {
+    if let Ok((key, _)) = tp_key(&ctx, global!(TP_INSERT_DEV), global!(TP_INSERT_SECTOR)) {
+        on_insert(key);
+    }
+    0
+}
+
+#[tracepoint(category = "block", name = "block_rq_issue")]
+pub fn rq_issue_tp(ctx: TracePointContext) -> i32 {
+    let _ = try_rq_issue_tp(&ctx);
+    0
+}
+
+#[inline(always)]
+fn try_rq_issue_tp(ctx: &TracePointContext) -> Result<(), i64> {
+    let (key, dev) = tp_key(ctx, global!(TP_ISSUE_DEV), global!(TP_ISSUE_SECTOR))?;
+    let (bytes_off, rwbs_off) = (global!(TP_ISSUE_BYTES) as usize, global!(TP_ISSUE_RWBS) as usize);
+    let bytes: u32 = unsafe { ctx.read_at(bytes_off) }?;
+    let rwbs: [u8; 8] = unsafe { ctx.read_at(rwbs_off) }?;
+    on_issue(key, dev, classify_rwbs(&rwbs), bytes);
+    Ok(())
+}
+
+#[tracepoint(category = "block", name = "block_rq_requeue")]
+pub fn rq_requeue_tp(ctx: TracePointContext) -> i32 {
+    if let Ok((key, _)) = tp_key(&ctx, global!(TP_REQUEUE_DEV), global!(TP_REQUEUE_SECTOR)) {
+        on_requeue(key);
+    }
+    0
+}
+
+/// The classic record has no remaining-bytes field, so every completion is taken as final
+/// (true for blk-mq drivers, which complete whole requests).
+#[tracepoint(category = "block", name = "block_rq_complete")]
+pub fn rq_complete_tp(ctx: TracePointContext) -> i32 {
+    if let Ok((key, _)) = tp_key(&ctx, global!(TP_COMPLETE_DEV), global!(TP_COMPLETE_SECTOR)) {
+        on_complete(key, Completion::Final);
+    }
+    0
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

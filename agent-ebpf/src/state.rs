@@ -1,0 +1,267 @@
+//! Maps and the request state machine shared by both attach modes:
+//! insert (optional) -> issue -> [requeue -> insert -> issue]* -> complete.
+
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_NOEXIST},
+    helpers::{bpf_get_current_cgroup_id, bpf_ktime_get_ns},
+    macros::map,
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
+};
+use blkio_agent_common::{
+    CONTROL_EPOCH, CONTROL_SLOTS, COUNTER_SLOTS, CgroupKey, CgroupStats, DeviceInflight,
+    EVENT_PARTIAL_COMPLETION, EVENT_REQUEUED, HistKey, LOSS_CGROUP_MAP_FULL,
+    LOSS_COMPLETE_WITHOUT_START, LOSS_DEVICE_MAP_FULL, LOSS_HIST_UPDATE_FAILED,
+    LOSS_STALE_EVICTED, LOSS_START_INSERT_FAILED, MAX_CGROUP_KEYS, MAX_DEVICES, MAX_HIST_KEYS,
+    MAX_INFLIGHT_REQUESTS, OpHist, RequestKey, RequestStart, log2_slot,
+};
+
+use crate::{ATTRIBUTE_CGROUPS, global};
+
+/// Requests between insert/issue and completion.
+#[map]
+static REQUESTS: HashMap<RequestKey, RequestStart> =
+    HashMap::with_max_entries(MAX_INFLIGHT_REQUESTS, 0);
+
+/// Cumulative per-CPU histograms per (device, op): the completion path only touches its own
+/// CPU's copy, so there is no cache-line bouncing between CPUs completing I/O.
+#[map]
+static HISTS: PerCpuHashMap<HistKey, OpHist> = PerCpuHashMap::with_max_entries(MAX_HIST_KEYS, 0);
+
+/// In-flight gauge per device (shared: depth is a property of the device, not of a CPU).
+#[map]
+static INFLIGHT: HashMap<u32, DeviceInflight> = HashMap::with_max_entries(MAX_DEVICES, 0);
+
+/// Per-(cgroup, device, op) statistics, only filled when attribution is on.
+#[map]
+static CGROUPS: HashMap<CgroupKey, CgroupStats> =
+    HashMap::with_max_entries(MAX_CGROUP_KEYS, 0);
+
+/// Loss and event counters (`LOSS_*`, `EVENT_*`).
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
+
+/// Written by userspace: `CONTROL_EPOCH`.
+#[map]
+static CONTROL: Array<u64> = Array::with_max_entries(CONTROL_SLOTS, 0);
+
+/// Initial values for map inserts. Statics, so the 416-byte value never lives on the 512-byte
+/// BPF stack.
+static ZERO_HIST: OpHist = OpHist::ZERO;
+static ZERO_CGROUP: CgroupStats = CgroupStats::ZERO;
+static ZERO_INFLIGHT: DeviceInflight = DeviceInflight { inflight: 0, peak: [0, 0] };
+
+pub enum Completion {
+    Partial,
+    Final,
+}
+
+#[inline(always)]
+fn count(slot: u32) {
+    if let Some(p) = COUNTERS.get_ptr_mut(slot) {
+        // Per-CPU slot, and tracing programs do not nest on one CPU: a plain add is exact.
+        unsafe { *p += 1 };
+    }
+}
+
+#[inline(always)]
+fn submitter_cgroup() -> u64 {
+    if global!(ATTRIBUTE_CGROUPS) != 0 { unsafe { bpf_get_current_cgroup_id() } } else { 0 }
+}
+
+pub fn on_insert(key: RequestKey) {
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(p) = REQUESTS.get_ptr_mut(&key) {
+        let start = unsafe { &mut *p };
+        if start.issue_ns != 0 {
+            // Still marked in flight, yet inserted again without a requeue event: the old
+            // completion was lost (or, with classic keys, two requests collided).
+            count(LOSS_STALE_EVICTED);
+            inflight_add(start.dev, -1);
+            start.issue_ns = 0;
+        }
+        // Otherwise a leftover of a request merged away before issue; reuse the slot.
+        start.insert_ns = now;
+        start.cgroup_id = submitter_cgroup();
+        return;
+    }
+    let start = RequestStart { insert_ns: now, cgroup_id: submitter_cgroup(), ..RequestStart::default() };
+    // A failure here only loses queue time; `on_issue` retries and counts a real loss.
+    let _ = REQUESTS.insert(&key, &start, BPF_NOEXIST as u64);
+}
+
+pub fn on_issue(key: RequestKey, dev: u32, op: u32, bytes: u32) {
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(p) = REQUESTS.get_ptr_mut(&key) {
+        let start = unsafe { &mut *p };
+        if start.issue_ns != 0 {
+            // Issued twice without completing: replace the stale entry, moving its depth.
+            count(LOSS_STALE_EVICTED);
+            inflight_add(start.dev, -1);
+            start.insert_ns = 0;
+        }
+        if start.cgroup_id == 0 {
+            start.cgroup_id = submitter_cgroup();
+        }
+        start.issue_ns = now;
+        start.dev = dev;
+        start.op = op;
+        start.bytes = bytes;
+        inflight_add(dev, 1);
+        return;
+    }
+    let start = RequestStart {
+        insert_ns: 0,
+        issue_ns: now,
+        cgroup_id: submitter_cgroup(),
+        dev,
+        op,
+        bytes,
+        _pad: 0,
+    };
+    if REQUESTS.insert(&key, &start, BPF_ANY as u64).is_err() {
+        count(LOSS_START_INSERT_FAILED);
+        return;
+    }
+    inflight_add(dev, 1);
+}
+
+pub fn on_requeue(key: RequestKey) {
+    if let Some(p) = REQUESTS.get_ptr(&key) {
+        let start = unsafe { *p };
+        let _ = REQUESTS.remove(&key);
+        if start.issue_ns != 0 {
+            inflight_add(start.dev, -1);
+        }
+        count(EVENT_REQUEUED);
+    }
+}
+
+pub fn on_complete(key: RequestKey, completion: Completion) {
+    if let Completion::Partial = completion {
+        count(EVENT_PARTIAL_COMPLETION);
+        return;
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    let Some(p) = REQUESTS.get_ptr(&key) else {
+        // Issued before the agent started, or its start could not be stored.
+        count(LOSS_COMPLETE_WITHOUT_START);
+        return;
+    };
+    let start = unsafe { *p };
+    let _ = REQUESTS.remove(&key);
+    if start.issue_ns == 0 {
+        count(LOSS_COMPLETE_WITHOUT_START);
+        return;
+    }
+    inflight_add(start.dev, -1);
+
+    let device_ns = now.saturating_sub(start.issue_ns);
+    let queue_ns = if start.insert_ns != 0 && start.insert_ns <= start.issue_ns {
+        start.issue_ns - start.insert_ns
+    } else {
+        0
+    };
+    let device_slot = log2_slot(device_ns / 1000);
+    record_hist(start.dev, start.op, start.bytes, device_ns, queue_ns, device_slot);
+    if start.cgroup_id != 0 {
+        record_cgroup(&start, device_ns, device_slot);
+    }
+}
+
+#[inline(always)]
+fn record_hist(dev: u32, op: u32, bytes: u32, device_ns: u64, queue_ns: u64, device_slot: usize) {
+    let key = HistKey { dev, op };
+    let p = match HISTS.get_ptr_mut(&key) {
+        Some(p) => p,
+        None => {
+            let _ = HISTS.insert(&key, &ZERO_HIST, BPF_NOEXIST as u64);
+            match HISTS.get_ptr_mut(&key) {
+                Some(p) => p,
+                None => {
+                    count(LOSS_HIST_UPDATE_FAILED);
+                    return;
+                }
+            }
+        }
+    };
+    // This CPU's own copy; tracing programs do not nest on one CPU, so plain adds are exact.
+    let h = unsafe { &mut *p };
+    h.count += 1;
+    h.device_ns += device_ns;
+    h.queue_ns += queue_ns;
+    h.bytes += bytes as u64;
+    h.device_slots[device_slot] = h.device_slots[device_slot].wrapping_add(1);
+    let qs = log2_slot(queue_ns / 1000);
+    h.queue_slots[qs] = h.queue_slots[qs].wrapping_add(1);
+    let ss = log2_slot(bytes as u64);
+    h.size_slots[ss] = h.size_slots[ss].wrapping_add(1);
+}
+
+#[inline(always)]
+fn record_cgroup(start: &RequestStart, device_ns: u64, device_slot: usize) {
+    let key = CgroupKey { cgroup_id: start.cgroup_id, dev: start.dev, op: start.op };
+    let p = match CGROUPS.get_ptr_mut(&key) {
+        Some(p) => p,
+        None => {
+            let _ = CGROUPS.insert(&key, &ZERO_CGROUP, BPF_NOEXIST as u64);
+            match CGROUPS.get_ptr_mut(&key) {
+                Some(p) => p,
+                None => {
+                    count(LOSS_CGROUP_MAP_FULL);
+                    return;
+                }
+            }
+        }
+    };
+    // Shared between CPUs: atomic adds.
+    unsafe {
+        add_u64(&raw mut (*p).count, 1);
+        add_u64(&raw mut (*p).device_ns, device_ns);
+        add_u64(&raw mut (*p).bytes, start.bytes as u64);
+        add_u64(&raw mut (*p).device_slots[device_slot], 1);
+    }
+}
+
+/// `lock xadd` (BPF_ATOMIC_ADD). `core::sync::atomic` has no 64-bit RMW on the bpf target.
+#[inline(always)]
+unsafe fn add_u64(dst: *mut u64, v: u64) {
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(dst, v) };
+}
+
+/// Adds `delta` to the device's in-flight count and raises this epoch's peak.
+#[inline(always)]
+fn inflight_add(dev: u32, delta: i64) {
+    let p = match INFLIGHT.get_ptr_mut(&dev) {
+        Some(p) => p,
+        None => {
+            let _ = INFLIGHT.insert(&dev, &ZERO_INFLIGHT, BPF_NOEXIST as u64);
+            match INFLIGHT.get_ptr_mut(&dev) {
+                Some(p) => p,
+                None => {
+                    count(LOSS_DEVICE_MAP_FULL);
+                    return;
+                }
+            }
+        }
+    };
+    // A plain atomic add keeps the count exact. rustc links BPF objects for ISA v1, which cannot
+    // use the old value an atomic returns, so the new depth is read back afterwards; under
+    // concurrent issues that read may already include other CPUs' requests, which is still a
+    // depth the device really had.
+    let now = unsafe {
+        atomic_xadd::<i64, i64, { AtomicOrdering::Relaxed }>(&raw mut (*p).inflight, delta);
+        core::ptr::read_volatile(&raw const (*p).inflight)
+    };
+    if delta > 0 && now > 0 {
+        let epoch = CONTROL.get(CONTROL_EPOCH).copied().unwrap_or(0);
+        let slot = (epoch & 1) as usize;
+        // A racy max: two CPUs raising the peak at once may keep the smaller value, which can
+        // under-report the peak by the few requests issued in that instant.
+        let peak = unsafe { &mut (*p).peak[slot] };
+        if now as u64 > *peak {
+            *peak = now as u64;
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Cgroup -> pod attribution (issue 5) — being written.

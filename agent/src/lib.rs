@@ -1,0 +1,38 @@
+//! blkio-agent: exact block-device I/O latency and queue depth from eBPF, written as JSONL,
+//! exported as OTLP and Prometheus metrics, and analyzed offline.
+//!
+//! Modules, one concern each:
+//! - [`snapshot`], [`histogram`]: the JSONL contract and log2 bucket math (shared by all).
+//! - [`btf`], [`tracefs`], [`loader`]: find kernel layouts, load and attach the eBPF programs.
+//! - [`devices`], [`collector`]: name devices, turn cumulative kernel maps into interval snapshots.
+//! - [`writer`]: crash-safe mmap JSONL (single file and sealed segments).
+//! - [`export`]: OTLP and Prometheus.
+//! - [`k8s`]: cgroup -> pod attribution.
+//! - [`analyze`]: offline charts, percentiles, anomalies.
+
+pub mod analyze;
+pub mod cli;
+pub mod devices;
+pub mod error;
+pub mod histogram;
+pub mod snapshot;
+pub mod writer;
+
+#[cfg(feature = "ebpf")]
+pub mod btf;
+#[cfg(feature = "ebpf")]
+pub mod collector;
+#[cfg(feature = "ebpf")]
+pub mod export;
+#[cfg(feature = "ebpf")]
+pub mod k8s;
+#[cfg(feature = "ebpf")]
+pub mod live;
+#[cfg(feature = "ebpf")]
+pub mod loader;
+#[cfg(feature = "ebpf")]
+pub mod run;
+#[cfg(feature = "ebpf")]
+pub mod tracefs;
+
+pub use error::{Error, Result};

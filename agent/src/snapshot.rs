@@ -1,0 +1,307 @@
+//! The JSONL snapshot contract (one object per line). A superset of the seed's schema: the
+//! seed's keys keep their names, types and meaning; everything new is additional keys.
+//! `docs/snapshot.schema.json` is the JSON Schema of this file; a test keeps them in sync.
+//!
+//! Reading is lenient on purpose (the analyzer reads the seed's original files): every key that
+//! the seed did not have is optional on input.
+
+use serde::{Deserialize, Serialize};
+
+use crate::histogram::{bucket_high, bucket_low};
+
+/// Bumped when a key changes meaning; adding keys does not bump it.
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Absent in the seed's files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_version: Option<u32>,
+    /// End of the interval, Unix epoch seconds.
+    pub timestamp: f64,
+    /// The same instant as UTC ISO 8601 with microseconds and `+00:00`, as the seed wrote it.
+    pub iso_timestamp: String,
+    /// Seconds this snapshot covers (measured, not the configured interval).
+    pub interval_s: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Snapshot number since the agent started (0-based); restarts at 0 with the agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    /// Device time (issue -> complete), all ops combined, devices with completions only.
+    #[serde(default)]
+    pub latency_histogram: Vec<DeviceHistogram>,
+    /// In-flight depth of every device the agent has seen.
+    #[serde(default)]
+    pub inflight: Vec<DeviceInflight>,
+    /// Per (device, op) detail: device time, queue time, sizes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ops: Vec<OpStats>,
+    /// Per pod (or cgroup) detail when attribution is on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pods: Vec<PodStats>,
+    /// Lost or unusual events during this interval, by kind (see [`Losses`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub losses: Option<Losses>,
+    /// The same counters since the agent started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub losses_total: Option<Losses>,
+    /// How the data was collected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentInfo>,
+}
+
+/// One entry of `latency_histogram` (the seed's shape plus `sum_us`/`sum_ns`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceHistogram {
+    pub device_id: u64,
+    pub device_name: String,
+    pub total: u64,
+    /// Exact sum of latencies in µs (from the kernel's ns sum). Absent in the seed's files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sum_us: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sum_ns: Option<u64>,
+    pub buckets: Vec<Bucket>,
+}
+
+/// A non-empty log2 slot. Units are µs for latency histograms and bytes for size histograms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bucket {
+    pub slot: u32,
+    pub count: u64,
+    pub bucket_low: u64,
+    pub bucket_high: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceInflight {
+    pub device_id: u64,
+    pub device_name: String,
+    /// Requests in flight at the end of the interval (tracked since the agent started).
+    pub count: u64,
+    /// Highest in-flight count during the interval. Absent in the seed's files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak: Option<u64>,
+    /// The kernel's own count from `/sys/block/<dev>/inflight` (reads + writes) at the same time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sysfs_count: Option<u64>,
+}
+
+/// Detail for one (device, op): op is `read`, `write`, `discard`, `flush` or `other`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OpStats {
+    pub device_id: u64,
+    pub device_name: String,
+    pub op: String,
+    /// Completed requests in the interval (exact).
+    pub count: u64,
+    /// Bytes of those requests (exact).
+    pub bytes: u64,
+    /// Issue -> complete, µs buckets, exact sum.
+    pub device_time: TimeHistogram,
+    /// Insert -> issue, µs buckets (requests never queued land in slot 0), exact sum.
+    pub queue_time: TimeHistogram,
+    /// Request size, log2 byte buckets.
+    pub size: SizeHistogram,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TimeHistogram {
+    pub sum_ns: u64,
+    pub sum_us: f64,
+    pub buckets: Vec<Bucket>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SizeHistogram {
+    pub buckets: Vec<Bucket>,
+}
+
+/// I/O submitted by one pod (or one non-pod cgroup) to one device, when attribution is on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PodStats {
+    /// `k8s.namespace.name`; absent for cgroups that are not pods, and when the API is unreachable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    /// `k8s.pod.uid`, known from the cgroup path even without API access.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// Cgroup path (relative to the cgroup v2 root) when not a pod; `"other"` for the aggregate
+    /// of everything past the cardinality limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+    pub device_id: u64,
+    pub device_name: String,
+    pub op: String,
+    pub count: u64,
+    pub bytes: u64,
+    pub device_time: TimeHistogram,
+}
+
+/// Event counters. In `losses` they are deltas for the interval; in `losses_total`, totals.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Losses {
+    /// The in-flight request map was full: the request was not measured.
+    pub start_insert_failed: u64,
+    /// Completion of a request whose issue was not seen (issued before start, or not stored).
+    pub complete_without_start: u64,
+    /// A tracked request was issued or inserted again without completing; its entry was replaced.
+    pub stale_evicted: u64,
+    /// A completion could not be added to its histogram (map full).
+    pub hist_update_failed: u64,
+    pub device_map_full: u64,
+    pub cgroup_map_full: u64,
+    /// Program runs the kernel skipped because another BPF program was running on that CPU
+    /// (`recursion_misses` of the programs' info).
+    pub recursion_misses: u64,
+    /// The agent's depth disagreed with `/sys/block/<dev>/inflight` on an idle device and was reset.
+    pub inflight_resync: u64,
+    /// Snapshots that could not be written (e.g. disk full); they are retried, never half-written.
+    pub write_failures: u64,
+    /// Not losses: requests requeued by the driver, and partial completions.
+    pub requeued: u64,
+    pub partial_completion: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentInfo {
+    pub version: String,
+    /// `btf` or `tracepoint`.
+    pub attach: String,
+}
+
+/// Buckets of the non-empty slots of `slots`.
+pub fn buckets_from_slots(slots: &[u64]) -> Vec<Bucket> {
+    slots
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| **c > 0)
+        .map(|(slot, &count)| Bucket {
+            slot: slot as u32,
+            count,
+            bucket_low: bucket_low(slot as u32),
+            bucket_high: bucket_high(slot as u32),
+        })
+        .collect()
+}
+
+/// Per-slot counts back from buckets (`len` slots; larger slots are clamped into the last).
+pub fn slots_from_buckets(buckets: &[Bucket], len: usize) -> Vec<u64> {
+    let mut slots = vec![0u64; len];
+    for b in buckets {
+        let i = (b.slot as usize).min(len - 1);
+        slots[i] += b.count;
+    }
+    slots
+}
+
+/// Formats epoch seconds as the seed did (Python's `datetime.isoformat()` on a UTC datetime):
+/// `2025-10-02T14:20:00.123000+00:00`.
+pub fn iso_timestamp(epoch_s: f64) -> String {
+    let micros_total = (epoch_s * 1e6).round() as i64;
+    let secs = micros_total.div_euclid(1_000_000);
+    let micros = micros_total.rem_euclid(1_000_000);
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}+00:00",
+        sod / 3600,
+        (sod / 60) % 60,
+        sod % 60
+    )
+}
+
+/// Compact UTC time for file names: `20251002T142000Z`.
+pub fn compact_utc(epoch_s: f64) -> String {
+    let secs = epoch_s.floor() as i64;
+    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+    let sod = secs.rem_euclid(86_400);
+    format!("{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z", sod / 3600, (sod / 60) % 60, sod % 60)
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEED_EXAMPLE: &str = r#"{"timestamp": 1696262400.123, "iso_timestamp": "2025-10-02T14:20:00.123000+00:00", "interval_s": 5.0, "latency_histogram": [{"device_id": 271581184, "device_name": "nvme0n1", "total": 45123, "buckets": [{"slot": 4, "count": 12000, "bucket_low": 16, "bucket_high": 31}, {"slot": 5, "count": 28000, "bucket_low": 32, "bucket_high": 63}, {"slot": 6, "count": 5123, "bucket_low": 64, "bucket_high": 127}]}], "inflight": [{"device_id": 271581184, "device_name": "nvme0n1", "count": 24}]}"#;
+
+    #[test]
+    fn reads_the_seed_schema() {
+        let s: Snapshot = serde_json::from_str(SEED_EXAMPLE).unwrap();
+        assert_eq!(s.latency_histogram[0].total, 45123);
+        assert_eq!(s.latency_histogram[0].sum_us, None);
+        assert_eq!(s.node, None);
+        assert_eq!(s.inflight[0].count, 24);
+        assert_eq!(s.inflight[0].peak, None);
+        let slots = slots_from_buckets(&s.latency_histogram[0].buckets, 32);
+        assert_eq!(buckets_from_slots(&slots), s.latency_histogram[0].buckets);
+    }
+
+    #[test]
+    fn written_snapshot_keeps_seed_keys() {
+        let mut slots = vec![0u64; 32];
+        slots[4] = 3;
+        let snap = Snapshot {
+            schema_version: Some(SCHEMA_VERSION),
+            timestamp: 1696262400.123,
+            iso_timestamp: iso_timestamp(1696262400.123),
+            interval_s: 5.0,
+            node: Some("n1".into()),
+            seq: Some(0),
+            latency_histogram: vec![DeviceHistogram {
+                device_id: 7 << 20,
+                device_name: "loop0".into(),
+                total: 3,
+                sum_us: Some(60.0),
+                sum_ns: Some(60_000),
+                buckets: buckets_from_slots(&slots),
+            }],
+            inflight: vec![],
+            ops: vec![],
+            pods: vec![],
+            losses: Some(Losses::default()),
+            losses_total: None,
+            agent: None,
+        };
+        let line = serde_json::to_string(&snap).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        for key in ["timestamp", "iso_timestamp", "interval_s", "latency_histogram", "inflight"] {
+            assert!(v.get(key).is_some(), "{key}");
+        }
+        let b = &v["latency_histogram"][0]["buckets"][0];
+        assert_eq!(b["slot"], 4);
+        assert_eq!(b["bucket_low"], 16);
+        assert_eq!(b["bucket_high"], 31);
+        assert_eq!(v["iso_timestamp"], "2023-10-02T16:00:00.123000+00:00");
+        let back: Snapshot = serde_json::from_str(&line).unwrap();
+        assert_eq!(back, snap);
+    }
+
+    #[test]
+    fn iso_timestamps_match_python_isoformat() {
+        assert_eq!(iso_timestamp(0.0), "1970-01-01T00:00:00.000000+00:00");
+        assert_eq!(iso_timestamp(951_782_400.5), "2000-02-29T00:00:00.500000+00:00");
+        assert_eq!(iso_timestamp(1_759_414_800.123), "2025-10-02T14:20:00.123000+00:00");
+        assert_eq!(compact_utc(1_759_414_800.9), "20251002T142000Z");
+    }
+}
