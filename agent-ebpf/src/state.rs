@@ -50,7 +50,7 @@ static CONTROL: Array<u64> = Array::with_max_entries(CONTROL_SLOTS, 0);
 /// BPF stack.
 static ZERO_HIST: OpHist = OpHist::ZERO;
 static ZERO_CGROUP: CgroupStats = CgroupStats::ZERO;
-static ZERO_INFLIGHT: DeviceInflight = DeviceInflight { inflight: 0, peak: [0, 0] };
+static ZERO_INFLIGHT: DeviceInflight = DeviceInflight { inflight: 0, peak: [0, 0], peak_epoch: [0, 0] };
 
 pub enum Completion {
     Partial,
@@ -259,8 +259,11 @@ fn inflight_add(dev: u32, delta: i64) {
         let slot = (epoch & 1) as usize;
         // A racy max: two CPUs raising the peak at once may keep the smaller value, which can
         // under-report the peak by the few requests issued in that instant.
-        let peak = unsafe { &mut (*p).peak[slot] };
-        if now as u64 > *peak {
+        let (peak, peak_epoch) = unsafe { (&mut (*p).peak[slot], &mut (*p).peak_epoch[slot]) };
+        if *peak_epoch != epoch {
+            *peak_epoch = epoch;
+            *peak = now as u64;
+        } else if now as u64 > *peak {
             *peak = now as u64;
         }
     }

@@ -1,1 +1,440 @@
-//! (in progress)
+//! A minimal reader of kernel BTF (`/sys/kernel/btf/vmlinux`): struct member offsets, enum
+//! values and tracepoint prototypes — what the eBPF programs need in place of CO-RE, which aya
+//! does not offer for Rust programs.
+//!
+//! Format: <https://docs.kernel.org/bpf/btf.html> and include/uapi/linux/btf.h
+//! <https://github.com/torvalds/linux/blob/v6.18/include/uapi/linux/btf.h>
+
+use std::{collections::HashMap, path::Path};
+
+use crate::error::{Error, Result};
+
+const BTF_MAGIC: u16 = 0xeb9f;
+
+const KIND_INT: u32 = 1;
+const KIND_PTR: u32 = 2;
+const KIND_ARRAY: u32 = 3;
+const KIND_STRUCT: u32 = 4;
+const KIND_UNION: u32 = 5;
+const KIND_ENUM: u32 = 6;
+const KIND_FWD: u32 = 7;
+const KIND_TYPEDEF: u32 = 8;
+const KIND_VOLATILE: u32 = 9;
+const KIND_CONST: u32 = 10;
+const KIND_RESTRICT: u32 = 11;
+const KIND_FUNC: u32 = 12;
+const KIND_FUNC_PROTO: u32 = 13;
+const KIND_VAR: u32 = 14;
+const KIND_DATASEC: u32 = 15;
+const KIND_FLOAT: u32 = 16;
+const KIND_DECL_TAG: u32 = 17;
+const KIND_TYPE_TAG: u32 = 18;
+const KIND_ENUM64: u32 = 19;
+
+#[derive(Debug, Clone)]
+struct Member {
+    name: String,
+    type_id: u32,
+    /// Offset in bits from the start of the enclosing struct.
+    bit_offset: u32,
+}
+
+#[derive(Debug, Clone)]
+enum Type {
+    Struct { name: String, members: Vec<Member> },
+    Ptr { target: u32 },
+    Typedef { target: u32 },
+    /// const/volatile/restrict/type_tag: transparent for our purposes.
+    Modifier { target: u32 },
+    Enum { values: Vec<(String, i64)> },
+    FuncProto { params: Vec<(String, u32)> },
+    Int { name: String },
+    Other,
+}
+
+/// Parsed type section of a BTF blob.
+pub struct Btf {
+    /// Index = type id (id 0 is `void`).
+    types: Vec<Type>,
+    by_name: HashMap<String, Vec<u32>>,
+}
+
+/// The arguments of a tracepoint as a `tp_btf` program sees them (the leading `void *__data`
+/// of the `btf_trace_*` typedef is not an argument there). Kernel BTF leaves these parameters
+/// unnamed, so each is described by its type: `struct request *`, `unsigned int`, a typedef
+/// name such as `blk_status_t`, ...
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TracepointArgs {
+    pub types: Vec<String>,
+}
+
+impl TracepointArgs {
+    pub fn position(&self, type_desc: &str) -> Option<usize> {
+        self.types.iter().position(|n| n == type_desc)
+    }
+}
+
+impl Btf {
+    pub fn from_file(path: &Path) -> Result<Btf> {
+        let data = std::fs::read(path).map_err(|e| Error::read(path, e))?;
+        Btf::parse(&data).map_err(|detail| Error::Parse { what: "BTF", path: path.into(), detail })
+    }
+
+    pub fn parse(data: &[u8]) -> std::result::Result<Btf, String> {
+        let u16_at = |o: usize| data.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+        let u32_at = |o: usize| data.get(o..o + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+        if u16_at(0) != Some(BTF_MAGIC) {
+            return Err("bad magic (not little-endian BTF)".into());
+        }
+        let hdr_len = u32_at(4).ok_or("short header")? as usize;
+        let type_off = u32_at(8).ok_or("short header")? as usize;
+        let type_len = u32_at(12).ok_or("short header")? as usize;
+        let str_off = u32_at(16).ok_or("short header")? as usize;
+        let str_len = u32_at(20).ok_or("short header")? as usize;
+        let strings = data
+            .get(hdr_len + str_off..hdr_len + str_off + str_len)
+            .ok_or("string section out of bounds")?;
+        let name = |off: u32| -> String {
+            let s = strings.get(off as usize..).unwrap_or(&[]);
+            let end = s.iter().position(|&b| b == 0).unwrap_or(s.len());
+            String::from_utf8_lossy(&s[..end]).into_owned()
+        };
+        let start = hdr_len + type_off;
+        let end = start + type_len;
+        if end > data.len() {
+            return Err("type section out of bounds".into());
+        }
+        let mut types = vec![Type::Other];
+        let mut by_name: HashMap<String, Vec<u32>> = HashMap::new();
+        let mut o = start;
+        while o < end {
+            let rd = |at: usize| u32_at(at).ok_or_else(|| format!("truncated type at byte {at}"));
+            let name_off = rd(o)?;
+            let info = rd(o + 4)?;
+            let size_or_type = rd(o + 8)?;
+            o += 12;
+            let vlen = (info & 0xffff) as usize;
+            let kind = (info >> 24) & 0x1f;
+            let kind_flag = info >> 31 == 1;
+            let ty = match kind {
+                KIND_INT => {
+                    o += 4;
+                    Type::Int { name: name(name_off) }
+                }
+                KIND_PTR => Type::Ptr { target: size_or_type },
+                KIND_ARRAY => {
+                    o += 12;
+                    Type::Other
+                }
+                KIND_STRUCT | KIND_UNION => {
+                    let mut members = Vec::with_capacity(vlen);
+                    for _ in 0..vlen {
+                        let raw_off = rd(o + 8)?;
+                        // With kind_flag the offset packs the bitfield size in its top byte.
+                        let bit_offset = if kind_flag { raw_off & 0x00ff_ffff } else { raw_off };
+                        members.push(Member { name: name(rd(o)?), type_id: rd(o + 4)?, bit_offset });
+                        o += 12;
+                    }
+                    Type::Struct { name: name(name_off), members }
+                }
+                KIND_ENUM => {
+                    let mut values = Vec::with_capacity(vlen);
+                    for _ in 0..vlen {
+                        values.push((name(rd(o)?), rd(o + 4)? as i32 as i64));
+                        o += 8;
+                    }
+                    Type::Enum { values }
+                }
+                KIND_ENUM64 => {
+                    let mut values = Vec::with_capacity(vlen);
+                    for _ in 0..vlen {
+                        let v = (rd(o + 4)? as u64) | ((rd(o + 8)? as u64) << 32);
+                        values.push((name(rd(o)?), v as i64));
+                        o += 12;
+                    }
+                    Type::Enum { values }
+                }
+                KIND_FWD | KIND_FUNC | KIND_FLOAT => Type::Other,
+                KIND_TYPEDEF => Type::Typedef { target: size_or_type },
+                KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
+                    Type::Modifier { target: size_or_type }
+                }
+                KIND_FUNC_PROTO => {
+                    let mut params = Vec::with_capacity(vlen);
+                    for _ in 0..vlen {
+                        params.push((name(rd(o)?), rd(o + 4)?));
+                        o += 8;
+                    }
+                    Type::FuncProto { params }
+                }
+                KIND_VAR | KIND_DECL_TAG => {
+                    o += 4;
+                    Type::Other
+                }
+                KIND_DATASEC => {
+                    o += 12 * vlen;
+                    Type::Other
+                }
+                other => return Err(format!("unknown BTF kind {other}")),
+            };
+            let id = types.len() as u32;
+            let n = name(name_off);
+            if !n.is_empty() {
+                by_name.entry(n).or_default().push(id);
+            }
+            types.push(ty);
+        }
+        Ok(Btf { types, by_name })
+    }
+
+    fn get(&self, id: u32) -> &Type {
+        self.types.get(id as usize).unwrap_or(&Type::Other)
+    }
+
+    fn strip(&self, mut id: u32) -> u32 {
+        for _ in 0..32 {
+            match self.get(id) {
+                Type::Typedef { target } | Type::Modifier { target } => id = *target,
+                _ => break,
+            }
+        }
+        id
+    }
+
+    /// The struct named `name` that has members (the kernel may also carry empty forward
+    /// declarations under the same name).
+    fn find_struct(&self, name: &str) -> Option<&[Member]> {
+        self.by_name.get(name)?.iter().find_map(|&id| match self.get(id) {
+            Type::Struct { name: n, members } if n == name && !members.is_empty() => Some(members.as_slice()),
+            _ => None,
+        })
+    }
+
+    /// Byte offset of `member` in `struct name`, looking through anonymous unions and structs.
+    pub fn member_offset(&self, name: &str, member: &str) -> Result<u64> {
+        let members = self.find_struct(name).ok_or_else(|| Error::BtfMissing(format!("struct {name}")))?;
+        self.find_member(members, member, 0)
+            .map(|bits| u64::from(bits / 8))
+            .ok_or_else(|| Error::BtfMissing(format!("member {member} in struct {name}")))
+    }
+
+    /// Whether `struct name` has `member` (e.g. `rq_disk`, removed in 5.17).
+    pub fn has_member(&self, name: &str, member: &str) -> bool {
+        self.member_offset(name, member).is_ok()
+    }
+
+    fn find_member(&self, members: &[Member], wanted: &str, base_bits: u32) -> Option<u32> {
+        for m in members {
+            if m.name == wanted {
+                return Some(base_bits + m.bit_offset);
+            }
+        }
+        for m in members.iter().filter(|m| m.name.is_empty()) {
+            if let Type::Struct { members: inner, .. } = self.get(self.strip(m.type_id))
+                && let Some(bits) = self.find_member(inner, wanted, base_bits + m.bit_offset)
+            {
+                return Some(bits);
+            }
+        }
+        None
+    }
+
+    /// Value of the enumerator `name` (in whatever enum declares it).
+    pub fn enum_value(&self, name: &str) -> Result<i64> {
+        self.types
+            .iter()
+            .find_map(|t| match t {
+                Type::Enum { values } => values.iter().find(|(n, _)| n == name).map(|(_, v)| *v),
+                _ => None,
+            })
+            .ok_or_else(|| Error::BtfMissing(format!("enumerator {name}")))
+    }
+
+    /// Arguments of tracepoint `tp` as a `tp_btf` program sees them, from the
+    /// `btf_trace_<tp>` typedef (a pointer to `void (*)(void *__data, args...)`).
+    pub fn tracepoint_args(&self, tp: &str) -> Result<TracepointArgs> {
+        let typedef = format!("btf_trace_{tp}");
+        let missing = || Error::BtfMissing(format!("typedef {typedef} (tracepoint {tp})"));
+        let id = *self.by_name.get(&typedef).and_then(|ids| ids.first()).ok_or_else(missing)?;
+        let ptr = self.strip(id);
+        let Type::Ptr { target } = self.get(ptr) else { return Err(missing()) };
+        let Type::FuncProto { params } = self.get(self.strip(*target)) else { return Err(missing()) };
+        Ok(TracepointArgs { types: params.iter().skip(1).map(|(_, t)| self.describe(*t)).collect() })
+    }
+
+    /// A short C-like description of a type: `struct request *`, `unsigned int`, `blk_status_t`.
+    fn describe(&self, id: u32) -> String {
+        match self.get(id) {
+            Type::Typedef { .. } => self
+                .by_name
+                .iter()
+                .find(|(_, ids)| ids.contains(&id))
+                .map(|(n, _)| n.clone())
+                .unwrap_or_default(),
+            Type::Modifier { target } => self.describe(*target),
+            Type::Ptr { target } => match self.get(self.strip(*target)) {
+                Type::Struct { name, .. } => format!("struct {name} *"),
+                _ => format!("{} *", self.describe(*target)),
+            },
+            Type::Int { name } => name.clone(),
+            Type::Struct { name, .. } => format!("struct {name}"),
+            _ if id == 0 => "void".into(),
+            _ => "?".into(),
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// Builds a BTF blob by hand: the same encoding the kernel emits.
+    #[derive(Default)]
+    pub struct BtfBuilder {
+        types: Vec<u8>,
+        strings: Vec<u8>,
+        next_id: u32,
+    }
+
+    impl BtfBuilder {
+        pub fn new() -> Self {
+            BtfBuilder { types: vec![], strings: vec![0], next_id: 1 }
+        }
+        fn s(&mut self, name: &str) -> u32 {
+            if name.is_empty() {
+                return 0;
+            }
+            let off = self.strings.len() as u32;
+            self.strings.extend_from_slice(name.as_bytes());
+            self.strings.push(0);
+            off
+        }
+        fn head(&mut self, name: &str, kind: u32, vlen: u32, kind_flag: bool, st: u32) -> u32 {
+            let n = self.s(name);
+            let info = (kind << 24) | vlen | if kind_flag { 1 << 31 } else { 0 };
+            for v in [n, info, st] {
+                self.types.extend_from_slice(&v.to_le_bytes());
+            }
+            self.next_id += 1;
+            self.next_id - 1
+        }
+        pub fn int(&mut self, name: &str, size: u32) -> u32 {
+            let id = self.head(name, KIND_INT, 0, false, size);
+            self.types.extend_from_slice(&(size * 8).to_le_bytes());
+            id
+        }
+        pub fn ptr(&mut self, target: u32) -> u32 {
+            self.head("", KIND_PTR, 0, false, target)
+        }
+        pub fn typedef(&mut self, name: &str, target: u32) -> u32 {
+            self.head(name, KIND_TYPEDEF, 0, false, target)
+        }
+        /// Members: (name, type, byte offset).
+        pub fn structure(&mut self, name: &str, size: u32, members: &[(&str, u32, u32)]) -> u32 {
+            let id = self.head(name, KIND_STRUCT, members.len() as u32, false, size);
+            for (n, t, off) in members {
+                let n = self.s(n);
+                for v in [n, *t, off * 8] {
+                    self.types.extend_from_slice(&v.to_le_bytes());
+                }
+            }
+            id
+        }
+        pub fn union(&mut self, size: u32, members: &[(&str, u32, u32)]) -> u32 {
+            let id = self.head("", KIND_UNION, members.len() as u32, false, size);
+            for (n, t, off) in members {
+                let n = self.s(n);
+                for v in [n, *t, off * 8] {
+                    self.types.extend_from_slice(&v.to_le_bytes());
+                }
+            }
+            id
+        }
+        pub fn enumeration(&mut self, name: &str, values: &[(&str, i32)]) -> u32 {
+            let id = self.head(name, KIND_ENUM, values.len() as u32, false, 4);
+            for (n, v) in values {
+                let n = self.s(n);
+                self.types.extend_from_slice(&n.to_le_bytes());
+                self.types.extend_from_slice(&v.to_le_bytes());
+            }
+            id
+        }
+        pub fn func_proto(&mut self, params: &[(&str, u32)]) -> u32 {
+            let id = self.head("", KIND_FUNC_PROTO, params.len() as u32, false, 0);
+            for (n, t) in params {
+                let n = self.s(n);
+                self.types.extend_from_slice(&n.to_le_bytes());
+                self.types.extend_from_slice(&t.to_le_bytes());
+            }
+            id
+        }
+        pub fn build(&self) -> Vec<u8> {
+            let mut out = vec![];
+            out.extend_from_slice(&BTF_MAGIC.to_le_bytes());
+            out.push(1);
+            out.push(0);
+            for v in [24u32, 0, self.types.len() as u32, self.types.len() as u32, self.strings.len() as u32] {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+            out.extend_from_slice(&self.types);
+            out.extend_from_slice(&self.strings);
+            out
+        }
+    }
+
+    fn sample() -> Btf {
+        let mut b = BtfBuilder::new();
+        let u32t = b.int("unsigned int", 4);
+        let u64t = b.int("u64", 8);
+        let void_ptr = b.ptr(0);
+        let anon = b.union(8, &[("io_start_time_ns", u64t, 0), ("other", u64t, 0)]);
+        let req = b.structure("request", 64, &[("q", void_ptr, 0), ("cmd_flags", u32t, 24), ("__data_len", u32t, 44), ("", anon, 56)]);
+        b.structure("request", 0, &[]);
+        b.enumeration("req_op", &[("REQ_OP_READ", 0), ("REQ_OP_WRITE", 1), ("REQ_OP_FLUSH", 2)]);
+        let rq_ptr = b.ptr(req);
+        // Unnamed parameters, as in kernel BTF.
+        let proto = b.func_proto(&[("", void_ptr), ("", rq_ptr)]);
+        let fp = b.ptr(proto);
+        b.typedef("btf_trace_block_rq_issue", fp);
+        let status = b.typedef("blk_status_t", u32t);
+        let proto = b.func_proto(&[("", void_ptr), ("", rq_ptr), ("", status), ("", u32t)]);
+        let fp = b.ptr(proto);
+        b.typedef("btf_trace_block_rq_complete", fp);
+        Btf::parse(&b.build()).unwrap()
+    }
+
+    #[test]
+    fn member_offsets_including_anonymous_unions() {
+        let btf = sample();
+        assert_eq!(btf.member_offset("request", "q").unwrap(), 0);
+        assert_eq!(btf.member_offset("request", "cmd_flags").unwrap(), 24);
+        assert_eq!(btf.member_offset("request", "__data_len").unwrap(), 44);
+        assert_eq!(btf.member_offset("request", "io_start_time_ns").unwrap(), 56);
+        assert!(!btf.has_member("request", "rq_disk"));
+        let err = btf.member_offset("gendisk", "major").unwrap_err().to_string();
+        assert!(err.contains("struct gendisk"), "{err}");
+    }
+
+    #[test]
+    fn enum_values_and_tracepoint_args() {
+        let btf = sample();
+        assert_eq!(btf.enum_value("REQ_OP_FLUSH").unwrap(), 2);
+        assert!(btf.enum_value("REQ_OP_NOPE").is_err());
+        let args = btf.tracepoint_args("block_rq_issue").unwrap();
+        assert_eq!(args.types, vec!["struct request *"]);
+        let args = btf.tracepoint_args("block_rq_complete").unwrap();
+        assert_eq!(args.types, vec!["struct request *", "blk_status_t", "unsigned int"]);
+        assert!(btf.tracepoint_args("block_rq_nope").is_err());
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        assert!(Btf::parse(b"not btf at all, definitely not").is_err());
+        assert!(Btf::parse(&[]).is_err());
+        let mut blob = BtfBuilder::new();
+        blob.int("int", 4);
+        let mut data = blob.build();
+        data.truncate(data.len() - 8);
+        assert!(Btf::parse(&data).is_err());
+    }
+}

@@ -1,5 +1,169 @@
-//! (in progress)
-use std::process::ExitCode;
-pub fn main(_args: crate::cli::RunArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not yet")
+//! `blkio-agent run`: attach, then one snapshot per interval to JSONL, exporters and the live
+//! view, until SIGINT/SIGTERM or `--duration`. Shutdown takes a last snapshot, seals the output,
+//! detaches and exits 0.
+
+use std::{
+    process::ExitCode,
+    sync::{Arc, atomic::Ordering},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::Context as _;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{
+    cli::RunArgs,
+    collector::Collector,
+    devices::{DeviceFilter, DeviceNames},
+    export::{AgentIdentity, Exporters, Health},
+    live::LiveView,
+    loader::{self, LoadOptions},
+    writer::{SegmentConfig, Sink, Writer},
+};
+
+pub fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
+    init_tracing();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("blkio-agent")
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(run(args))
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BLKIO_AGENT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// `--node-name`, else `$NODE_NAME` (the downward API in a pod), else the hostname.
+pub fn node_name(flag: Option<&str>, env_node: Option<&str>, hostname: impl FnOnce() -> String) -> String {
+    flag.or(env_node).filter(|s| !s.trim().is_empty()).map(str::to_string).unwrap_or_else(hostname)
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "localhost".into())
+}
+
+fn open_output(args: &RunArgs, node: &str) -> crate::Result<Option<Writer>> {
+    if args.no_output {
+        return Ok(None);
+    }
+    let sink = match &args.output_dir {
+        Some(dir) => Sink::segments(SegmentConfig {
+            dir: dir.clone(),
+            node: node.to_string(),
+            max_bytes: args.segment_max_bytes,
+            max_age: Duration::from_secs_f64(args.segment_max_age),
+            retain_bytes: args.retain_bytes,
+            retain_files: args.retain_files,
+        })?,
+        None => Sink::file(&args.output)?,
+    };
+    Ok(Some(Writer::start(sink, args.flush_every, args.fsync)))
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let node = node_name(args.node_name.as_deref(), std::env::var("NODE_NAME").ok().as_deref(), hostname);
+    let filter = DeviceFilter::new(&args.devices)?;
+    let names = DeviceNames::new(&args.proc_root, &args.sys_root)?;
+    // The output is opened before anything is attached: an unwritable path fails fast.
+    let writer = open_output(&args, &node)?;
+
+    let health = Arc::new(Health::default());
+    health.interval_ms.store((args.interval * 1000.0) as u64, Ordering::Relaxed);
+    health.output_writable.store(true, Ordering::Relaxed);
+    let identity = AgentIdentity { node_name: node.clone(), host_name: hostname() };
+    let exporters = Exporters::start(&args, identity, health.clone())?;
+
+    let probes = loader::load(&LoadOptions { mode: args.attach, sys_root: &args.sys_root, attribute_cgroups: args.attribute_pods })?;
+    let mode = probes.mode;
+    let programs = probes.programs.join(",");
+    let mut collector = Collector::new(probes, names, filter, node.clone(), args.attribute_pods)?;
+    health.attached.store(true, Ordering::Relaxed);
+    tracing::info!(
+        attach = mode.as_str(),
+        programs,
+        node,
+        output = %output_description(&args),
+        interval_s = args.interval,
+        "attached; collecting"
+    );
+
+    let live = LiveView::new(args.live);
+    let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let interval = Duration::from_secs_f64(args.interval);
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let deadline = args.duration.map(|d| tokio::time::Instant::now() + Duration::from_secs_f64(d));
+    let mut failures_seen = 0u64;
+
+    loop {
+        let stop = tokio::select! {
+            _ = ticker.tick() => false,
+            _ = sigint.recv() => { tracing::info!("SIGINT: final snapshot and exit"); true }
+            _ = sigterm.recv() => { tracing::info!("SIGTERM: final snapshot and exit"); true }
+            _ = sleep_until(deadline) => { tracing::info!("duration reached: final snapshot and exit"); true }
+        };
+        if let Some(w) = &writer {
+            let failures = w.stats.write_failures.load(Ordering::Relaxed);
+            collector.add_write_failures(failures - failures_seen);
+            failures_seen = failures;
+        }
+        let started = Instant::now();
+        let collected = collector.collect()?;
+        let snapshot = collected.snapshot;
+        if let Some(w) = &writer {
+            let line = serde_json::to_vec(&snapshot).context("cannot encode a snapshot")?;
+            w.send(line);
+            health.output_writable.store(w.stats.writable.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+        exporters.publish(&snapshot);
+        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+        health.last_snapshot_unix_ms.store(now_ms, Ordering::Relaxed);
+        live.render(&snapshot);
+        tracing::debug!(build_us = collected.build_time.as_micros() as u64, total_us = started.elapsed().as_micros() as u64, "snapshot built");
+        if stop {
+            break;
+        }
+    }
+
+    if let Some(w) = writer {
+        w.close().context("cannot finish the JSONL output")?;
+    }
+    exporters.shutdown(Duration::from_secs(5)).await;
+    drop(collector); // detaches the programs
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn output_description(args: &RunArgs) -> String {
+    match (&args.output_dir, args.no_output) {
+        (_, true) => "none".into(),
+        (Some(dir), _) => format!("segments in {}", dir.display()),
+        (None, _) => args.output.display().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_name_precedence() {
+        assert_eq!(node_name(Some("a"), Some("b"), || "c".into()), "a");
+        assert_eq!(node_name(None, Some("b"), || "c".into()), "b");
+        assert_eq!(node_name(None, Some(" "), || "c".into()), "c");
+        assert_eq!(node_name(None, None, || "c".into()), "c");
+    }
 }

@@ -139,6 +139,9 @@ pub struct DeviceInflight {
     pub inflight: i64,
     /// Highest `inflight` seen, one slot per epoch parity (see [`CONTROL_EPOCH`]).
     pub peak: [u64; 2],
+    /// The epoch each `peak` slot belongs to. The programs restart a slot when it holds an
+    /// older epoch, so userspace never writes this struct (which would race with the adds).
+    pub peak_epoch: [u64; 2],
 }
 
 /// Key of the per-cgroup attribution map.
@@ -171,38 +174,44 @@ impl CgroupStats {
     };
 }
 
-/// `floor(log2(v))` clamped to the last slot; 0 for 0 and 1. Branch-light so the BPF verifier
-/// sees a bounded result (same shape as libbpf-tools' `log2l`).
+/// `floor(log2(v))` clamped to the last slot; 0 for 0 and 1.
+///
+/// Branch-free on purpose: a chain of `if`s (as in libbpf-tools' `log2l`) gives the verifier 2^6
+/// distinct precise states per call, and three calls on the completion path multiply into a
+/// verification that does not finish. Here the top bit is isolated with shifts, mapped to its
+/// index by a de Bruijn multiplication, and the index goes through a table that already clamps.
 #[inline(always)]
 pub fn log2_slot(v: u64) -> usize {
     let mut v = v;
-    let mut r: u64 = 0;
-    if v > 0xFFFF_FFFF {
-        v >>= 32;
-        r += 32;
-    }
-    if v > 0xFFFF {
-        v >>= 16;
-        r += 16;
-    }
-    if v > 0xFF {
-        v >>= 8;
-        r += 8;
-    }
-    if v > 0xF {
-        v >>= 4;
-        r += 4;
-    }
-    if v > 0x3 {
-        v >>= 2;
-        r += 2;
-    }
-    if v > 0x1 {
-        r += 1;
-    }
-    let r = r as usize;
-    if r >= HIST_SLOTS { HIST_SLOTS - 1 } else { r }
+    v |= v >> 1;
+    v |= v >> 2;
+    v |= v >> 4;
+    v |= v >> 8;
+    v |= v >> 16;
+    v |= v >> 32;
+    let top = v - (v >> 1);
+    let idx = (top.wrapping_mul(DEBRUIJN64) >> 58) as usize;
+    // Volatile so LLVM cannot use its knowledge of the table to drop the mask: the verifier
+    // needs to see `& (HIST_SLOTS - 1)` to bound the array index that follows.
+    let slot = unsafe { core::ptr::read_volatile(&LOG2_CLAMPED[idx & 63]) } as usize;
+    slot & (HIST_SLOTS - 1)
 }
+
+const _: () = assert!(HIST_SLOTS.is_power_of_two());
+
+const DEBRUIJN64: u64 = 0x03f7_9d71_b4cb_0a89;
+
+/// `LOG2_CLAMPED[(2^k * DEBRUIJN64) >> 58] == min(k, HIST_SLOTS - 1)`.
+static LOG2_CLAMPED: [u8; 64] = {
+    let mut t = [0u8; 64];
+    let mut k = 0;
+    while k < 64 {
+        let idx = ((1u64 << k).wrapping_mul(DEBRUIJN64) >> 58) as usize;
+        t[idx] = if k < HIST_SLOTS { k as u8 } else { (HIST_SLOTS - 1) as u8 };
+        k += 1;
+    }
+    t
+};
 
 #[cfg(feature = "user")]
 mod pod {
@@ -234,6 +243,13 @@ mod tests {
         }
         assert_eq!(log2_slot(1u64 << 40), HIST_SLOTS - 1);
         assert_eq!(log2_slot(u64::MAX), HIST_SLOTS - 1);
+        // Against the obvious definition, around every power of two.
+        for k in 0..64u32 {
+            for v in [(1u64 << k).wrapping_sub(1), 1u64 << k, (1u64 << k) | 1] {
+                let naive = if v <= 1 { 0 } else { 63 - v.leading_zeros() as usize };
+                assert_eq!(log2_slot(v), naive.min(HIST_SLOTS - 1), "v={v}");
+            }
+        }
     }
 
     #[test]
