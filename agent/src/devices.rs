@@ -224,7 +224,7 @@ garbage line
         assert_eq!((s[0].name.as_str(), s[0].reads_completed, s[0].writes_completed), ("loop0", 2000, 3000));
         assert_eq!(s[0].discards_completed, Some(0));
         assert_eq!(s[1].in_flight, 3);
-        assert_eq!(s[1].flushes_completed, None);
+        assert_eq!(s[1].flushes_completed, Some(10));
         assert_eq!(s[3].discards_completed, None);
     }
 

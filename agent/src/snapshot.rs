@@ -297,6 +297,68 @@ mod tests {
         assert_eq!(back, snap);
     }
 
+    fn schema() -> serde_json::Value {
+        serde_json::from_str(include_str!("../../docs/snapshot.schema.json")).unwrap()
+    }
+
+    fn full_snapshot() -> Snapshot {
+        let mut slots = vec![0u64; 32];
+        slots[5] = 2;
+        let time = TimeHistogram { sum_ns: 70_000, sum_us: 70.0, buckets: buckets_from_slots(&slots) };
+        let mut s: Snapshot = serde_json::from_str(SEED_EXAMPLE).unwrap();
+        s.schema_version = Some(SCHEMA_VERSION);
+        s.node = Some("n".into());
+        s.seq = Some(3);
+        s.latency_histogram[0].sum_ns = Some(1);
+        s.latency_histogram[0].sum_us = Some(0.001);
+        s.inflight[0].peak = Some(30);
+        s.inflight[0].sysfs_count = Some(24);
+        s.ops.push(OpStats {
+            device_id: 1,
+            device_name: "loop0".into(),
+            op: "write".into(),
+            count: 2,
+            bytes: 8192,
+            device_time: time.clone(),
+            queue_time: time.clone(),
+            size: SizeHistogram { buckets: buckets_from_slots(&slots) },
+        });
+        s.pods.push(PodStats {
+            namespace: Some("ns".into()),
+            pod: Some("p".into()),
+            pod_uid: Some("u".into()),
+            container: None,
+            cgroup: None,
+            device_id: 1,
+            device_name: "loop0".into(),
+            op: "write".into(),
+            count: 2,
+            bytes: 8192,
+            device_time: time,
+        });
+        s.losses = Some(Losses::default());
+        s.losses_total = Some(Losses { recursion_misses: 1, ..Losses::default() });
+        s.agent = Some(AgentInfo { version: "0.1.0".into(), attach: "btf".into() });
+        s
+    }
+
+    #[test]
+    fn json_schema_accepts_both_schemas_and_rejects_drift() {
+        let validator = jsonschema::validator_for(&schema()).unwrap();
+        let seed: serde_json::Value = serde_json::from_str(SEED_EXAMPLE).unwrap();
+        assert!(validator.is_valid(&seed));
+        let full = serde_json::to_value(full_snapshot()).unwrap();
+        let errors: Vec<String> = validator.iter_errors(&full).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{errors:?}");
+        // A renamed key or a wrong type is caught: the schema is not vacuous.
+        let mut bad = full.clone();
+        bad["ops"][0]["op"] = "scribble".into();
+        assert!(!validator.is_valid(&bad));
+        let mut bad = full;
+        bad["losses"].as_object_mut().unwrap().remove("stale_evicted");
+        assert!(!validator.is_valid(&bad));
+    }
+
     #[test]
     fn iso_timestamps_match_python_isoformat() {
         assert_eq!(iso_timestamp(0.0), "1970-01-01T00:00:00.000000+00:00");

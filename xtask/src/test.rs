@@ -1,8 +1,13 @@
 //! `cargo xtask test`: every test the project has, in one command.
 
-use std::process::Command;
+use std::{
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
 
-use crate::setup::{run, workspace_root};
+use anyhow::bail;
+
+use crate::setup::{is_root, run, workspace_root};
 
 pub fn test_all() -> anyhow::Result<()> {
     let root = workspace_root();
@@ -11,6 +16,10 @@ pub fn test_all() -> anyhow::Result<()> {
         c.current_dir(&root);
         c
     };
+    if is_root() {
+        // The docker-level e2e needs an engine; this kind of machine starts none by itself.
+        ensure_dockerd()?;
+    }
     // Lints first: cheapest failure. The eBPF crate is checked by its own build (build.rs).
     run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
     // Unit, integration and privileged tests (privileged ones serialize themselves, need root,
@@ -18,5 +27,27 @@ pub fn test_all() -> anyhow::Result<()> {
     run(cargo().args(["test", "--all-targets"]))?;
     // The analyzer-only build (what `cargo install --path agent --no-default-features` gives).
     run(cargo().args(["test", "-p", "blkio-agent", "--no-default-features"]))?;
+    Ok(())
+}
+
+fn docker_ready() -> bool {
+    Command::new("docker").arg("info").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+}
+
+/// Starts `dockerd` in the background when it is installed but not running.
+fn ensure_dockerd() -> anyhow::Result<()> {
+    if docker_ready() || Command::new("sh").args(["-c", "command -v dockerd"]).stdout(Stdio::null()).status().map(|s| !s.success()).unwrap_or(true) {
+        return Ok(());
+    }
+    let log = std::fs::File::create(std::env::temp_dir().join("blkio-agent-dockerd.log"))?;
+    eprintln!("xtask: starting dockerd (log in {})", std::env::temp_dir().join("blkio-agent-dockerd.log").display());
+    Command::new("dockerd").stdout(log.try_clone()?).stderr(log).spawn()?;
+    let start = Instant::now();
+    while !docker_ready() {
+        if start.elapsed() > Duration::from_secs(60) {
+            bail!("dockerd did not become ready within 60 s; see its log");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
     Ok(())
 }

@@ -186,8 +186,11 @@ impl Drop for Agent {
     }
 }
 
-/// Every line of a JSONL file, parsed; panics on NUL bytes, torn lines or bad JSON.
+/// Every line of a JSONL file, parsed and checked against docs/snapshot.schema.json; panics on
+/// NUL bytes, torn lines, bad JSON or a schema violation.
 pub fn read_jsonl(path: &Path) -> Vec<Snapshot> {
+    let schema: serde_json::Value = serde_json::from_str(include_str!("../../../docs/snapshot.schema.json")).unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
     let data = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     assert!(!data.contains(&0), "{} contains NUL bytes", path.display());
     if !data.is_empty() {
@@ -197,7 +200,12 @@ pub fn read_jsonl(path: &Path) -> Vec<Snapshot> {
         .unwrap()
         .lines()
         .enumerate()
-        .map(|(i, l)| serde_json::from_str(l).unwrap_or_else(|e| panic!("{}:{}: {e}", path.display(), i + 1)))
+        .map(|(i, l)| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{}:{}: {e}", path.display(), i + 1));
+            let errors: Vec<String> = validator.iter_errors(&v).map(|e| e.to_string()).collect();
+            assert!(errors.is_empty(), "{}:{}: schema: {errors:?}", path.display(), i + 1);
+            serde_json::from_value(v).unwrap()
+        })
         .collect()
 }
 
