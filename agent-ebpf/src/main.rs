@@ -14,6 +14,7 @@
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
+mod fast;
 mod state;
 
 use aya_ebpf::{
@@ -21,6 +22,8 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, TracePointContext},
 };
 use blkio_agent_common::{OP_DISCARD, OP_FLUSH, OP_OTHER, OP_READ, OP_WRITE, RequestKey};
+
+use crate::fast::Chunk;
 
 use crate::state::{Completion, on_complete, on_insert, on_issue, on_requeue};
 
@@ -91,7 +94,7 @@ static TP_REQUEUE_SECTOR: u64 = 0;
 static ATTRIBUTE_CGROUPS: u8 = 0;
 
 #[inline(always)]
-fn read_kernel<T>(base: u64, off: u64) -> Result<T, i64> {
+pub(crate) fn read_kernel<T>(base: u64, off: u64) -> Result<T, i64> {
     unsafe { aya_ebpf::helpers::bpf_probe_read_kernel((base + off) as *const T) }.map_err(i64::from)
 }
 
@@ -125,7 +128,7 @@ fn rq_info(rq: u64) -> Result<RqInfo, i64> {
 }
 
 #[inline(always)]
-fn classify_req_op(op: u32) -> u32 {
+pub(crate) fn classify_req_op(op: u32) -> u32 {
     if op == global!(REQ_OP_READ) {
         OP_READ
     } else if op == global!(REQ_OP_WRITE) {
@@ -196,14 +199,32 @@ pub fn rq_issue_btf_q(ctx: BtfTracePointContext) -> i32 {
 
 #[inline(always)]
 fn try_rq_issue_btf(rq: u64) -> Result<(), i64> {
+    if fast::enabled() {
+        let c = Chunk::read(rq)?;
+        if fast::issue(&c) {
+            return Ok(());
+        }
+        // Not stamped by the block layer (no blk-stat on this queue, or passthrough): track it in
+        // the start map. There is no insert hook in this mode; queueing starts at allocation.
+        let dev = fast::disk_dev(c.q())?;
+        on_issue(btf_key(rq), dev, classify_req_op(c.raw_op()), c.data_len(), c.start_time_ns());
+        return Ok(());
+    }
     let info = rq_info(rq)?;
-    on_issue(btf_key(rq), info.dev, info.op, info.bytes);
+    on_issue(btf_key(rq), info.dev, info.op, info.bytes, 0);
     Ok(())
 }
 
 #[btf_tracepoint(function = "block_rq_requeue")]
 pub fn rq_requeue_btf(ctx: BtfTracePointContext) -> i32 {
-    on_requeue(btf_key(ctx.arg::<u64>(0)));
+    let rq = ctx.arg::<u64>(0);
+    if fast::enabled()
+        && let Ok(c) = Chunk::read(rq)
+        && fast::requeue(&c)
+    {
+        return 0;
+    }
+    on_requeue(btf_key(rq));
     0
 }
 
@@ -226,7 +247,25 @@ pub fn rq_complete_btf(ctx: BtfTracePointContext) -> i32 {
 fn try_rq_complete_btf(ctx: BtfTracePointContext) -> Result<(), i64> {
     let rq: u64 = ctx.arg(0);
     let nr_bytes: u32 = ctx.arg(2);
-    let remaining: u32 = read_kernel(rq, global!(RQ_DATA_LEN_OFF))?;
+    let chunk = if fast::enabled() { Some(Chunk::read(rq)?) } else { None };
+    let (remaining, raw_op) = match &chunk {
+        Some(c) => (c.data_len(), c.raw_op()),
+        None => {
+            let cmd_flags: u32 = read_kernel(rq, global!(RQ_CMD_FLAGS_OFF))?;
+            (read_kernel(rq, global!(RQ_DATA_LEN_OFF))?, cmd_flags & global!(REQ_OP_MASK))
+        }
+    };
+    // A zero-byte completion of a request that is not a flush is the end of a PREFLUSH/FUA
+    // sequence (`blk_flush_complete_seq`, REQ_FSEQ_DONE): the data part already completed and
+    // was counted, or it had no data and the flush request itself was counted. Not device I/O.
+    if nr_bytes == 0 && remaining == 0 && classify_req_op(raw_op) != OP_FLUSH {
+        return Ok(());
+    }
+    if let Some(c) = &chunk
+        && fast::complete(c, nr_bytes)
+    {
+        return Ok(());
+    }
     let completion = if nr_bytes < remaining { Completion::Partial } else { Completion::Final };
     on_complete(btf_key(rq), completion);
     Ok(())
@@ -261,7 +300,7 @@ fn try_rq_issue_tp(ctx: &TracePointContext) -> Result<(), i64> {
     let (bytes_off, rwbs_off) = (global!(TP_ISSUE_BYTES) as usize, global!(TP_ISSUE_RWBS) as usize);
     let bytes: u32 = unsafe { ctx.read_at(bytes_off) }?;
     let rwbs: [u8; 8] = unsafe { ctx.read_at(rwbs_off) }?;
-    on_issue(key, dev, classify_rwbs(&rwbs), bytes);
+    on_issue(key, dev, classify_rwbs(&rwbs), bytes, 0);
     Ok(())
 }
 

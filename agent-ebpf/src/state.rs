@@ -22,7 +22,10 @@ use crate::{ATTRIBUTE_CGROUPS, global};
 /// Requests between insert/issue and completion.
 #[map]
 static REQUESTS: HashMap<RequestKey, RequestStart> =
-    HashMap::with_max_entries(MAX_INFLIGHT_REQUESTS, 0);
+    HashMap::with_max_entries(MAX_INFLIGHT_REQUESTS, BPF_F_NO_PREALLOC);
+
+/// include/uapi/linux/bpf.h
+const BPF_F_NO_PREALLOC: u32 = 1;
 
 /// Cumulative per-CPU histograms per (device, op): the completion path only touches its own
 /// CPU's copy, so there is no cache-line bouncing between CPUs completing I/O.
@@ -58,7 +61,7 @@ pub enum Completion {
 }
 
 #[inline(always)]
-fn count(slot: u32) {
+pub(crate) fn count(slot: u32) {
     if let Some(p) = COUNTERS.get_ptr_mut(slot) {
         // Per-CPU slot, and tracing programs do not nest on one CPU: a plain add is exact.
         unsafe { *p += 1 };
@@ -91,7 +94,16 @@ pub fn on_insert(key: RequestKey) {
     let _ = REQUESTS.insert(&key, &start, BPF_NOEXIST as u64);
 }
 
-pub fn on_issue(key: RequestKey, dev: u32, op: u32, bytes: u32) {
+/// Reads slot `i` of `CONTROL` (0 when unset).
+#[inline(always)]
+pub(crate) fn control(i: u32) -> u64 {
+    CONTROL.get(i).copied().unwrap_or(0)
+}
+
+/// `queued_since`: when queueing began if known without an insert event (the request's
+/// allocation time), else 0. Inlined: BPF calls take at most 5 register arguments.
+#[inline(always)]
+pub fn on_issue(key: RequestKey, dev: u32, op: u32, bytes: u32, queued_since: u64) {
     let now = unsafe { bpf_ktime_get_ns() };
     if let Some(p) = REQUESTS.get_ptr_mut(&key) {
         let start = unsafe { &mut *p };
@@ -104,6 +116,9 @@ pub fn on_issue(key: RequestKey, dev: u32, op: u32, bytes: u32) {
         if start.cgroup_id == 0 {
             start.cgroup_id = submitter_cgroup();
         }
+        if start.insert_ns == 0 {
+            start.insert_ns = queued_since;
+        }
         start.issue_ns = now;
         start.dev = dev;
         start.op = op;
@@ -112,7 +127,7 @@ pub fn on_issue(key: RequestKey, dev: u32, op: u32, bytes: u32) {
         return;
     }
     let start = RequestStart {
-        insert_ns: 0,
+        insert_ns: queued_since,
         issue_ns: now,
         cgroup_id: submitter_cgroup(),
         dev,
@@ -171,7 +186,7 @@ pub fn on_complete(key: RequestKey, completion: Completion) {
 }
 
 #[inline(always)]
-fn record_hist(dev: u32, op: u32, bytes: u32, device_ns: u64, queue_ns: u64, device_slot: usize) {
+pub(crate) fn record_hist(dev: u32, op: u32, bytes: u32, device_ns: u64, queue_ns: u64, device_slot: usize) {
     let key = HistKey { dev, op };
     let p = match HISTS.get_ptr_mut(&key) {
         Some(p) => p,
@@ -232,7 +247,7 @@ unsafe fn add_u64(dst: *mut u64, v: u64) {
 
 /// Adds `delta` to the device's in-flight count and raises this epoch's peak.
 #[inline(always)]
-fn inflight_add(dev: u32, delta: i64) {
+pub(crate) fn inflight_add(dev: u32, delta: i64) {
     let p = match INFLIGHT.get_ptr_mut(&dev) {
         Some(p) => p,
         None => {
@@ -255,7 +270,7 @@ fn inflight_add(dev: u32, delta: i64) {
         core::ptr::read_volatile(&raw const (*p).inflight)
     };
     if delta > 0 && now > 0 {
-        let epoch = CONTROL.get(CONTROL_EPOCH).copied().unwrap_or(0);
+        let epoch = control(CONTROL_EPOCH);
         let slot = (epoch & 1) as usize;
         // A racy max: two CPUs raising the peak at once may keep the smaller value, which can
         // under-report the peak by the few requests issued in that instant.

@@ -131,6 +131,8 @@ pub struct Collector {
     prev_depth: HashMap<u32, u64>,
     /// Consecutive idle intervals in which our depth disagreed with sysfs.
     drift: HashMap<u32, u32>,
+    /// Raw kernel gauge at the previous read.
+    prev_raw: HashMap<u32, i64>,
     names: DeviceNames,
     filter: DeviceFilter,
     node: String,
@@ -174,6 +176,7 @@ impl Collector {
             totals: Losses::default(),
             prev_depth: HashMap::new(),
             drift: HashMap::new(),
+            prev_raw: HashMap::new(),
             names,
             filter,
             node,
@@ -332,7 +335,11 @@ impl Collector {
     /// requests in flight, their completions were lost: reset the gauge and count the loss.
     /// Only done on an idle device, where the reset cannot race with the programs' adds.
     fn reconcile(&mut self, dev: u32, depth: u64, sysfs: Option<u64>, completed: u64, mut v: KernelInflight) -> Result<u64> {
-        let stale = depth > 0 && sysfs == Some(0) && completed == 0 && self.prev_depth.get(&dev) == Some(&depth);
+        // Raw kernel value: it can be below 0 if a request issued in the instant of arming was
+        // uncounted without having been counted (see CONTROL_ARMED_NS); reported as 0, repaired here.
+        let raw = v.inflight;
+        let prev_raw = self.prev_raw.insert(dev, raw);
+        let stale = raw != 0 && sysfs == Some(0) && completed == 0 && prev_raw == Some(raw);
         if !stale {
             self.drift.remove(&dev);
             return Ok(depth);
@@ -345,9 +352,12 @@ impl Collector {
         self.drift.remove(&dev);
         v.inflight = 0;
         self.inflight.insert(dev, v, 0).map_err(map_err("INFLIGHT"))?;
-        self.totals.inflight_resync += depth;
-        self.pending_resync += depth;
-        tracing::warn!(device = dev, lost = depth, "in-flight depth disagreed with sysfs on an idle device; reset");
+        self.prev_raw.insert(dev, 0);
+        let lost = raw.unsigned_abs();
+        self.totals.inflight_resync += lost;
+        self.pending_resync += lost;
+        tracing::warn!(device = dev, gauge = raw, "in-flight depth disagreed with sysfs on an idle device; reset");
+        let _ = depth;
         Ok(0)
     }
 

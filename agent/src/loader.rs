@@ -104,6 +104,56 @@ pub struct BtfLayout {
     pub req_op_secure_erase: u32,
     /// Tracepoints whose `rq` is the second argument (before 5.11: `(q, rq)`).
     pub legacy_q_arg: Vec<&'static str>,
+    /// What the no-start-map fast path needs; `None` when this kernel lacks any of it.
+    pub fast: Option<FastLayout>,
+}
+
+/// Fields for the fast path (`agent-ebpf/src/fast.rs`): the block layer's own timestamps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FastLayout {
+    pub rq_rq_flags: u64,
+    pub rq_start_time: u64,
+    pub rq_io_start_time: u64,
+    pub rq_stats_sectors: u64,
+    pub q_queue_flags: u64,
+    pub queue_flag_stats_mask: u64,
+    pub rqf_stats_mask: u32,
+    pub req_op_drv_in: u32,
+    pub req_op_drv_out: u32,
+}
+
+impl FastLayout {
+    /// `None` unless every field exists and every `struct request` field the fast path reads
+    /// lies, naturally aligned, inside the first `RQ_CHUNK` bytes.
+    fn from_btf(btf: &Btf, rq_q: u64, rq_cmd_flags: u64, rq_data_len: u64) -> Option<FastLayout> {
+        let m = |s: &str, f: &str| btf.member_offset(s, f).ok();
+        let e = |n: &str| btf.enum_value(n).ok();
+        // RQF_STATS is `1 << __RQF_STATS` since 6.8 (enum rqf_flags); older kernels have only
+        // a #define, invisible in BTF: no fast path there.
+        let rqf_bit = e("__RQF_STATS")?;
+        let qf_bit = e("QUEUE_FLAG_STATS")?;
+        let l = FastLayout {
+            rq_rq_flags: m("request", "rq_flags")?,
+            rq_start_time: m("request", "start_time_ns")?,
+            rq_io_start_time: m("request", "io_start_time_ns")?,
+            rq_stats_sectors: m("request", "stats_sectors")?,
+            q_queue_flags: m("request_queue", "queue_flags")?,
+            queue_flag_stats_mask: 1u64.checked_shl(qf_bit as u32)?,
+            rqf_stats_mask: 1u32.checked_shl(rqf_bit as u32)?,
+            req_op_drv_in: e("REQ_OP_DRV_IN")? as u32,
+            req_op_drv_out: e("REQ_OP_DRV_OUT")? as u32,
+        };
+        let chunk = blkio_agent_common::RQ_CHUNK as u64;
+        let fits = |off: u64, size: u64| off % size == 0 && off + size <= chunk;
+        let all_fit = fits(rq_q, 8)
+            && fits(rq_cmd_flags, 4)
+            && fits(l.rq_rq_flags, 4)
+            && fits(rq_data_len, 4)
+            && fits(l.rq_start_time, 8)
+            && fits(l.rq_io_start_time, 8)
+            && fits(l.rq_stats_sectors, 2);
+        all_fit.then_some(l)
+    }
 }
 
 impl BtfLayout {
@@ -136,10 +186,16 @@ impl BtfLayout {
                 return Err(Error::BtfMissing(format!("`unsigned int nr_bytes` third argument in block_rq_complete (its arguments are {:?})", args.types)));
             }
         }
+        let rq_q = btf.member_offset("request", "q")?;
+        let rq_cmd_flags = btf.member_offset("request", "cmd_flags")?;
+        let rq_data_len = btf.member_offset("request", "__data_len")?;
+        // The fast path reads the disk through q->disk: not on pre-5.17 kernels with rq_disk.
+        let fast = if rq_disk.is_none() { FastLayout::from_btf(btf, rq_q, rq_cmd_flags, rq_data_len) } else { None };
         Ok(BtfLayout {
-            rq_q: btf.member_offset("request", "q")?,
-            rq_cmd_flags: btf.member_offset("request", "cmd_flags")?,
-            rq_data_len: btf.member_offset("request", "__data_len")?,
+            rq_q,
+            rq_cmd_flags,
+            rq_data_len,
+            fast,
             rq_disk,
             q_disk,
             disk_major: btf.member_offset("gendisk", "major")?,
@@ -179,9 +235,30 @@ fn load_btf(vmlinux: &Path, attribute: u8) -> Result<Probes> {
         .override_global("REQ_OP_DISCARD", &layout.req_op_discard, true)
         .override_global("REQ_OP_SECURE_ERASE", &layout.req_op_secure_erase, true)
         .override_global("ATTRIBUTE_CGROUPS", &attribute, true);
+    // Attribution needs the submitting cgroup kept per request until completion: start map.
+    let fast = layout.fast.as_ref().filter(|_| attribute == 0);
+    let fast_on = u8::from(fast.is_some());
+    if let Some(f) = fast {
+        loader
+            .override_global("RQ_RQ_FLAGS_OFF", &f.rq_rq_flags, true)
+            .override_global("RQ_START_TIME_OFF", &f.rq_start_time, true)
+            .override_global("RQ_IO_START_TIME_OFF", &f.rq_io_start_time, true)
+            .override_global("RQ_STATS_SECTORS_OFF", &f.rq_stats_sectors, true)
+            .override_global("Q_QUEUE_FLAGS_OFF", &f.q_queue_flags, true)
+            .override_global("QUEUE_FLAG_STATS_MASK", &f.queue_flag_stats_mask, true)
+            .override_global("RQF_STATS_MASK", &f.rqf_stats_mask, true)
+            .override_global("REQ_OP_DRV_IN", &f.req_op_drv_in, true)
+            .override_global("REQ_OP_DRV_OUT", &f.req_op_drv_out, true);
+    }
+    loader.override_global("FAST_PATH", &fast_on, true);
+    tracing::info!(fast_path = fast.is_some(), "BTF layout resolved");
     let mut ebpf = loader.load(EBPF_OBJECT).map_err(|e| Error::bpf("cannot load the eBPF object", e))?;
     let mut programs = Vec::new();
     for hook in HOOKS.iter() {
+        // The fast path takes queue time from the request's allocation stamp: no insert hook.
+        if fast.is_some() && hook.tracepoint == "block_rq_insert" {
+            continue;
+        }
         let variant = if layout.legacy_q_arg.contains(&hook.tracepoint) { "_q" } else { "" };
         let name: &'static str = match (hook.tracepoint, variant) {
             ("block_rq_issue", "") => "rq_issue_btf",
@@ -203,7 +280,20 @@ fn load_btf(vmlinux: &Path, attribute: u8) -> Result<Probes> {
             Err(e) => return Err(e),
         }
     }
+    arm(&mut ebpf)?;
     Ok(Probes { ebpf, mode: Attached::Btf, programs })
+}
+
+/// Tells the programs that every hook is attached (see `CONTROL_ARMED_NS`).
+fn arm(ebpf: &mut Ebpf) -> Result<()> {
+    let map = ebpf.map_mut("CONTROL").ok_or_else(|| Error::Other("map CONTROL is not in the eBPF object".into()))?;
+    let mut control: aya::maps::Array<_, u64> =
+        aya::maps::Array::try_from(map).map_err(|e| Error::bpf("map CONTROL has an unexpected type", e))?;
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid out-pointer. CLOCK_MONOTONIC is the clock of bpf_ktime_get_ns().
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    let now = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+    control.set(blkio_agent_common::CONTROL_ARMED_NS, now, 0).map_err(|e| Error::bpf("cannot write map CONTROL", e))
 }
 
 /// Record offsets for classic tracepoints, from tracefs format files.
@@ -270,6 +360,7 @@ fn load_tracepoints(attribute: u8) -> Result<Probes> {
             Err(e) => return Err(e),
         }
     }
+    arm(&mut ebpf)?;
     Ok(Probes { ebpf, mode: Attached::Tracepoint, programs })
 }
 
@@ -410,6 +501,32 @@ mod tests {
         assert_eq!(l.req_op_mask, 0xff);
         assert_eq!(l.req_op_secure_erase, 5);
         assert!(l.legacy_q_arg.is_empty());
+    }
+
+    #[test]
+    fn fast_path_needs_every_field_inside_the_chunk() {
+        let build = |io_start_off: u32| {
+            let mut b = BtfBuilder::new();
+            let u32t = b.int("unsigned int", 4);
+            let u64t = b.int("u64", 8);
+            let u16t = b.int("unsigned short", 2);
+            let vp = b.ptr(0);
+            b.structure("request_queue", 128, &[("queue_flags", u64t, 32), ("disk", vp, 104)]);
+            b.structure(
+                "request",
+                256,
+                &[("rq_flags", u32t, 28), ("start_time_ns", u64t, 104), ("io_start_time_ns", u64t, io_start_off), ("stats_sectors", u16t, 122)],
+            );
+            b.enumeration("rqf_flags", &[("__RQF_STATS", 11)]);
+            b.enumeration("qf", &[("QUEUE_FLAG_STATS", 7)]);
+            b.enumeration("req_op", &[("REQ_OP_DRV_IN", 34), ("REQ_OP_DRV_OUT", 35)]);
+            Btf::parse(&b.build()).unwrap()
+        };
+        let f = FastLayout::from_btf(&build(112), 0, 24, 44).expect("6.18-like layout");
+        assert_eq!((f.rq_io_start_time, f.rqf_stats_mask, f.queue_flag_stats_mask), (112, 1 << 11, 1 << 7));
+        assert_eq!(FastLayout::from_btf(&build(160), 0, 24, 44), None, "outside the chunk");
+        assert_eq!(FastLayout::from_btf(&build(108), 0, 24, 44), None, "misaligned");
+        assert_eq!(BtfLayout::from_btf(&kernel_like(false, false)).unwrap().fast, None, "no __RQF_STATS");
     }
 
     #[test]

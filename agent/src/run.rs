@@ -5,7 +5,7 @@
 use std::{
     process::ExitCode,
     sync::{Arc, atomic::Ordering},
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
@@ -16,6 +16,7 @@ use crate::{
     collector::Collector,
     devices::{DeviceFilter, DeviceNames},
     export::{AgentIdentity, Exporters, Health},
+    k8s,
     live::LiveView,
     loader::{self, LoadOptions},
     writer::{SegmentConfig, Sink, Writer},
@@ -75,16 +76,22 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let writer = open_output(&args, &node)?;
 
     let health = Arc::new(Health::default());
-    health.interval_ms.store((args.interval * 1000.0) as u64, Ordering::Relaxed);
-    health.output_writable.store(true, Ordering::Relaxed);
+    health.set_interval(Duration::from_secs_f64(args.interval));
+    health.set_output_writable(true);
     let identity = AgentIdentity { node_name: node.clone(), host_name: hostname() };
     let exporters = Exporters::start(&args, identity, health.clone())?;
+    let mut attribution = if args.attribute_pods {
+        let root = k8s::resolve_cgroup_root(args.cgroup_root.as_deref(), &args.sys_root);
+        Some(k8s::Attribution::start(root, node.clone(), args.max_pods)?)
+    } else {
+        None
+    };
 
     let probes = loader::load(&LoadOptions { mode: args.attach, sys_root: &args.sys_root, attribute_cgroups: args.attribute_pods })?;
     let mode = probes.mode;
     let programs = probes.programs.join(",");
     let mut collector = Collector::new(probes, names, filter, node.clone(), args.attribute_pods)?;
-    health.attached.store(true, Ordering::Relaxed);
+    health.set_attached();
     tracing::info!(
         attach = mode.as_str(),
         programs,
@@ -102,6 +109,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let deadline = args.duration.map(|d| tokio::time::Instant::now() + Duration::from_secs_f64(d));
     let mut failures_seen = 0u64;
+    let mut bytes_reported = 0u64;
 
     loop {
         let stop = tokio::select! {
@@ -117,15 +125,20 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         let started = Instant::now();
         let collected = collector.collect()?;
-        let snapshot = collected.snapshot;
+        let mut snapshot = collected.snapshot;
+        if let Some(a) = attribution.as_mut() {
+            snapshot.pods = a.attribute(&collected.cgroups);
+        }
         if let Some(w) = &writer {
             let line = serde_json::to_vec(&snapshot).context("cannot encode a snapshot")?;
             w.send(line);
-            health.output_writable.store(w.stats.writable.load(Ordering::Relaxed), Ordering::Relaxed);
+            let written = w.stats.bytes_written.load(Ordering::Relaxed);
+            health.add_jsonl_bytes(written - bytes_reported);
+            bytes_reported = written;
+            health.set_output_writable(w.stats.writable.load(Ordering::Relaxed));
         }
         exporters.publish(&snapshot);
-        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
-        health.last_snapshot_unix_ms.store(now_ms, Ordering::Relaxed);
+        health.record_snapshot(collected.build_time);
         live.render(&snapshot);
         tracing::debug!(build_us = collected.build_time.as_micros() as u64, total_us = started.elapsed().as_micros() as u64, "snapshot built");
         if stop {
@@ -137,6 +150,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         w.close().context("cannot finish the JSONL output")?;
     }
     exporters.shutdown(Duration::from_secs(5)).await;
+    drop(attribution);
     drop(collector); // detaches the programs
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)

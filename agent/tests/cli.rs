@@ -1,6 +1,8 @@
 //! The command line as a user meets it: flags and `BLKIO_AGENT_*` variables, one-line errors.
 //! None of these attach anything, so they need no privileges.
 
+#![cfg(feature = "ebpf")] // the node agent; absent from the analyzer-only build
+
 use std::process::Command;
 
 fn agent(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {

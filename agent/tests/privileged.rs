@@ -1,6 +1,8 @@
 //! Privileged end-to-end tests of the agent core on real loop devices and real tracepoints.
 //! Run as root (CI does); see `privileged_support` for the skip/fail policy.
 
+#![cfg(feature = "ebpf")] // the node agent; absent from the analyzer-only build
+
 mod privileged_support;
 
 use std::time::Duration;

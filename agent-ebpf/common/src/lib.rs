@@ -22,10 +22,14 @@ pub const OP_NAMES: [&str; OP_COUNT] = ["read", "write", "discard", "flush", "ot
 /// Capacity of the in-flight request map. blk-mq preallocates its requests, so the number of
 /// distinct `struct request *` keys is bounded by the tags of all queues; 64k covers 32 NVMe
 /// devices at queue depth 1024 with room for schedulers' tags. A full map is counted
-/// (`LOSS_START_INSERT_FAILED`), never silent.
+/// (`LOSS_START_INSERT_FAILED`), never silent. The map is not preallocated
+/// (`BPF_F_NO_PREALLOC`): with the fast path it holds only requests of unstamped queues.
 pub const MAX_INFLIGHT_REQUESTS: u32 = 65_536;
-/// Capacity of the per-(device, op) histogram map: 256 devices x 5 ops.
-pub const MAX_HIST_KEYS: u32 = 1_280;
+/// Capacity of the per-(device, op) histogram map. Per-CPU hash maps preallocate a value per
+/// possible CPU for every entry, so this bounds kernel memory: 160 x 416 B x 192 CPUs = 12.8 MB.
+/// 160 keys hold 32 devices with all five ops (or ~50 with the usual read/write/flush); a full
+/// map is counted in `hist_update_failed`.
+pub const MAX_HIST_KEYS: u32 = 160;
 /// Capacity of the per-device in-flight gauge map.
 pub const MAX_DEVICES: u32 = 256;
 /// Capacity of the per-(cgroup, device, op) attribution map.
@@ -57,7 +61,16 @@ pub const COUNTER_NAMES: [&str; COUNTER_SLOTS as usize] = [
 /// Index 0 of the `CONTROL` array: the interval epoch. Userspace increments it at each snapshot;
 /// programs use its parity to pick which of the two `peak` slots of [`DeviceInflight`] to raise.
 pub const CONTROL_EPOCH: u32 = 0;
-pub const CONTROL_SLOTS: u32 = 1;
+/// Index 1 of `CONTROL`: `CLOCK_MONOTONIC` ns written by userspace once every program is
+/// attached (0 before). The fast path counts a request in the depth gauge only when issued after
+/// it, and uncounts it only when the block layer's issue time is after it, so requests already
+/// in flight at start never make the gauge negative.
+pub const CONTROL_ARMED_NS: u32 = 1;
+pub const CONTROL_SLOTS: u32 = 2;
+
+/// Bytes of `struct request` read in one helper call on the fast path; every field the fast
+/// path needs must lie inside (checked in userspace against BTF, else the fast path is off).
+pub const RQ_CHUNK: usize = 128;
 
 /// Key of the in-flight request map. In BTF mode `a` is the `struct request *` and `b` is 0;
 /// with classic tracepoints (no pointer in the record) it is `(sector, dev)`, which collides for
@@ -87,6 +100,22 @@ pub struct RequestStart {
     pub bytes: u32,
     pub _pad: u32,
 }
+
+/// One entry of the fast path's per-CPU cache of request queues: the device and whether the
+/// block layer stamps the queue's requests, so most I/Os read nothing but the request itself.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct QueueInfo {
+    pub q: u64,
+    /// `epoch + 1` when filled (0 never matches): entries expire at each snapshot, so a changed
+    /// queue flag or a queue address reused by a new device is picked up within one interval.
+    pub stamp: u64,
+    pub dev: u32,
+    pub stats: u32,
+}
+
+/// Slots of the per-CPU queue cache (indexed by bits of the queue address).
+pub const QCACHE_SLOTS: u32 = 4;
 
 /// Key of the per-(device, op) histogram map.
 #[repr(C)]
@@ -224,6 +253,7 @@ mod pod {
     unsafe impl aya::Pod for DeviceInflight {}
     unsafe impl aya::Pod for CgroupKey {}
     unsafe impl aya::Pod for CgroupStats {}
+    unsafe impl aya::Pod for QueueInfo {}
 }
 
 #[cfg(test)]

@@ -1,0 +1,100 @@
+//! `{device}_queue_depth.png` and `{device}_requests.png`: line charts over time.
+
+use plotters::prelude::*;
+
+use super::super::dataset::{NONE, OPS};
+use super::super::stats::Anomaly;
+use super::super::units::si;
+use super::{Chart, Columns, DeviceColumns, Frame, Legend, Mark, YAxis, chart, draw_err, draw_legend, draw_overlay, linear_ticks, render, titled};
+use crate::error::Result;
+
+const OP_COLORS: [RGBColor; 5] = [
+    RGBColor(0x1f, 0x77, 0xb4),
+    RGBColor(0xff, 0x7f, 0x0e),
+    RGBColor(0x94, 0x67, 0xbd),
+    RGBColor(0x8c, 0x56, 0x4b),
+    RGBColor(0x7f, 0x7f, 0x7f),
+];
+
+/// Draws `value(column)` as lines, broken at data gaps and at columns without a value, and
+/// adds the legend entry.
+fn draw_line(ch: &mut Chart, cols: &Columns, value: impl Fn(usize) -> Option<f64>, color: RGBColor, label: &str, legend: &mut Legend) -> Result<()> {
+    let style = color.stroke_width(2);
+    for run in cols.runs() {
+        let mut seg: Vec<(f64, f64)> = Vec::new();
+        for c in run.chain(std::iter::once(usize::MAX)) {
+            match (c != usize::MAX).then(|| value(c)).flatten() {
+                Some(v) => seg.push((cols.center(c), v)),
+                None if !seg.is_empty() => {
+                    // A lone point would be invisible as a line: draw it as a dot.
+                    if seg.len() == 1 {
+                        ch.draw_series(std::iter::once(Circle::new(seg[0], 3, style.filled()))).map_err(draw_err)?;
+                    }
+                    ch.draw_series(LineSeries::new(std::mem::take(&mut seg), style)).map_err(draw_err)?;
+                }
+                None => {}
+            }
+        }
+    }
+    legend.push((label.to_string(), Mark::Line(color)));
+    Ok(())
+}
+
+fn bin_note(cols: &Columns) -> String {
+    if cols.per_column > 1 { format!(", max per {} snapshots", cols.per_column) } else { String::new() }
+}
+
+pub fn queue_depth(device: &str, frame: &Frame, cols: &Columns, data: &DeviceColumns, anomalies: &[Anomaly], peak: Option<u64>) -> Result<Vec<u8>> {
+    let has_peak = data.peak.iter().any(|v| *v != NONE);
+    let max = data.inflight.iter().chain(&data.peak).filter(|v| **v != NONE).copied().max().unwrap_or(0);
+    let (top, ticks) = linear_ticks(max as f64 * 1.35);
+    let label = |v: &f64| si(*v);
+    let title = match peak {
+        Some(p) => format!("{device}: requests in flight (peak {p})"),
+        None => format!("{device}: requests in flight (no data)"),
+    };
+    render(|root| {
+        root.fill(&WHITE).map_err(draw_err)?;
+        let (strip, body) = titled(root, &title)?;
+        let y = YAxis { lo: 0.0, hi: top, ticks, label: &label, desc: "requests in flight".into() };
+        let mut ch = chart(&body, frame, y)?;
+        let mut legend = Legend::new();
+        let overlay = draw_overlay(&mut ch, frame, anomalies, false)?;
+        let get = |col: &Vec<u64>, c: usize| (col[c] != NONE).then(|| col[c] as f64);
+        if has_peak {
+            let label = format!("peak during interval{}", bin_note(cols));
+            draw_line(&mut ch, cols, |c| get(&data.peak, c), RGBColor(0xd6, 0x27, 0x28), &label, &mut legend)?;
+        }
+        let label = format!("in flight at interval end{}", bin_note(cols));
+        draw_line(&mut ch, cols, |c| get(&data.inflight, c), RGBColor(0x1f, 0x77, 0xb4), &label, &mut legend)?;
+        legend.extend(overlay);
+        draw_legend(&strip, &ch, &legend)
+    })
+}
+
+pub fn requests(device: &str, frame: &Frame, cols: &Columns, data: &DeviceColumns, anomalies: &[Anomaly]) -> Result<Vec<u8>> {
+    let rate = |n: u64, c: usize| if cols.seconds[c] > 0.0 { n as f64 / cols.seconds[c] } else { 0.0 };
+    let max = (0..cols.len()).map(|c| rate(data.requests[c], c)).fold(0.0, f64::max);
+    let (top, ticks) = linear_ticks(max * 1.35);
+    let label = |v: &f64| si(*v);
+    let avg = if cols.per_column > 1 { format!(" (mean per {} snapshots)", cols.per_column) } else { String::new() };
+    render(|root| {
+        root.fill(&WHITE).map_err(draw_err)?;
+        let (strip, body) = titled(root, &format!("{device}: requests per second{avg}"))?;
+        let y = YAxis { lo: 0.0, hi: top, ticks, label: &label, desc: "completed requests per second (IOPS)".into() };
+        let mut ch = chart(&body, frame, y)?;
+        let mut legend = Legend::new();
+        let overlay = draw_overlay(&mut ch, frame, anomalies, false)?;
+        draw_line(&mut ch, cols, |c| Some(rate(data.requests[c], c)), BLACK, "all ops", &mut legend)?;
+        if let Some(ops) = &data.ops {
+            for (i, name) in OPS.iter().enumerate() {
+                if ops.iter().all(|o| o[i] == 0) {
+                    continue;
+                }
+                draw_line(&mut ch, cols, |c| Some(rate(ops[c][i], c)), OP_COLORS[i], name, &mut legend)?;
+            }
+        }
+        legend.extend(overlay);
+        draw_legend(&strip, &ch, &legend)
+    })
+}

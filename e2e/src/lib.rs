@@ -1,0 +1,35 @@
+//! Packaging tests for blkio-agent: the Helm chart, the plain manifests, the container image, and
+//! end-to-end runs (docker-level here, kind where kind/kubectl/helm exist). The tests live in
+//! `e2e/tests/`; this library holds what they share, each piece unit-tested on its own:
+//!
+//! - [`prereq`]: a test whose prerequisites are missing fails under `CI=true`, else says why it
+//!   does not run.
+//! - [`manifests`]: YAML (chart values, `manifests/`) into k8s-openapi types.
+//! - [`docker`]: a DaemonSet pod spec translated into `docker run` flags.
+//! - [`segments`]: the agent's sealed JSONL segments, parsed into its own snapshot type.
+//! - [`cluster`]: kube-client checks of the kind e2e (DaemonSet readiness, collector output).
+//! - [`bpf`]: the BPF programs the agent loads, as the kernel lists them.
+
+pub mod bpf;
+pub mod cluster;
+pub mod docker;
+pub mod manifests;
+pub mod prereq;
+pub mod segments;
+
+use std::path::{Path, PathBuf};
+
+/// The workspace root (the e2e crate lives one level below it).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("e2e lives in the workspace").to_path_buf()
+}
+
+/// The chart's directory.
+pub fn chart_dir() -> PathBuf {
+    workspace_root().join("charts/blkio-agent")
+}
+
+/// The plain manifests' directory.
+pub fn manifests_dir() -> PathBuf {
+    workspace_root().join("manifests")
+}
