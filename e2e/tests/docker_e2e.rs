@@ -166,6 +166,21 @@ fn probe_until_ok(container: &str, addr: &str, path: &str, budget: Duration) -> 
     }
 }
 
+/// Highest memory use of the container's cgroup so far (v2 `memory.peak`, v1
+/// `memory.max_usage_in_bytes`), where the host exposes it.
+fn peak_memory(container: &str) -> Option<u64> {
+    let id = docker(&["inspect", "-f", "{{.Id}}", container]).ok()?;
+    let id = id.trim();
+    [
+        format!("/sys/fs/cgroup/system.slice/docker-{id}.scope/memory.peak"),
+        format!("/sys/fs/cgroup/docker/{id}/memory.peak"),
+        format!("/sys/fs/cgroup/memory/docker/{id}/memory.max_usage_in_bytes"),
+        format!("/sys/fs/cgroup/memory/system.slice/docker-{id}.scope/memory.max_usage_in_bytes"),
+    ]
+    .iter()
+    .find_map(|p| std::fs::read_to_string(p).ok()?.trim().parse().ok())
+}
+
 fn build_image() {
     // The same code path as `cargo xtask image` (musl build, FROM scratch, size check).
     let status = Command::new(env!("CARGO"))
@@ -249,7 +264,11 @@ fn docker_e2e_daemonset_spec_on_a_loop_device() {
     assert!(metrics.lines().any(|l| l.starts_with("blkio_")), "no blkio_* series in /metrics");
 
     let usage = docker(&["stats", "--no-stream", "--format", "{{.MemUsage}}", &container.0]).unwrap();
-    eprintln!("docker_e2e: agent memory (cgroup, BPF maps included): {}", usage.trim());
+    let peak = peak_memory(&container.0);
+    eprintln!("docker_e2e: agent memory (cgroup, BPF maps included): now {}, peak {peak:?} bytes", usage.trim());
+    if let Some(peak) = peak {
+        assert!((peak as f64) < memory_limit * 0.75, "peak {peak} bytes is close to the {memory_limit}-byte limit");
+    }
 
     // SIGTERM, as the kubelet does, with the pod's grace period.
     let stop_at = now_epoch();

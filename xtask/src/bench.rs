@@ -89,19 +89,13 @@ pub fn bench_overhead(opts: Opts) -> anyhow::Result<()> {
     }
     let biolatency = if opts.skip_biolatency { None } else { Some(find_biolatency()?) };
     let root = workspace_root();
-    if !opts.no_build {
-        run(Command::new("cargo").current_dir(&root).args(["build", "--release", "-p", "blkio-agent"]))?;
-    }
-    let agent_bin = root.join("target/release/blkio-agent");
-    if !agent_bin.exists() {
-        bail!("{} does not exist; build it or drop --no-build", agent_bin.display());
-    }
     sys::install_signal_handlers();
     let load1: f64 = sys::loadavg().split_whitespace().next().and_then(|l| l.parse().ok()).unwrap_or(0.0);
     if load1 > 0.5 {
         eprintln!("xtask: warning: load average {load1:.2}: other work on this machine will add noise (IOPS most of all)");
     }
     let scratch = sys::ScratchDir::new()?;
+    let agent_bin = agent_binary(&root, &scratch.0, opts.no_build)?;
     let ctx = Ctx { opts: opts.clone(), agent_bin, biolatency, scratch: scratch.0.clone() };
     let mut results = results::Results { meta: meta(&ctx), ..Default::default() };
 
@@ -122,6 +116,35 @@ pub fn bench_overhead(opts: Opts) -> anyhow::Result<()> {
         eprintln!("xtask: wrote {}", path.display());
     }
     Ok(())
+}
+
+/// Builds the agent and copies the binary into the scratch directory: the target directory is
+/// shared, and another build (e.g. `--no-default-features`, which has no `run`) may replace
+/// target/release/blkio-agent in the middle of the benchmark.
+fn agent_binary(root: &Path, scratch: &Path, no_build: bool) -> anyhow::Result<PathBuf> {
+    let built = root.join("target/release/blkio-agent");
+    let copy = scratch.join("blkio-agent");
+    for attempt in 0..2 {
+        if !no_build {
+            run(Command::new("cargo").current_dir(root).args(["build", "--release", "-p", "blkio-agent"]))?;
+        }
+        if !built.exists() {
+            bail!("{} does not exist; build it or drop --no-build", built.display());
+        }
+        fs::copy(&built, &copy).with_context(|| format!("cannot copy {}", built.display()))?;
+        let out = Command::new(&copy)
+            .args(["run", "--help"])
+            .output()
+            .with_context(|| format!("cannot execute {} (is /dev/shm mounted noexec?)", copy.display()))?;
+        if out.status.success() {
+            return Ok(copy);
+        }
+        if no_build || attempt == 1 {
+            break;
+        }
+        eprintln!("xtask: {} has no `run` (replaced by a build without the ebpf feature?); building again", built.display());
+    }
+    bail!("{} has no `run` subcommand (built without the `ebpf` feature); rebuild it", built.display())
 }
 
 fn which(tool: &str) -> anyhow::Result<PathBuf> {

@@ -107,12 +107,24 @@ pub struct Agent {
 
 impl Agent {
     pub fn start(args: &[&str]) -> Agent {
+        Agent::start_with_env(args, &[])
+    }
+
+    /// Starts `blkio-agent run ARGS` with extra environment; `--metrics-addr off` and
+    /// `--live log` unless ARGS say otherwise.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Agent {
         let dir = tempfile::tempdir().unwrap();
         let stderr_path = dir.path().join("stderr.log");
-        let child = Command::new(agent_bin())
-            .arg("run")
-            .args(args)
-            .args(["--metrics-addr", "off", "--live", "log"])
+        let mut cmd = Command::new(agent_bin());
+        cmd.arg("run").args(args);
+        if !args.contains(&"--metrics-addr") {
+            cmd.args(["--metrics-addr", "off"]);
+        }
+        if !args.contains(&"--live") {
+            cmd.args(["--live", "log"]);
+        }
+        let child = cmd
+            .envs(env.iter().copied())
             .env("BLKIO_AGENT_LOG", "info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&stderr_path).unwrap())
