@@ -2,7 +2,7 @@
 //!
 //! Two attach modes feed the same maps:
 //! - BTF tracepoints (`tp_btf`): the raw `struct request *` is the key, fields are read with
-//!   `bpf_probe_read_kernel` at offsets userspace found in the running kernel's BTF and passed in as
+//!   BTF-checked plain loads at offsets userspace found in the running kernel's BTF and passed in as
 //!   globals (aya has no CO-RE relocations for Rust programs, so nothing here hard-codes a layout).
 //! - Classic tracepoints: the record carries no request pointer, so the key is `(sector, dev)`;
 //!   record field offsets come from tracefs `format` files, again via globals.
@@ -23,7 +23,7 @@ use aya_ebpf::{
 };
 use blkio_agent_common::{OP_DISCARD, OP_FLUSH, OP_OTHER, OP_READ, OP_WRITE, RequestKey};
 
-use crate::fast::Chunk;
+use crate::fast::{Rq, load};
 
 use crate::state::{Completion, on_complete, on_insert, on_issue, on_requeue};
 
@@ -93,11 +93,6 @@ static TP_REQUEUE_SECTOR: u64 = 0;
 #[unsafe(no_mangle)]
 static ATTRIBUTE_CGROUPS: u8 = 0;
 
-#[inline(always)]
-pub(crate) fn read_kernel<T>(base: u64, off: u64) -> Result<T, i64> {
-    unsafe { aya_ebpf::helpers::bpf_probe_read_kernel((base + off) as *const T) }.map_err(i64::from)
-}
-
 /// What the issue path needs to know about a request in BTF mode.
 struct RqInfo {
     dev: u32,
@@ -106,25 +101,21 @@ struct RqInfo {
 }
 
 #[inline(always)]
-fn rq_info(rq: u64) -> Result<RqInfo, i64> {
+fn rq_info(rq: u64) -> RqInfo {
     let disk: u64 = match global!(RQ_DISK_OFF) {
-        u64::MAX => {
-            let q: u64 = read_kernel(rq, global!(RQ_Q_OFF))?;
-            read_kernel(q, global!(Q_DISK_OFF))?
-        }
-        off => read_kernel(rq, off)?,
+        u64::MAX => load(load::<u64>(rq, global!(RQ_Q_OFF)), global!(Q_DISK_OFF)),
+        off => load(rq, off),
     };
     // A request without a disk (e.g. NVMe multipath's hidden paths before naming) reports 0:0.
     let dev = if disk == 0 {
         0
     } else {
-        let major: i32 = read_kernel(disk, global!(DISK_MAJOR_OFF))?;
-        let minor: i32 = read_kernel(disk, global!(DISK_FIRST_MINOR_OFF))?;
-        ((major as u32) << 20) | (minor as u32 & 0xfffff)
+        let major: u32 = load(disk, global!(DISK_MAJOR_OFF));
+        let minor: u32 = load(disk, global!(DISK_FIRST_MINOR_OFF));
+        (major << 20) | (minor & 0xfffff)
     };
-    let cmd_flags: u32 = read_kernel(rq, global!(RQ_CMD_FLAGS_OFF))?;
-    let bytes: u32 = read_kernel(rq, global!(RQ_DATA_LEN_OFF))?;
-    Ok(RqInfo { dev, op: classify_req_op(cmd_flags & global!(REQ_OP_MASK)), bytes })
+    let cmd_flags: u32 = load(rq, global!(RQ_CMD_FLAGS_OFF));
+    RqInfo { dev, op: classify_req_op(cmd_flags & global!(REQ_OP_MASK)), bytes: load(rq, global!(RQ_DATA_LEN_OFF)) }
 }
 
 #[inline(always)]
@@ -200,17 +191,16 @@ pub fn rq_issue_btf_q(ctx: BtfTracePointContext) -> i32 {
 #[inline(always)]
 fn try_rq_issue_btf(rq: u64) -> Result<(), i64> {
     if fast::enabled() {
-        let c = Chunk::read(rq)?;
-        if fast::issue(&c) {
+        let r = Rq(rq);
+        if fast::issue(r) {
             return Ok(());
         }
         // Not stamped by the block layer (no blk-stat on this queue, or passthrough): track it in
         // the start map. There is no insert hook in this mode; queueing starts at allocation.
-        let dev = fast::disk_dev(c.q())?;
-        on_issue(btf_key(rq), dev, classify_req_op(c.raw_op()), c.data_len(), c.start_time_ns());
+        on_issue(btf_key(rq), r.dev(), classify_req_op(r.raw_op()), r.data_len(), r.start_time_ns());
         return Ok(());
     }
-    let info = rq_info(rq)?;
+    let info = rq_info(rq);
     on_issue(btf_key(rq), info.dev, info.op, info.bytes, 0);
     Ok(())
 }
@@ -218,10 +208,7 @@ fn try_rq_issue_btf(rq: u64) -> Result<(), i64> {
 #[btf_tracepoint(function = "block_rq_requeue")]
 pub fn rq_requeue_btf(ctx: BtfTracePointContext) -> i32 {
     let rq = ctx.arg::<u64>(0);
-    if fast::enabled()
-        && let Ok(c) = Chunk::read(rq)
-        && fast::requeue(&c)
-    {
+    if fast::enabled() && fast::requeue(Rq(rq)) {
         return 0;
     }
     on_requeue(btf_key(rq));
@@ -247,23 +234,15 @@ pub fn rq_complete_btf(ctx: BtfTracePointContext) -> i32 {
 fn try_rq_complete_btf(ctx: BtfTracePointContext) -> Result<(), i64> {
     let rq: u64 = ctx.arg(0);
     let nr_bytes: u32 = ctx.arg(2);
-    let chunk = if fast::enabled() { Some(Chunk::read(rq)?) } else { None };
-    let (remaining, raw_op) = match &chunk {
-        Some(c) => (c.data_len(), c.raw_op()),
-        None => {
-            let cmd_flags: u32 = read_kernel(rq, global!(RQ_CMD_FLAGS_OFF))?;
-            (read_kernel(rq, global!(RQ_DATA_LEN_OFF))?, cmd_flags & global!(REQ_OP_MASK))
-        }
-    };
+    let r = Rq(rq);
+    let (remaining, raw_op) = (r.data_len(), r.raw_op());
     // A zero-byte completion of a request that is not a flush is the end of a PREFLUSH/FUA
     // sequence (`blk_flush_complete_seq`, REQ_FSEQ_DONE): the data part already completed and
     // was counted, or it had no data and the flush request itself was counted. Not device I/O.
     if nr_bytes == 0 && remaining == 0 && classify_req_op(raw_op) != OP_FLUSH {
         return Ok(());
     }
-    if let Some(c) = &chunk
-        && fast::complete(c, nr_bytes)
-    {
+    if fast::enabled() && fast::complete(r, nr_bytes) {
         return Ok(());
     }
     let completion = if nr_bytes < remaining { Completion::Partial } else { Completion::Final };

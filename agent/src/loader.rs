@@ -123,9 +123,8 @@ pub struct FastLayout {
 }
 
 impl FastLayout {
-    /// `None` unless every field exists and every `struct request` field the fast path reads
-    /// lies, naturally aligned, inside the first `RQ_CHUNK` bytes.
-    fn from_btf(btf: &Btf, rq_q: u64, rq_cmd_flags: u64, rq_data_len: u64) -> Option<FastLayout> {
+    /// `None` unless every field and flag the fast path needs exists in this kernel's BTF.
+    fn from_btf(btf: &Btf) -> Option<FastLayout> {
         let m = |s: &str, f: &str| btf.member_offset(s, f).ok();
         let e = |n: &str| btf.enum_value(n).ok();
         // RQF_STATS is `1 << __RQF_STATS` since 6.8 (enum rqf_flags); older kernels have only
@@ -143,16 +142,7 @@ impl FastLayout {
             req_op_drv_in: e("REQ_OP_DRV_IN")? as u32,
             req_op_drv_out: e("REQ_OP_DRV_OUT")? as u32,
         };
-        let chunk = blkio_agent_common::RQ_CHUNK as u64;
-        let fits = |off: u64, size: u64| off % size == 0 && off + size <= chunk;
-        let all_fit = fits(rq_q, 8)
-            && fits(rq_cmd_flags, 4)
-            && fits(l.rq_rq_flags, 4)
-            && fits(rq_data_len, 4)
-            && fits(l.rq_start_time, 8)
-            && fits(l.rq_io_start_time, 8)
-            && fits(l.rq_stats_sectors, 2);
-        all_fit.then_some(l)
+        Some(l)
     }
 }
 
@@ -190,7 +180,7 @@ impl BtfLayout {
         let rq_cmd_flags = btf.member_offset("request", "cmd_flags")?;
         let rq_data_len = btf.member_offset("request", "__data_len")?;
         // The fast path reads the disk through q->disk: not on pre-5.17 kernels with rq_disk.
-        let fast = if rq_disk.is_none() { FastLayout::from_btf(btf, rq_q, rq_cmd_flags, rq_data_len) } else { None };
+        let fast = if rq_disk.is_none() { FastLayout::from_btf(btf) } else { None };
         Ok(BtfLayout {
             rq_q,
             rq_cmd_flags,
@@ -504,8 +494,8 @@ mod tests {
     }
 
     #[test]
-    fn fast_path_needs_every_field_inside_the_chunk() {
-        let build = |io_start_off: u32| {
+    fn fast_path_needs_every_field_and_flag() {
+        let build = |with_rqf_stats: bool| {
             let mut b = BtfBuilder::new();
             let u32t = b.int("unsigned int", 4);
             let u64t = b.int("u64", 8);
@@ -515,18 +505,20 @@ mod tests {
             b.structure(
                 "request",
                 256,
-                &[("rq_flags", u32t, 28), ("start_time_ns", u64t, 104), ("io_start_time_ns", u64t, io_start_off), ("stats_sectors", u16t, 122)],
+                &[("rq_flags", u32t, 28), ("start_time_ns", u64t, 104), ("io_start_time_ns", u64t, 112), ("stats_sectors", u16t, 122)],
             );
-            b.enumeration("rqf_flags", &[("__RQF_STATS", 11)]);
+            if with_rqf_stats {
+                b.enumeration("rqf_flags", &[("__RQF_STATS", 11)]);
+            }
             b.enumeration("qf", &[("QUEUE_FLAG_STATS", 7)]);
             b.enumeration("req_op", &[("REQ_OP_DRV_IN", 34), ("REQ_OP_DRV_OUT", 35)]);
             Btf::parse(&b.build()).unwrap()
         };
-        let f = FastLayout::from_btf(&build(112), 0, 24, 44).expect("6.18-like layout");
+        let f = FastLayout::from_btf(&build(true)).expect("6.18-like layout");
         assert_eq!((f.rq_io_start_time, f.rqf_stats_mask, f.queue_flag_stats_mask), (112, 1 << 11, 1 << 7));
-        assert_eq!(FastLayout::from_btf(&build(160), 0, 24, 44), None, "outside the chunk");
-        assert_eq!(FastLayout::from_btf(&build(108), 0, 24, 44), None, "misaligned");
-        assert_eq!(BtfLayout::from_btf(&kernel_like(false, false)).unwrap().fast, None, "no __RQF_STATS");
+        assert_eq!((f.rq_stats_sectors, f.q_queue_flags, f.req_op_drv_out), (122, 32, 35));
+        assert_eq!(FastLayout::from_btf(&build(false)), None, "pre-6.8: RQF_STATS not in BTF");
+        assert_eq!(BtfLayout::from_btf(&kernel_like(false, false)).unwrap().fast, None);
     }
 
     #[test]

@@ -33,7 +33,9 @@ mod tests {
 
     #[test]
     fn recognizes_the_agents_programs() {
-        for n in ["rq_issue_btf", "rq_issue_btf_q", "rq_insert_tp", "rq_complete_btf", "rq_requeue_btf", "rq_requeue_btf_"] {
+        for n in
+            ["rq_issue_btf", "rq_issue_btf_q", "rq_insert_tp", "rq_complete_btf", "rq_requeue_btf", "rq_requeue_btf_"]
+        {
             assert!(is_agent_program(n), "{n}");
         }
         for n in ["rq_issue", "rq_issue_", "rq_foo_btf", "block_rq_issue", "sd_fw_ingress", "rq_issue_xyz"] {

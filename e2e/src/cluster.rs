@@ -57,7 +57,10 @@ pub async fn daemonset_state(client: &Client, namespace: &str, name: &str) -> an
         .into_iter()
         .filter_map(|n| n.metadata.name)
         .collect();
-    let ds: DaemonSet = Api::namespaced(client.clone(), namespace).get(name).await.with_context(|| format!("getting DaemonSet {namespace}/{name}"))?;
+    let ds: DaemonSet = Api::namespaced(client.clone(), namespace)
+        .get(name)
+        .await
+        .with_context(|| format!("getting DaemonSet {namespace}/{name}"))?;
     let status = ds.status.clone().unwrap_or_default();
     let selector = ds
         .spec

@@ -4,11 +4,7 @@
 //! memory/CPU limits. What the translation does not know is an error, never silently dropped,
 //! so a manifest change that the docker e2e cannot reproduce fails it.
 
-use std::{
-    collections::BTreeMap,
-    path::PathBuf,
-    process::Command,
-};
+use std::{collections::BTreeMap, path::PathBuf, process::Command};
 
 use anyhow::{Context as _, bail};
 use k8s_openapi::api::core::v1::{Container, EnvVar, PodSpec};
@@ -40,7 +36,13 @@ pub struct NodeContext {
 }
 
 /// `docker run` arguments (after `run`) for `container` of `pod`, detached, named `name`.
-pub fn run_args(pod: &PodSpec, container: &str, image: &str, name: &str, ctx: &NodeContext) -> anyhow::Result<Vec<String>> {
+pub fn run_args(
+    pod: &PodSpec,
+    container: &str,
+    image: &str,
+    name: &str,
+    ctx: &NodeContext,
+) -> anyhow::Result<Vec<String>> {
     let c: &Container = pod
         .containers
         .iter()
@@ -117,8 +119,12 @@ pub fn run_args(pod: &PodSpec, container: &str, image: &str, name: &str, ctx: &N
         if let Some(hp) = &v.host_path {
             let source = ctx.host_paths.get(&hp.path).cloned().unwrap_or_else(|| PathBuf::from(&hp.path));
             match hp.type_.as_deref().unwrap_or("") {
-                "DirectoryOrCreate" => std::fs::create_dir_all(&source).with_context(|| format!("creating {}", source.display()))?,
-                "Directory" if !source.is_dir() => bail!("hostPath {} (type Directory) is not a directory here", hp.path),
+                "DirectoryOrCreate" => {
+                    std::fs::create_dir_all(&source).with_context(|| format!("creating {}", source.display()))?
+                }
+                "Directory" if !source.is_dir() => {
+                    bail!("hostPath {} (type Directory) is not a directory here", hp.path)
+                }
                 "Directory" | "" => {}
                 other => bail!("hostPath type {other} is not translated"),
             }
@@ -168,7 +174,11 @@ pub fn run_args(pod: &PodSpec, container: &str, image: &str, name: &str, ctx: &N
         if p.host_port.is_some() {
             bail!("hostPort is not translated");
         }
-        a.push(format!("--publish=127.0.0.1::{}/{}", p.container_port, p.protocol.as_deref().unwrap_or("TCP").to_lowercase()));
+        a.push(format!(
+            "--publish=127.0.0.1::{}/{}",
+            p.container_port,
+            p.protocol.as_deref().unwrap_or("TCP").to_lowercase()
+        ));
     }
 
     // Limits (requests only steer scheduling).
@@ -266,7 +276,11 @@ pub fn server_major_version() -> anyhow::Result<u32> {
         bail!("docker version: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
     let v = String::from_utf8(out.stdout)?;
-    v.trim().split('.').next().and_then(|m| m.parse().ok()).with_context(|| format!("docker server version `{}`", v.trim()))
+    v.trim()
+        .split('.')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .with_context(|| format!("docker server version `{}`", v.trim()))
 }
 
 /// Runs `docker args...` and returns its stdout; an error carries stderr.
@@ -296,7 +310,11 @@ pub fn http_get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
     let mut buf = Vec::new();
     s.read_to_end(&mut buf)?;
     let text = String::from_utf8_lossy(&buf);
-    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).with_context(|| format!("bad HTTP response from {addr}{path}"))?;
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("bad HTTP response from {addr}{path}"))?;
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     Ok((status, body))
 }

@@ -44,8 +44,15 @@ impl Object {
 
     /// The object as a k8s-openapi type (rejects fields of the wrong type).
     pub fn typed<T: DeserializeOwned>(&self) -> anyhow::Result<T> {
-        serde_json::from_value(self.value.clone())
-            .with_context(|| format!("{} {} in {} is not a valid {}", self.kind(), self.name(), self.file.display(), std::any::type_name::<T>()))
+        serde_json::from_value(self.value.clone()).with_context(|| {
+            format!(
+                "{} {} in {} is not a valid {}",
+                self.kind(),
+                self.name(),
+                self.file.display(),
+                std::any::type_name::<T>()
+            )
+        })
     }
 }
 
@@ -61,8 +68,9 @@ struct Kustomization {
 /// tests that have kubectl.
 pub fn kustomization_objects(dir: &Path) -> anyhow::Result<Vec<Object>> {
     let path = dir.join("kustomization.yaml");
-    let k: Kustomization = serde_yaml::from_str(&std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?)
-        .with_context(|| format!("parsing {}", path.display()))?;
+    let k: Kustomization =
+        serde_yaml::from_str(&std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?)
+            .with_context(|| format!("parsing {}", path.display()))?;
     let mut objects = Vec::new();
     for r in &k.resources {
         let p = dir.join(r);

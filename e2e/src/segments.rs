@@ -51,7 +51,9 @@ pub fn read_sealed(dir: &Path, node: &str) -> anyhow::Result<Vec<Segment>> {
         let snapshots = text
             .lines()
             .enumerate()
-            .map(|(i, line)| serde_json::from_str::<Snapshot>(line).with_context(|| format!("{name}:{}: not a snapshot", i + 1)))
+            .map(|(i, line)| {
+                serde_json::from_str::<Snapshot>(line).with_context(|| format!("{name}:{}: not a snapshot", i + 1))
+            })
             .collect::<anyhow::Result<Vec<_>>>()?;
         segments.push(Segment { path, utc, seq, snapshots });
     }
@@ -73,12 +75,7 @@ pub fn leftover_staging(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
 
 /// Completed requests of `device` over all snapshots (from `latency_histogram[].total`).
 pub fn device_total(snapshots: &[&Snapshot], device: &str) -> u64 {
-    snapshots
-        .iter()
-        .flat_map(|s| &s.latency_histogram)
-        .filter(|h| h.device_name == device)
-        .map(|h| h.total)
-        .sum()
+    snapshots.iter().flat_map(|s| &s.latency_histogram).filter(|h| h.device_name == device).map(|h| h.total).sum()
 }
 
 /// Requests of `device` attributed to pod `namespace/pod` over all snapshots.
@@ -86,7 +83,9 @@ pub fn pod_device_count(snapshots: &[&Snapshot], namespace: &str, pod: &str, dev
     snapshots
         .iter()
         .flat_map(|s| &s.pods)
-        .filter(|p| p.device_name == device && p.pod.as_deref() == Some(pod) && p.namespace.as_deref() == Some(namespace))
+        .filter(|p| {
+            p.device_name == device && p.pod.as_deref() == Some(pod) && p.namespace.as_deref() == Some(namespace)
+        })
         .map(|p| p.count)
         .sum()
 }
@@ -99,7 +98,10 @@ mod tests {
     fn segment_names() {
         assert_eq!(parse_name("n1-20251002T142000Z-000003.jsonl", "n1"), Some(("20251002T142000Z".into(), 3)));
         // Node names contain dashes; the node is matched as a prefix, not split on.
-        assert_eq!(parse_name("kind-worker-20251002T142000Z-000012.jsonl", "kind-worker"), Some(("20251002T142000Z".into(), 12)));
+        assert_eq!(
+            parse_name("kind-worker-20251002T142000Z-000012.jsonl", "kind-worker"),
+            Some(("20251002T142000Z".into(), 12))
+        );
         assert_eq!(parse_name("kind-worker-20251002T142000Z-000012.jsonl", "kind"), None);
         assert_eq!(parse_name("n1-2025-000003.jsonl", "n1"), None);
         assert_eq!(parse_name("n1-20251002T142000Z-x.jsonl", "n1"), None);

@@ -60,7 +60,8 @@ fn every_ci_override_file_is_valid() {
     let files = ci_value_files();
     let names: Vec<String> = files.iter().map(|f| f.file_name().unwrap().to_string_lossy().into_owned()).collect();
     // The variants the issue names must stay covered.
-    for expected in ["privileged-values.yaml", "otlp-values.yaml", "attribution-values.yaml", "old-kernel-values.yaml"] {
+    for expected in ["privileged-values.yaml", "otlp-values.yaml", "attribution-values.yaml", "old-kernel-values.yaml"]
+    {
         assert!(names.iter().any(|n| n == expected), "charts/blkio-agent/ci/{expected} is missing: {names:?}");
     }
     // The kind e2e installs with these too.
@@ -98,19 +99,47 @@ fn schema_rejects_mistakes() {
         ("relative output path", json!({"output": {"hostPath": "var/log"}}), "/output/hostPath"),
         ("tiny segments", json!({"output": {"segmentMaxBytes": 100}}), "/output/segmentMaxBytes"),
         ("privileged as string", json!({"securityContext": {"privileged": "yes"}}), "/securityContext/privileged"),
-        ("CAP_ prefix", json!({"securityContext": {"capabilities": {"extra": ["CAP_NET_ADMIN"]}}}), "/securityContext/capabilities/extra/0"),
-        ("lowercase capability", json!({"securityContext": {"capabilities": {"extra": ["net_admin"]}}}), "/securityContext/capabilities/extra/0"),
-        ("Localhost seccomp without profile", json!({"securityContext": {"seccompProfile": {"type": "Localhost"}}}), "/securityContext/seccompProfile"),
-        ("AppArmor type", json!({"securityContext": {"appArmorProfile": {"type": "Enforce"}}}), "/securityContext/appArmorProfile/type"),
+        (
+            "CAP_ prefix",
+            json!({"securityContext": {"capabilities": {"extra": ["CAP_NET_ADMIN"]}}}),
+            "/securityContext/capabilities/extra/0",
+        ),
+        (
+            "lowercase capability",
+            json!({"securityContext": {"capabilities": {"extra": ["net_admin"]}}}),
+            "/securityContext/capabilities/extra/0",
+        ),
+        (
+            "Localhost seccomp without profile",
+            json!({"securityContext": {"seccompProfile": {"type": "Localhost"}}}),
+            "/securityContext/seccompProfile",
+        ),
+        (
+            "AppArmor type",
+            json!({"securityContext": {"appArmorProfile": {"type": "Enforce"}}}),
+            "/securityContext/appArmorProfile/type",
+        ),
         ("OTLP protocol", json!({"otlp": {"protocol": "http/json"}}), "/otlp/protocol"),
         ("OTLP endpoint without scheme", json!({"otlp": {"endpoint": "collector:4318"}}), "/otlp/endpoint"),
         ("header value not a string", json!({"otlp": {"headers": {"x-n": 1}}}), "/otlp/headers/x-n"),
         ("maxUnavailable 0", json!({"updateStrategy": {"maxUnavailable": 0}}), "/updateStrategy/maxUnavailable"),
-        ("maxUnavailable 150%", json!({"updateStrategy": {"maxUnavailable": "150%"}}), "/updateStrategy/maxUnavailable"),
+        (
+            "maxUnavailable 150%",
+            json!({"updateStrategy": {"maxUnavailable": "150%"}}),
+            "/updateStrategy/maxUnavailable",
+        ),
         ("short grace period", json!({"terminationGracePeriodSeconds": 1}), "/terminationGracePeriodSeconds"),
-        ("memory limit not a quantity", json!({"resources": {"limits": {"memory": "lots"}}}), "/resources/limits/memory"),
+        (
+            "memory limit not a quantity",
+            json!({"resources": {"limits": {"memory": "lots"}}}),
+            "/resources/limits/memory",
+        ),
         ("tolerations not a list", json!({"tolerations": {"key": "x"}}), "/tolerations"),
-        ("ServiceMonitor without Service", json!({"serviceMonitor": {"enabled": true}, "service": {"enabled": false}}), "/service/enabled"),
+        (
+            "ServiceMonitor without Service",
+            json!({"serviceMonitor": {"enabled": true}, "service": {"enabled": false}}),
+            "/service/enabled",
+        ),
         ("scrape interval", json!({"podMonitor": {"interval": "30"}}), "/podMonitor/interval"),
         ("image digest", json!({"image": {"digest": "latest"}}), "/image/digest"),
     ];

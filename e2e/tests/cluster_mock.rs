@@ -52,13 +52,15 @@ fn list(kind: &str, items: Vec<Value>) -> Value {
     json!({"apiVersion": "v1", "kind": format!("{kind}List"), "metadata": {}, "items": items})
 }
 
-const POD_SELECTOR: &str = "labelSelector=app.kubernetes.io%2Finstance%3Dblkio-agent%2Capp.kubernetes.io%2Fname%3Dblkio-agent";
+const POD_SELECTOR: &str =
+    "labelSelector=app.kubernetes.io%2Finstance%3Dblkio-agent%2Capp.kubernetes.io%2Fname%3Dblkio-agent";
 
 #[tokio::test]
 async fn daemonset_ready_on_every_node() {
     let (client, mut handle) = client();
     let server = tokio::spawn(async move {
-        expect(&mut handle, "/api/v1/nodes?", list("Node", vec![node("kind-control-plane"), node("kind-worker")])).await;
+        expect(&mut handle, "/api/v1/nodes?", list("Node", vec![node("kind-control-plane"), node("kind-worker")]))
+            .await;
         expect(&mut handle, "/apis/apps/v1/namespaces/blkio-agent/daemonsets/blkio-agent", daemonset(2, 2)).await;
         expect(
             &mut handle,
@@ -83,7 +85,14 @@ async fn a_node_without_a_ready_agent_is_reported() {
         expect(
             &mut handle,
             &format!("/api/v1/namespaces/blkio-agent/pods?&{POD_SELECTOR}"),
-            list("Pod", vec![agent_pod("a-1", "gpu-1", true), agent_pod("a-2", "gpu-2", false), agent_pod("a-3", "cpu-1", true)]),
+            list(
+                "Pod",
+                vec![
+                    agent_pod("a-1", "gpu-1", true),
+                    agent_pod("a-2", "gpu-2", false),
+                    agent_pod("a-3", "cpu-1", true),
+                ],
+            ),
         )
         .await;
     });
@@ -134,7 +143,9 @@ async fn api_errors_surface_with_context() {
     let server = tokio::spawn(async move {
         let (_, send) = handle.next_request().await.unwrap();
         let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": "nodes is forbidden", "reason": "Forbidden", "code": 403});
-        send.send_response(Response::builder().status(403).body(Body::from(serde_json::to_vec(&status).unwrap())).unwrap());
+        send.send_response(
+            Response::builder().status(403).body(Body::from(serde_json::to_vec(&status).unwrap())).unwrap(),
+        );
     });
     let err = format!("{:#}", daemonset_state(&client, "blkio-agent", "blkio-agent").await.unwrap_err());
     server.await.unwrap();
@@ -152,6 +163,9 @@ async fn wait_for_reports_the_last_error_on_timeout() {
     .await
     .unwrap();
     assert_eq!(ok, 2);
-    let err = wait_for::<(), _, _>("never", Duration::from_millis(10), || async { anyhow::bail!("still broken") }).await.unwrap_err().to_string();
+    let err = wait_for::<(), _, _>("never", Duration::from_millis(10), || async { anyhow::bail!("still broken") })
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("waiting for never") && err.contains("still broken"), "{err}");
 }

@@ -129,7 +129,11 @@ impl Drop for Container {
         if thread::panicking() {
             // What the agent said is the first thing to read when this test fails.
             if let Ok(out) = Command::new("docker").args(["logs", "--tail", "60", &self.0]).output() {
-                eprintln!("--- agent container log ---\n{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+                eprintln!(
+                    "--- agent container log ---\n{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
             }
         }
         let _ = Command::new("docker").args(["rm", "-f", &self.0]).output();
@@ -159,7 +163,9 @@ fn probe_until_ok(container: &str, addr: &str, path: &str, budget: Duration) -> 
         assert!(container_running(container), "the agent exited while waiting for {path}");
         match http_get(addr, path) {
             Ok((200, body)) => return body,
-            Ok((code, body)) if Instant::now() >= deadline => panic!("{path} still answers {code} after {budget:?}: {body}"),
+            Ok((code, body)) if Instant::now() >= deadline => {
+                panic!("{path} still answers {code} after {budget:?}: {body}")
+            }
             Err(e) if Instant::now() >= deadline => panic!("{path} not answering after {budget:?}: {e}"),
             _ => thread::sleep(Duration::from_millis(500)),
         }
@@ -195,18 +201,31 @@ fn check_image() {
     let size: u64 = docker(&["image", "inspect", "-f", "{{.Size}}", IMAGE]).unwrap().trim().parse().unwrap();
     eprintln!("docker_e2e: image {IMAGE} is {:.1} MiB", size as f64 / (1 << 20) as f64);
     assert!(size <= MAX_IMAGE_BYTES, "image is {size} bytes, over 40 MiB");
-    let config: serde_json::Value = serde_json::from_str(&docker(&["image", "inspect", "-f", "{{json .Config}}", IMAGE]).unwrap()).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_str(&docker(&["image", "inspect", "-f", "{{json .Config}}", IMAGE]).unwrap()).unwrap();
     assert_eq!(config["Entrypoint"], serde_json::json!(["/usr/local/bin/blkio-agent"]));
     let cmd: Vec<&str> = config["Cmd"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
     assert_eq!(cmd[0], "run", "default args run the agent");
     assert!(cmd.contains(&"--output-dir=/var/log/blkio-agent"), "default args use segment mode: {cmd:?}");
-    for label in ["org.opencontainers.image.source", "org.opencontainers.image.version", "org.opencontainers.image.revision", "org.opencontainers.image.licenses"] {
-        assert!(config["Labels"][label].as_str().is_some_and(|v| !v.is_empty()), "label {label} missing: {}", config["Labels"]);
+    for label in [
+        "org.opencontainers.image.source",
+        "org.opencontainers.image.version",
+        "org.opencontainers.image.revision",
+        "org.opencontainers.image.licenses",
+    ] {
+        assert!(
+            config["Labels"][label].as_str().is_some_and(|v| !v.is_empty()),
+            "label {label} missing: {}",
+            config["Labels"]
+        );
     }
     let help = docker(&["run", "--rm", "--network=none", IMAGE, "--help"]).unwrap();
     assert!(help.contains("Usage: blkio-agent"), "{help}");
     // No shell in the image.
-    let shell = Command::new("docker").args(["run", "--rm", "--network=none", "--entrypoint=/bin/sh", IMAGE, "-c", "true"]).output().unwrap();
+    let shell = Command::new("docker")
+        .args(["run", "--rm", "--network=none", "--entrypoint=/bin/sh", IMAGE, "-c", "true"])
+        .output()
+        .unwrap();
     assert!(!shell.status.success(), "the image has a shell");
 }
 
@@ -225,7 +244,8 @@ fn docker_e2e_daemonset_spec_on_a_loop_device() {
     let interval: f64 = settings["BLKIO_AGENT_INTERVAL"].parse().unwrap();
     let grace = pod.termination_grace_period_seconds.unwrap();
     let startup = agent.startup_probe.as_ref().unwrap();
-    let startup_budget = Duration::from_secs((startup.period_seconds.unwrap() * startup.failure_threshold.unwrap()) as u64);
+    let startup_budget =
+        Duration::from_secs((startup.period_seconds.unwrap() * startup.failure_threshold.unwrap()) as u64);
     let memory_limit = quantity(&agent.resources.as_ref().unwrap().limits.as_ref().unwrap()["memory"].0).unwrap();
 
     let scratch: PathBuf = scratch_dir("docker").unwrap();
@@ -248,7 +268,8 @@ fn docker_e2e_daemonset_spec_on_a_loop_device() {
     // readinessProbe: /readyz (programs attached, a recent snapshot, output writable).
     probe_until_ok(&container.0, &addr, "/healthz", startup_budget);
     probe_until_ok(&container.0, &addr, "/readyz", Duration::from_secs_f64(interval * 3.0 + 10.0));
-    let loaded: Vec<(u32, String)> = agent_programs().unwrap().into_iter().filter(|(id, _)| !ours_before.contains(id)).collect();
+    let loaded: Vec<(u32, String)> =
+        agent_programs().unwrap().into_iter().filter(|(id, _)| !ours_before.contains(id)).collect();
     assert!(!loaded.is_empty(), "the agent is ready but no program of it is loaded");
     eprintln!("docker_e2e: programs loaded by the agent: {loaded:?}");
 
@@ -280,7 +301,8 @@ fn docker_e2e_daemonset_spec_on_a_loop_device() {
     let after_stop = kernel_completed(dev.name());
 
     // No program of the agent survives it.
-    let left: Vec<_> = agent_programs().unwrap().into_iter().filter(|(id, _)| loaded.iter().any(|(l, _)| l == id)).collect();
+    let left: Vec<_> =
+        agent_programs().unwrap().into_iter().filter(|(id, _)| loaded.iter().any(|(l, _)| l == id)).collect();
     assert!(left.is_empty(), "programs still loaded after the agent exited: {left:?}");
 
     // The JSONL, as a log shipper on the node finds it.
@@ -296,10 +318,18 @@ fn docker_e2e_daemonset_spec_on_a_loop_device() {
     let kernel = after_stop - before_start;
     assert!(total >= WRITES, "{}: {total} requests in the JSONL, the workload made {WRITES}", dev.name());
     assert!(total <= kernel, "{}: {total} requests in the JSONL, the kernel completed only {kernel}", dev.name());
-    assert!(snapshots.iter().any(|s| s.inflight.iter().any(|i| i.device_name == dev.name())), "{} never in inflight[]", dev.name());
+    assert!(
+        snapshots.iter().any(|s| s.inflight.iter().any(|i| i.device_name == dev.name())),
+        "{} never in inflight[]",
+        dev.name()
+    );
     // The final snapshot was taken at SIGTERM and sealed.
     let last = segments.last().unwrap().snapshots.last().unwrap();
-    assert!(last.timestamp >= stop_at - 0.5, "last snapshot at {} is older than the SIGTERM at {stop_at}", last.timestamp);
+    assert!(
+        last.timestamp >= stop_at - 0.5,
+        "last snapshot at {} is older than the SIGTERM at {stop_at}",
+        last.timestamp
+    );
     eprintln!(
         "docker_e2e: {} segments, {} snapshots, {total} requests on {} (kernel: {kernel})",
         segments.len(),

@@ -107,7 +107,10 @@ async fn kind_agent_on_every_node_measures_the_workload() {
     // The workload.
     let node = worker_node(&client).await;
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    let ns = serde_json::from_value(json!({"metadata": {"name": WORKLOAD_NS, "labels": {"pod-security.kubernetes.io/enforce": "privileged"}}})).unwrap();
+    let ns = serde_json::from_value(
+        json!({"metadata": {"name": WORKLOAD_NS, "labels": {"pod-security.kubernetes.io/enforce": "privileged"}}}),
+    )
+    .unwrap();
     let _ = namespaces.create(&PostParams::default(), &ns).await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), WORKLOAD_NS);
     let _ = pods.delete(WORKLOAD, &DeleteParams::default()).await;
@@ -134,19 +137,23 @@ async fn kind_agent_on_every_node_measures_the_workload() {
     let scratch = scratch_dir("kind").unwrap();
     let node_for_check = node.clone();
     let device_for_check = device.clone();
-    let (total, by_pod) = wait_for("the workload's requests in the node's sealed JSONL", Duration::from_secs(120), || {
-        let (node, device, scratch) = (node_for_check.clone(), device_for_check.clone(), scratch.clone());
-        async move {
-            let segments = node_segments(&node, &scratch)?;
-            let snapshots: Vec<&Snapshot> = segments.iter().flat_map(|s| &s.snapshots).collect();
-            anyhow::ensure!(snapshots.iter().all(|s| s.node.as_deref() == Some(node.as_str())), "a snapshot without node {node}");
-            let total = device_total(&snapshots, &device);
-            let by_pod = pod_device_count(&snapshots, WORKLOAD_NS, WORKLOAD, &device);
-            Ok((total >= WRITES && by_pod >= WRITES).then_some((total, by_pod)))
-        }
-    })
-    .await
-    .unwrap();
+    let (total, by_pod) =
+        wait_for("the workload's requests in the node's sealed JSONL", Duration::from_secs(120), || {
+            let (node, device, scratch) = (node_for_check.clone(), device_for_check.clone(), scratch.clone());
+            async move {
+                let segments = node_segments(&node, &scratch)?;
+                let snapshots: Vec<&Snapshot> = segments.iter().flat_map(|s| &s.snapshots).collect();
+                anyhow::ensure!(
+                    snapshots.iter().all(|s| s.node.as_deref() == Some(node.as_str())),
+                    "a snapshot without node {node}"
+                );
+                let total = device_total(&snapshots, &device);
+                let by_pod = pod_device_count(&snapshots, WORKLOAD_NS, WORKLOAD, &device);
+                Ok((total >= WRITES && by_pod >= WRITES).then_some((total, by_pod)))
+            }
+        })
+        .await
+        .unwrap();
     eprintln!("kind e2e: {device} on {node}: {total} requests, {by_pod} attributed to {WORKLOAD_NS}/{WORKLOAD}");
 
     // The node-local collector received blkio.request.duration from this node.
@@ -155,7 +162,10 @@ async fn kind_agent_on_every_node_measures_the_workload() {
     let collector_name = collector.metadata.name.unwrap();
     wait_for("blkio.request.duration with k8s.node.name in the collector", Duration::from_secs(120), || {
         let (client, name, node) = (client.clone(), collector_name.clone(), node.clone());
-        async move { Ok(collector_saw_metric(&logs(&client, "otel", &name).await?, "blkio.request.duration", &node).then_some(())) }
+        async move {
+            Ok(collector_saw_metric(&logs(&client, "otel", &name).await?, "blkio.request.duration", &node)
+                .then_some(()))
+        }
     })
     .await
     .unwrap();

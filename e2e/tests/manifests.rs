@@ -13,7 +13,10 @@ use blkio_agent::cli::Cli;
 use clap::{ArgAction, CommandFactory};
 use e2e::{
     chart_dir,
-    manifests::{AgentManifests, Object, agent_manifests, chart_values, find, kustomization_objects, read_yaml_file, yaml_documents},
+    manifests::{
+        AgentManifests, Object, agent_manifests, chart_values, find, kustomization_objects, read_yaml_file,
+        yaml_documents,
+    },
     manifests_dir,
 };
 use k8s_openapi::{
@@ -60,10 +63,21 @@ fn base_objects_are_valid_kubernetes_objects() {
     assert_eq!(labels["pod-security.kubernetes.io/enforce"], "privileged");
     let ns_name = ns.metadata.name.unwrap();
     for o in m.objects.iter().filter(|o| o.kind() != "Namespace") {
-        assert_eq!(o.value["metadata"]["namespace"], ns_name.as_str(), "{} {} in {}", o.kind(), o.name(), o.file.display());
+        assert_eq!(
+            o.value["metadata"]["namespace"],
+            ns_name.as_str(),
+            "{} {} in {}",
+            o.kind(),
+            o.name(),
+            o.file.display()
+        );
         // Generated from the chart, minus the helm-only labels.
         let labels = &o.value["metadata"]["labels"];
-        assert!(labels.get("helm.sh/chart").is_none() && labels.get("app.kubernetes.io/managed-by").is_none(), "{}", o.name());
+        assert!(
+            labels.get("helm.sh/chart").is_none() && labels.get("app.kubernetes.io/managed-by").is_none(),
+            "{}",
+            o.name()
+        );
     }
     let _: ServiceAccount = find(&m.objects, "ServiceAccount", None).unwrap().typed().unwrap();
     let _: ConfigMap = find(&m.objects, "ConfigMap", None).unwrap().typed().unwrap();
@@ -189,7 +203,10 @@ fn daemonset_matches_the_chart_defaults() {
     let ds = &m.daemonset;
     let p = pod(ds);
     let c = agent(ds);
-    assert_eq!(c.image.as_deref(), Some(format!("{}:{}", v["image"]["repository"].as_str().unwrap(), app_version()).as_str()));
+    assert_eq!(
+        c.image.as_deref(),
+        Some(format!("{}:{}", v["image"]["repository"].as_str().unwrap(), app_version()).as_str())
+    );
     assert_eq!(c.image_pull_policy.as_deref(), v["image"]["pullPolicy"].as_str());
     assert_eq!(serde_json::to_value(c.resources.as_ref().unwrap()).unwrap(), v["resources"]);
     assert_eq!(v["tolerateAllTaints"], true);
@@ -203,7 +220,9 @@ fn daemonset_matches_the_chart_defaults() {
         strategy.rolling_update.as_ref().unwrap().max_unavailable,
         Some(IntOrString::Int(v["updateStrategy"]["maxUnavailable"].as_i64().unwrap() as i32))
     );
-    for (probe, name) in [(&c.startup_probe, "startup"), (&c.liveness_probe, "liveness"), (&c.readiness_probe, "readiness")] {
+    for (probe, name) in
+        [(&c.startup_probe, "startup"), (&c.liveness_probe, "liveness"), (&c.readiness_probe, "readiness")]
+    {
         let probe = serde_json::to_value(probe.as_ref().unwrap()).unwrap();
         for (k, want) in v["probes"][name].as_object().unwrap() {
             assert_eq!(&probe[k], want, "{name} probe {k}");
@@ -213,7 +232,10 @@ fn daemonset_matches_the_chart_defaults() {
     let annotations = ds.spec.as_ref().unwrap().template.metadata.as_ref().unwrap().annotations.clone().unwrap();
     let checksum = &annotations["checksum/config"];
     assert!(checksum.len() == 64 && checksum.bytes().all(|b| b.is_ascii_hexdigit()), "{checksum}");
-    assert_eq!(serde_json::to_value(&ds.spec.as_ref().unwrap().selector).unwrap()["matchLabels"]["app.kubernetes.io/name"], "blkio-agent");
+    assert_eq!(
+        serde_json::to_value(&ds.spec.as_ref().unwrap().selector).unwrap()["matchLabels"]["app.kubernetes.io/name"],
+        "blkio-agent"
+    );
 }
 
 #[test]
@@ -301,13 +323,19 @@ fn attribution_overlay_adds_rbac_token_and_cgroup_mount() {
     assert_eq!(binding.role_ref.name, role.metadata.name.unwrap());
     let sa: ServiceAccount = find(&objects, "ServiceAccount", None).unwrap().typed().unwrap();
     let subject = &binding.subjects.unwrap()[0];
-    assert_eq!((subject.kind.as_str(), Some(&subject.name), subject.namespace.as_ref()), ("ServiceAccount", sa.metadata.name.as_ref(), sa.metadata.namespace.as_ref()));
+    assert_eq!(
+        (subject.kind.as_str(), Some(&subject.name), subject.namespace.as_ref()),
+        ("ServiceAccount", sa.metadata.name.as_ref(), sa.metadata.namespace.as_ref())
+    );
 
     // The patches (applied by kustomize) turn the flag, the token and the mount on.
     let patch = read_yaml_file(&dir.join("daemonset-patch.yaml")).unwrap().remove(0);
     let spec = &patch["spec"]["template"]["spec"];
     assert_eq!(spec["automountServiceAccountToken"], true);
-    assert_eq!(spec["containers"][0]["volumeMounts"], json!([{"name": "host-sys-fs-cgroup", "mountPath": "/host/sys/fs/cgroup", "readOnly": true}]));
+    assert_eq!(
+        spec["containers"][0]["volumeMounts"],
+        json!([{"name": "host-sys-fs-cgroup", "mountPath": "/host/sys/fs/cgroup", "readOnly": true}])
+    );
     assert_eq!(spec["volumes"][0]["hostPath"], json!({"path": "/sys/fs/cgroup", "type": "Directory"}));
     let cm = read_yaml_file(&dir.join("configmap-patch.yaml")).unwrap().remove(0);
     assert_eq!(cm["data"]["BLKIO_AGENT_ATTRIBUTE_PODS"], "true");
@@ -319,20 +347,25 @@ fn attribution_overlay_adds_rbac_token_and_cgroup_mount() {
 fn examples_parse_and_ship_the_agents_output() {
     let examples = manifests_dir().join("examples");
     let collector = read_yaml_file(&examples.join("otel-collector.yaml")).unwrap();
-    let ds: DaemonSet = serde_json::from_value(collector.iter().find(|d| d["kind"] == "DaemonSet").unwrap().clone()).unwrap();
-    let ports: Vec<(i32, Option<i32>)> = agent(&ds).ports.iter().flatten().map(|p| (p.container_port, p.host_port)).collect();
+    let ds: DaemonSet =
+        serde_json::from_value(collector.iter().find(|d| d["kind"] == "DaemonSet").unwrap().clone()).unwrap();
+    let ports: Vec<(i32, Option<i32>)> =
+        agent(&ds).ports.iter().flatten().map(|p| (p.container_port, p.host_port)).collect();
     // What otlp.nodeLocalCollector points at: $(HOST_IP):4318 / :4317.
     assert_eq!(ports, vec![(4317, Some(4317)), (4318, Some(4318))]);
-    let cm: ConfigMap = serde_json::from_value(collector.iter().find(|d| d["kind"] == "ConfigMap").unwrap().clone()).unwrap();
+    let cm: ConfigMap =
+        serde_json::from_value(collector.iter().find(|d| d["kind"] == "ConfigMap").unwrap().clone()).unwrap();
     let config = &yaml_documents(&cm.data.unwrap()["config.yaml"]).unwrap()[0];
     assert_eq!(config["service"]["pipelines"]["metrics"]["receivers"], json!(["otlp"]));
     assert_eq!(config["exporters"]["debug"]["verbosity"], "detailed", "the kind e2e reads the debug output");
 
     let fluent = read_yaml_file(&examples.join("fluent-bit.yaml")).unwrap();
-    let cm: ConfigMap = serde_json::from_value(fluent.iter().find(|d| d["kind"] == "ConfigMap").unwrap().clone()).unwrap();
+    let cm: ConfigMap =
+        serde_json::from_value(fluent.iter().find(|d| d["kind"] == "ConfigMap").unwrap().clone()).unwrap();
     let output = values()["output"]["hostPath"].as_str().unwrap().to_string();
     assert!(cm.data.unwrap()["fluent-bit.conf"].contains(&format!("Path              {output}/*.jsonl")));
-    let ds: DaemonSet = serde_json::from_value(fluent.iter().find(|d| d["kind"] == "DaemonSet").unwrap().clone()).unwrap();
+    let ds: DaemonSet =
+        serde_json::from_value(fluent.iter().find(|d| d["kind"] == "DaemonSet").unwrap().clone()).unwrap();
     let segments = pod(&ds).volumes.iter().flatten().find(|v| v.name == "segments").unwrap();
     assert_eq!(segments.host_path.as_ref().unwrap().path, output);
     assert!(agent(&ds).volume_mounts.iter().flatten().any(|m| m.name == "segments" && m.read_only == Some(true)));
@@ -370,7 +403,12 @@ fn sort_named_lists(v: &mut Value) {
 fn by_kind_name(docs: Vec<Value>) -> BTreeMap<(String, String), Value> {
     docs.into_iter()
         .filter(|d| d["kind"] != "Namespace")
-        .map(|d| ((d["kind"].as_str().unwrap().to_string(), d["metadata"]["name"].as_str().unwrap().to_string()), normalize(d)))
+        .map(|d| {
+            (
+                (d["kind"].as_str().unwrap().to_string(), d["metadata"]["name"].as_str().unwrap().to_string()),
+                normalize(d),
+            )
+        })
         .collect()
 }
 
@@ -395,7 +433,9 @@ fn helm_template(extra: &[&str]) -> BTreeMap<(String, String), Value> {
 #[ignore = "needs helm (run by `cargo xtask e2e` and CI on GitHub)"]
 fn helm_template_equals_the_base_manifests() {
     let rendered = helm_template(&[]);
-    let plain = by_kind_name(kustomization_objects(&manifests_dir().join("base")).unwrap().into_iter().map(|o| o.value).collect());
+    let plain = by_kind_name(
+        kustomization_objects(&manifests_dir().join("base")).unwrap().into_iter().map(|o| o.value).collect(),
+    );
     assert_eq!(rendered.keys().collect::<Vec<_>>(), plain.keys().collect::<Vec<_>>());
     for (k, v) in &rendered {
         assert_eq!(v, &plain[k], "{k:?} differs from manifests/base: run manifests/render.sh");
@@ -422,7 +462,8 @@ fn helm_lints_and_renders_every_ci_values_file() {
     for f in files {
         output_of(Command::new("helm").arg("lint").arg(chart_dir()).arg("-f").arg(&f));
         let docs = helm_template(&["-f", f.to_str().unwrap(), "--kube-version", "1.31.0"]);
-        let ds: DaemonSet = serde_json::from_value(docs[&("DaemonSet".to_string(), "blkio-agent".to_string())].clone()).unwrap();
+        let ds: DaemonSet =
+            serde_json::from_value(docs[&("DaemonSet".to_string(), "blkio-agent".to_string())].clone()).unwrap();
         let sc = agent(&ds).security_context.clone().unwrap();
         let v = chart_values(&chart_dir(), &[&f]).unwrap();
         assert_eq!(sc.privileged, v["securityContext"]["privileged"].as_bool(), "{}", f.display());

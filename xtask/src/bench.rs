@@ -83,7 +83,6 @@ pub fn bench_overhead(opts: Opts) -> anyhow::Result<()> {
     if !is_root() {
         bail!("bench-overhead attaches eBPF programs and creates loop devices: run it as root");
     }
-    let started = Instant::now();
     for tool in ["fio", "bpftool", "losetup"] {
         which(tool).with_context(|| format!("`{tool}` not found (cargo xtask setup installs it)"))?;
     }
@@ -96,6 +95,7 @@ pub fn bench_overhead(opts: Opts) -> anyhow::Result<()> {
     }
     let scratch = sys::ScratchDir::new()?;
     let agent_bin = agent_binary(&root, &scratch.0, opts.no_build)?;
+    let started = Instant::now();
     let ctx = Ctx { opts: opts.clone(), agent_bin, biolatency, scratch: scratch.0.clone() };
     let mut results = results::Results { meta: meta(&ctx), ..Default::default() };
 
@@ -274,6 +274,14 @@ pub fn tail(path: &Path, lines: usize) -> String {
 
 pub struct FioResult {
     pub iops: f64,
+    /// CPU pressure during the run: share of time some runnable task waited for a CPU
+    /// (/proc/pressure/cpu `some`), in %. High values mean other work competed for the CPUs.
+    pub cpu_pressure: Option<f64>,
+}
+
+fn psi_cpu_some_us() -> Option<u64> {
+    let s = fs::read_to_string("/proc/pressure/cpu").ok()?;
+    s.lines().find(|l| l.starts_with("some"))?.split_whitespace().find_map(|f| f.strip_prefix("total="))?.parse().ok()
 }
 
 /// One fio run of `runtime` seconds on `dev` (4 KiB randrw 50/50, libaio, direct).
@@ -288,8 +296,14 @@ pub fn fio(ctx: &Ctx, dev: &str, iodepth: u32, runtime: u64, tag: &str) -> anyho
         .arg(format!("--runtime={runtime}"))
         .arg(format!("--output={}", out.display()));
     let err = ctx.scratch.join(format!("fio-{tag}.err"));
+    let psi0 = psi_cpu_some_us();
+    let t0 = Instant::now();
     let mut p = Proc::spawn("fio", &mut cmd, &ctx.scratch.join(format!("fio-{tag}.out")), &err)?;
     let status = p.wait(Duration::from_secs(runtime + 60))?;
+    let cpu_pressure = match (psi0, psi_cpu_some_us()) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / t0.elapsed().as_micros().max(1) as f64 * 100.0),
+        _ => None,
+    };
     if !status.success() {
         bail!("fio failed ({status}):\n{}", tail(&err, 10));
     }
@@ -302,5 +316,5 @@ pub fn fio(ctx: &Ctx, dev: &str, iodepth: u32, runtime: u64, tag: &str) -> anyho
     if iops <= 0.0 {
         bail!("fio reported no I/O on {dev}");
     }
-    Ok(FioResult { iops })
+    Ok(FioResult { iops, cpu_pressure })
 }

@@ -112,7 +112,15 @@ fn in_cluster(root: &Path, kubeconfig: &Path) -> anyhow::Result<()> {
     let checks = run(&mut e2e_test("kind_agent_on_every_node_measures_the_workload"));
     if checks.is_err() {
         // What the agents said, for the CI log.
-        let _ = run(kubectl().args(["-n", NAMESPACE, "logs", "-l", "app.kubernetes.io/name=blkio-agent", "--tail=50", "--prefix"]));
+        let _ = run(kubectl().args([
+            "-n",
+            NAMESPACE,
+            "logs",
+            "-l",
+            "app.kubernetes.io/name=blkio-agent",
+            "--tail=50",
+            "--prefix",
+        ]));
     }
     checks?;
     run(Command::new("cargo")

@@ -42,16 +42,24 @@ pub fn build_image(tag: &str) -> anyhow::Result<()> {
 
     let version = env!("CARGO_PKG_VERSION");
     let revision = git_revision(&root).unwrap_or_else(|| "unknown".into());
-    run(Command::new("docker")
-        .current_dir(&root)
-        .args(["build", "--target", "prebuilt", "--tag", tag])
-        .arg(format!("--build-arg=VERSION={version}"))
-        .arg(format!("--build-arg=REVISION={revision}"))
-        .arg(format!("--build-arg=CREATED={}", rfc3339_now()))
-        .args(["--file", "Dockerfile", "."])
-        // The legacy builder is what works without a registry (BuildKit would try to resolve
-        // the frontend); it only builds the stages up to `prebuilt`.
-        .env("DOCKER_BUILDKIT", "0"))?;
+    let build = |buildkit: &str| {
+        let mut c = Command::new("docker");
+        c.current_dir(&root)
+            .args(["build", "--target", "prebuilt", "--tag", tag])
+            .arg(format!("--build-arg=VERSION={version}"))
+            .arg(format!("--build-arg=REVISION={revision}"))
+            .arg(format!("--build-arg=CREATED={}", rfc3339_now()))
+            .args(["--file", "Dockerfile", "."])
+            .env("DOCKER_BUILDKIT", buildkit);
+        c
+    };
+    // The legacy builder needs nothing but the engine (BuildKit needs the buildx plugin, which
+    // Debian's docker.io lacks) and builds only the stages up to `prebuilt`. Where an engine no
+    // longer has it, BuildKit skips the unused stages just the same: nothing is pulled either way.
+    if let Err(legacy) = run(&mut build("0")) {
+        eprintln!("xtask: the legacy builder failed ({legacy:#}); trying BuildKit");
+        run(&mut build("1"))?;
+    }
 
     let size = image_size(tag)?;
     eprintln!(
@@ -97,7 +105,10 @@ fn on_path(tool: &str) -> bool {
 /// C code in the agent's dependencies (ring, for OTLP over TLS) is compiled for the musl target
 /// by cc-rs, which looks for `x86_64-linux-musl-gcc` or `musl-gcc` (Debian's musl-tools).
 fn ensure_musl_cc() -> anyhow::Result<()> {
-    if on_path("x86_64-linux-musl-gcc") || on_path("musl-gcc") || std::env::var_os("CC_x86_64_unknown_linux_musl").is_some() {
+    if on_path("x86_64-linux-musl-gcc")
+        || on_path("musl-gcc")
+        || std::env::var_os("CC_x86_64_unknown_linux_musl").is_some()
+    {
         return Ok(());
     }
     if !is_root() {
@@ -109,12 +120,7 @@ fn ensure_musl_cc() -> anyhow::Result<()> {
 }
 
 fn docker_reachable() -> bool {
-    Command::new("docker")
-        .arg("info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+    Command::new("docker").arg("info").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
 }
 
 /// The Docker engine must answer. As root on a machine where it is installed but not running

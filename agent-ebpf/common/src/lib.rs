@@ -68,10 +68,6 @@ pub const CONTROL_EPOCH: u32 = 0;
 pub const CONTROL_ARMED_NS: u32 = 1;
 pub const CONTROL_SLOTS: u32 = 2;
 
-/// Bytes of `struct request` read in one helper call on the fast path; every field the fast
-/// path needs must lie inside (checked in userspace against BTF, else the fast path is off).
-pub const RQ_CHUNK: usize = 128;
-
 /// Key of the in-flight request map. In BTF mode `a` is the `struct request *` and `b` is 0;
 /// with classic tracepoints (no pointer in the record) it is `(sector, dev)`, which collides for
 /// concurrent I/O to one sector of one device — the documented limit of the fallback.
@@ -100,22 +96,6 @@ pub struct RequestStart {
     pub bytes: u32,
     pub _pad: u32,
 }
-
-/// One entry of the fast path's per-CPU cache of request queues: the device and whether the
-/// block layer stamps the queue's requests, so most I/Os read nothing but the request itself.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct QueueInfo {
-    pub q: u64,
-    /// `epoch + 1` when filled (0 never matches): entries expire at each snapshot, so a changed
-    /// queue flag or a queue address reused by a new device is picked up within one interval.
-    pub stamp: u64,
-    pub dev: u32,
-    pub stats: u32,
-}
-
-/// Slots of the per-CPU queue cache (indexed by bits of the queue address).
-pub const QCACHE_SLOTS: u32 = 4;
 
 /// Key of the per-(device, op) histogram map.
 #[repr(C)]
@@ -253,7 +233,6 @@ mod pod {
     unsafe impl aya::Pod for DeviceInflight {}
     unsafe impl aya::Pod for CgroupKey {}
     unsafe impl aya::Pod for CgroupStats {}
-    unsafe impl aya::Pod for QueueInfo {}
 }
 
 #[cfg(test)]

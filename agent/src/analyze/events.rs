@@ -29,7 +29,7 @@ pub fn read_events(path: &Path, file: u32, ds: &mut Dataset) -> Result<Vec<Event
     let mut events = Vec::new();
     let progress = Progress::new(0);
     let mut bad: Vec<(u64, String)> = Vec::new();
-    let problem = read_chunks(path, file, &progress, |chunk| {
+    let problems = read_chunks(path, file, &progress, |chunk| {
         for (n, line) in lines(&chunk) {
             let text = line.trim_ascii();
             if text.is_empty() {
@@ -51,7 +51,7 @@ pub fn read_events(path: &Path, file: u32, ds: &mut Dataset) -> Result<Vec<Event
             }
         }
     })?;
-    bad.extend(problem);
+    bad.extend(problems);
     for (line, reason) in bad {
         ds.skip(file, line, reason);
     }

@@ -95,11 +95,21 @@ impl<R: Read> Read for Counting<'_, R> {
     }
 }
 
+/// Longest line kept. A snapshot is tens of KB (a few MB with thousands of devices and pods);
+/// anything longer is not a snapshot (a binary file, a NUL-filled preallocated tail), and
+/// buffering it whole would only cost memory.
+const MAX_LINE: usize = 64 << 20;
+
 /// Reads `path` and hands its lines to `emit` in chunks that end on a line boundary. Gzip is
-/// detected by its magic bytes, not by the name. A gzip stream that is corrupt or cut short
-/// (e.g. copied while being written) is not fatal: everything decoded before the damage is
-/// used, and the damage is returned as `(line, reason)` for the bad-line report.
-pub fn read_chunks(path: &Path, file: u32, progress: &Progress, mut emit: impl FnMut(Chunk)) -> Result<Option<(u64, String)>> {
+/// detected by its magic bytes, not by the name. Returns `(line, reason)` for damage found
+/// while reading, for the bad-line report: a line over [`MAX_LINE`] (skipped), and a gzip
+/// stream that is corrupt or cut short (e.g. copied while being written), which is not fatal:
+/// every whole line decoded before the damage is used.
+pub fn read_chunks(path: &Path, file: u32, progress: &Progress, emit: impl FnMut(Chunk)) -> Result<Vec<(u64, String)>> {
+    read_chunks_max(path, file, progress, MAX_LINE, emit)
+}
+
+fn read_chunks_max(path: &Path, file: u32, progress: &Progress, max_line: usize, mut emit: impl FnMut(Chunk)) -> Result<Vec<(u64, String)>> {
     let mut f = File::open(path).map_err(|e| Error::read(path, e))?;
     let mut magic = [0u8; 2];
     let got = read_full(&mut f, &mut magic).map_err(|e| Error::read(path, e))?;
@@ -110,30 +120,65 @@ pub fn read_chunks(path: &Path, file: u32, progress: &Progress, mut emit: impl F
     let mut reader: Box<dyn Read + '_> =
         if gz { Box::new(flate2::read::MultiGzDecoder::new(std::io::BufReader::with_capacity(1 << 16, raw))) } else { Box::new(raw) };
 
+    let mut problems = Vec::new();
     let mut line = 1u64;
     // `buf[..filled]` holds data not yet emitted; it starts with a whole line.
     let mut buf = vec![0u8; CHUNK_BYTES * 2];
     let mut filled = 0usize;
+    // While dropping an over-long line: whether all of it so far was NUL bytes.
+    let mut skipping: Option<bool> = None;
+    let long = |nul: bool| {
+        if nul { "NUL bytes (unwritten space of a preallocated file)".to_string() } else { format!("line longer than {} MiB (not JSONL?)", max_line >> 20) }
+    };
     loop {
         if filled == buf.len() {
-            buf.resize(buf.len() * 2, 0); // one line longer than the buffer
+            if buf.len() < max_line {
+                buf.resize(buf.len() * 2, 0); // one line longer than the buffer
+            } else {
+                skipping = Some(skipping.unwrap_or(true) && buf.iter().all(|b| *b == 0));
+                filled = 0;
+            }
         }
         let n = match reader.read(&mut buf[filled..]) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) if gz => {
-                // The whole lines decoded before the damage are still usable; the unfinished
-                // line after them is part of the damage and is reported as one bad line.
-                emit_lines(&mut buf, &mut filled, file, &mut line, &mut emit, false);
-                return Ok(Some((line, format!("gzip data corrupt or truncated here: {e}"))));
+                // The unfinished line after the last whole one is part of the damage.
+                if skipping.is_none() {
+                    emit_lines(&mut buf, &mut filled, file, &mut line, &mut emit, false);
+                }
+                problems.push((line, format!("gzip data corrupt or truncated here: {e}")));
+                return Ok(problems);
             }
             Err(e) => return Err(Error::read(path, e)),
         };
+        if let Some(nul) = skipping {
+            let data = &buf[filled..filled + n];
+            match memchr::memchr(b'\n', data) {
+                Some(i) => {
+                    problems.push((line, long(nul && data[..i].iter().all(|b| *b == 0))));
+                    line += 1;
+                    buf.copy_within(filled + i + 1..filled + n, 0);
+                    filled = n - i - 1;
+                    skipping = None;
+                    continue;
+                }
+                None if n == 0 => {
+                    problems.push((line, long(nul)));
+                    return Ok(problems);
+                }
+                None => {
+                    skipping = Some(nul && data.iter().all(|b| *b == 0));
+                    filled = 0;
+                    continue;
+                }
+            }
+        }
         filled += n;
         if n == 0 {
             emit_lines(&mut buf, &mut filled, file, &mut line, &mut emit, true);
             progress.tick();
-            return Ok(None);
+            return Ok(problems);
         }
         if filled >= CHUNK_BYTES {
             emit_lines(&mut buf, &mut filled, file, &mut line, &mut emit, false);
@@ -276,6 +321,29 @@ mod tests {
     }
 
     #[test]
+    fn over_long_lines_are_dropped_and_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.jsonl");
+        let mut data = b"a\na\na\n".to_vec();
+        data.extend(std::iter::repeat_n(b'x', 10 << 20));
+        data.extend(b"\nb\n");
+        data.extend(std::iter::repeat_n(0u8, 9 << 20));
+        data.extend(b"\nc\n");
+        data.extend(std::iter::repeat_n(0u8, 5 << 20));
+        std::fs::write(&p, data).unwrap();
+        let mut got = Vec::new();
+        let problems = read_chunks_max(&p, 0, &Progress::new(0), 4 << 20, |c| {
+            got.extend(lines(&c).map(|(n, l)| (n, String::from_utf8_lossy(l).into_owned())));
+        })
+        .unwrap();
+        let expect: Vec<(u64, String)> = [(1, "a"), (2, "a"), (3, "a"), (5, "b"), (7, "c")].iter().map(|(n, s)| (*n, s.to_string())).collect();
+        assert_eq!(got, expect);
+        let reasons: Vec<(u64, bool)> = problems.iter().map(|(n, r)| (*n, r.starts_with("NUL"))).collect();
+        assert_eq!(reasons, [(4, false), (6, true), (8, true)], "{problems:?}");
+        assert!(problems[0].1.contains("longer than 4 MiB"));
+    }
+
+    #[test]
     fn truncated_gzip_keeps_what_decoded() {
         use flate2::{Compression, write::GzEncoder};
         let dir = tempfile::tempdir().unwrap();
@@ -288,10 +356,10 @@ mod tests {
         std::fs::write(&p, &gz[..gz.len() * 2 / 3]).unwrap();
         let progress = Progress::new(0);
         let mut n = 0u64;
-        let problem = read_chunks(&p, 0, &progress, |c| n += lines(&c).count() as u64).unwrap();
-        let (line, reason) = problem.expect("truncation reported");
+        let problems = read_chunks(&p, 0, &progress, |c| n += lines(&c).count() as u64).unwrap();
+        let [(line, reason)] = &problems[..] else { panic!("one problem expected: {problems:?}") };
         assert!(reason.contains("gzip"), "{reason}");
         assert!(n > 50_000 && n < 200_000, "{n}");
-        assert!(line >= n, "{line} {n}");
+        assert_eq!(*line, n + 1);
     }
 }

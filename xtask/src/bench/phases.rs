@@ -155,7 +155,7 @@ fn measure(
         per_io("agent"),
         per_io("biolatency")
     );
-    Ok(KernelRun { workload, order, ios, secs, fio_iops: f.iops, progs })
+    Ok(KernelRun { workload, order, ios, secs, fio_iops: f.iops, cpu_pressure: f.cpu_pressure, progs })
 }
 
 /// fio IOPS without and with the agent: per round and workload, one run of each back to back
@@ -173,13 +173,14 @@ fn iops(ctx: &Ctx, lo: &LoopDev, r: &mut Results) -> anyhow::Result<()> {
                     a.stop()?;
                 }
                 eprintln!(
-                    "xtask: round {}/{}, {w}, {} agent: {:.0} IOPS",
+                    "xtask: round {}/{}, {w}, {} agent: {:.0} IOPS (CPU pressure {:.0} %)",
                     round + 1,
                     o.rounds,
                     if with_agent { "with" } else { "without" },
-                    f.iops
+                    f.iops,
+                    f.cpu_pressure.unwrap_or(f64::NAN)
                 );
-                r.iops.push(IopsRun { workload: w, round, with_agent, iops: f.iops });
+                r.iops.push(IopsRun { workload: w, round, with_agent, iops: f.iops, cpu_pressure: f.cpu_pressure });
             }
         }
     }

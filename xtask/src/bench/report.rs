@@ -135,10 +135,13 @@ pub fn markdown(r: &Results) -> String {
             "ratio of means",
             "per-pair ratios",
             "mean pair ratio ± 95 % CI",
+            "serial-path estimate",
+            "CPU pressure",
             "target ≥ 0.98×",
         ]);
         for i in &is {
             let (pm, ph) = i.ci95();
+            let agent_ns = ks.iter().find(|k| k.workload == i.workload).map(|k| k.agent_ns);
             t.row(vec![
                 i.workload.clone(),
                 format!("{:.0} ± {:.0}", mean(&i.without), sd(&i.without)),
@@ -146,13 +149,19 @@ pub fn markdown(r: &Results) -> String {
                 format!("{:.3}×", i.ratio()),
                 i.pair_ratios().iter().map(|x| format!("{x:.3}")).collect::<Vec<_>>().join(", "),
                 format!("{pm:.3} ± {ph:.3}"),
+                agent_ns.map_or("-".into(), |ns| format!("{:.3}×", 1.0 / (1.0 + ns * mean(&i.without) * 1e-9))),
+                i.cpu_pressure.map_or("-".into(), |p| format!("{p:.0} %")),
                 i.verdict().into(),
             ]);
         }
         s += &t.render();
         s += "\nThe verdict is decided only when the 95 % confidence interval of the pair ratios lies on one side of 0.98; \
               on a shared 2-core VM the run-to-run noise is often larger than the agent's cost, so rerun with more `--rounds` \
-              (or on a quiet machine) to narrow it.\n";
+              (or on a quiet machine) to narrow it. The serial-path estimate, 1 / (1 + agent ns/I/O × IOPS without × 10⁻⁹), \
+              is the ratio if every agent nanosecond measured above delayed the next I/O (exact for a CPU-bound QD1 loop, \
+              pessimistic when the work spreads over CPUs); it is derived from the bpf_stats run, not from the IOPS runs, so it is \
+              immune to their noise. CPU pressure is the mean share of time some runnable task waited for a CPU during the runs \
+              (/proc/pressure/cpu `some`): fio and the loop worker alone keep it low; high values mean other work competed.\n";
     }
 
     s += "\n## Userspace\n\n";

@@ -44,6 +44,7 @@ pub struct KernelRun {
     pub ios: u64,
     pub secs: f64,
     pub fio_iops: f64,
+    pub cpu_pressure: Option<f64>,
     pub progs: Vec<ProgRow>,
 }
 
@@ -61,6 +62,7 @@ pub struct IopsRun {
     pub round: u32,
     pub with_agent: bool,
     pub iops: f64,
+    pub cpu_pressure: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -167,6 +169,8 @@ pub struct IopsSummary {
     pub workload: String,
     pub without: Vec<f64>,
     pub with: Vec<f64>,
+    /// Mean CPU pressure (PSI `some`, %) over all runs of the workload.
+    pub cpu_pressure: Option<f64>,
 }
 
 impl IopsSummary {
@@ -216,7 +220,8 @@ pub fn iops_summary(r: &Results) -> Vec<IopsSummary> {
                 v.sort_by_key(|i| i.round);
                 v.iter().map(|i| i.iops).collect()
             };
-            IopsSummary { workload: w.to_string(), without: pick(false), with: pick(true) }
+            let psi: Option<Vec<f64>> = r.iops.iter().filter(|i| i.workload == w).map(|i| i.cpu_pressure).collect();
+            IopsSummary { workload: w.to_string(), without: pick(false), with: pick(true), cpu_pressure: psi.map(|p| mean(&p)) }
         })
         .collect()
 }
@@ -238,12 +243,14 @@ pub fn json(r: &Results) -> Value {
         })).collect::<Vec<_>>(),
         "kernel_runs": r.kernel.iter().map(|k| json!({
             "workload": k.workload, "order": k.order, "ios": k.ios, "secs": k.secs, "fio_iops": k.fio_iops,
+            "cpu_pressure_percent": k.cpu_pressure,
             "programs": k.progs.iter().map(|p| json!({
                 "tool": p.tool, "name": p.name, "run_cnt": p.runs, "run_time_ns": p.run_ns, "bytes_jited": p.jited,
             })).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
         "iops": iops_summary(r).iter().map(|i| json!({
             "workload": i.workload, "without": i.without, "with": i.with, "ratio": i.ratio(),
+            "cpu_pressure_percent_mean": i.cpu_pressure,
             "pair_ratios": i.pair_ratios(), "pair_ratio_mean": i.ci95().0, "pair_ratio_ci95_half_width": i.ci95().1,
             "verdict": i.verdict().trim_matches('*'),
         })).collect::<Vec<_>>(),
