@@ -158,7 +158,7 @@ async fn kind_agent_on_every_node_measures_the_workload() {
 
     // The node-local collector received blkio.request.duration from this node.
     let collector = pod_on_node(&client, "otel", "app.kubernetes.io/name=otel-node-collector", &node).await.unwrap();
-    assert!(pod_ready(&collector) || collector.status.is_some());
+    assert!(pod_ready(&collector), "the collector on {node} is not ready");
     let collector_name = collector.metadata.name.unwrap();
     wait_for("blkio.request.duration with k8s.node.name in the collector", Duration::from_secs(120), || {
         let (client, name, node) = (client.clone(), collector_name.clone(), node.clone());

@@ -1,0 +1,91 @@
+//! Privileged: the agent with `--attribute-pods` on a real loop device, the workload running in a
+//! kubelet-like pod cgroup under the host's real cgroup v2 mount. Without an API server the pod
+//! is named by its UID from the cgroup path (the documented no-RBAC behaviour).
+
+#![cfg(feature = "ebpf")] // the node agent; absent from the analyzer-only build
+
+mod privileged_support;
+
+use std::{path::PathBuf, process::Command};
+
+use privileged_support::*;
+
+/// The cgroup v2 mount (hybrid hosts have it at /sys/fs/cgroup/unified).
+fn cgroup2_mount() -> Option<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|l| {
+        let (pre, post) = l.split_once(" - ")?;
+        if post.split(' ').next() != Some("cgroup2") {
+            return None;
+        }
+        pre.split(' ').nth(4).map(PathBuf::from)
+    })
+}
+
+/// Removes the test's cgroup tree (bottom-up) even when the test fails.
+struct CgroupTree(Vec<PathBuf>);
+
+impl Drop for CgroupTree {
+    fn drop(&mut self) {
+        for dir in self.0.iter().rev() {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+#[test]
+fn pod_series_count_the_workload_exactly() {
+    let Some(_p) = privileged("pod_series_count_the_workload_exactly") else { return };
+    let Some(root) = cgroup2_mount() else {
+        assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "CI=true: no cgroup v2 mount");
+        eprintln!("SKIPPED: no cgroup v2 mount");
+        return;
+    };
+    let uid = "4f6c2a1e-9b7d-4c3e-8a5f-0123456789ab";
+    let container = "ab".repeat(32);
+    let unique = format!("blkio-agent-test-{}", std::process::id());
+    let pod_slice = format!("kubepods-besteffort-pod{}.slice", uid.replace('-', "_"));
+    let mut dirs = vec![root.join(&unique)];
+    for part in ["kubepods.slice", "kubepods-besteffort.slice", &pod_slice, &format!("cri-containerd-{container}.scope")] {
+        let next = dirs.last().unwrap().join(part);
+        dirs.push(next);
+    }
+    let tree = CgroupTree(dirs.clone());
+    for d in &tree.0 {
+        std::fs::create_dir(d).unwrap_or_else(|e| panic!("mkdir {}: {e}", d.display()));
+    }
+    let scope = dirs.last().unwrap().clone();
+
+    let dev = LoopDev::new(32);
+    let out = tempfile::tempdir().unwrap();
+    let path = out.path().join("out.jsonl");
+    let mut agent = Agent::start(&[
+        "--attribute-pods",
+        "--cgroup-root",
+        root.to_str().unwrap(),
+        "--interval",
+        "0.25",
+        "--flush-every",
+        "1",
+        "--output",
+        path.to_str().unwrap(),
+    ]);
+    // dd joins the container's cgroup before it submits any I/O.
+    let script = format!("echo $$ > {}/cgroup.procs && exec dd if=/dev/zero of={} bs=4k count=1500 oflag=direct", scope.display(), dev.dev.display());
+    let st = Command::new("sh").arg("-c").arg(&script).stderr(std::process::Stdio::null()).status().unwrap();
+    assert!(st.success(), "workload in the pod cgroup");
+    agent.wait_snapshots(2);
+    agent.stop(libc::SIGTERM);
+
+    let snaps = read_jsonl(&path);
+    let pod_writes: u64 = snaps
+        .iter()
+        .flat_map(|s| &s.pods)
+        .filter(|p| p.pod_uid.as_deref() == Some(uid) && p.device_name == dev.name && p.op == "write")
+        .map(|p| p.count)
+        .sum();
+    assert_eq!(pod_writes, 1500, "the pod's writes, attributed at submission");
+    let device_writes = op_counts(&snaps, &dev.name).get("write").copied();
+    assert_eq!(device_writes, Some(1500), "and the device total agrees");
+    drop(tree);
+}
