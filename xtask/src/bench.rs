@@ -91,7 +91,9 @@ pub fn bench_overhead(opts: Opts) -> anyhow::Result<()> {
     sys::install_signal_handlers();
     let load1: f64 = sys::loadavg().split_whitespace().next().and_then(|l| l.parse().ok()).unwrap_or(0.0);
     if load1 > 0.5 {
-        eprintln!("xtask: warning: load average {load1:.2}: other work on this machine will add noise (IOPS most of all)");
+        eprintln!(
+            "xtask: warning: load average {load1:.2}: other work on this machine will add noise (IOPS most of all)"
+        );
     }
     let scratch = sys::ScratchDir::new()?;
     let agent_bin = agent_binary(&root, &scratch.0, opts.no_build)?;
@@ -142,7 +144,10 @@ fn agent_binary(root: &Path, scratch: &Path, no_build: bool) -> anyhow::Result<P
         if no_build || attempt == 1 {
             break;
         }
-        eprintln!("xtask: {} has no `run` (replaced by a build without the ebpf feature?); building again", built.display());
+        eprintln!(
+            "xtask: {} has no `run` (replaced by a build without the ebpf feature?); building again",
+            built.display()
+        );
     }
     bail!("{} has no `run` subcommand (built without the `ebpf` feature); rebuild it", built.display())
 }

@@ -25,9 +25,8 @@ pub fn owned_by(pid: u32) -> anyhow::Result<Owned> {
     for entry in fs::read_dir(&dir).with_context(|| format!("cannot list {dir}"))? {
         // fds come and go while we read: skip the ones that vanished.
         let Ok(info) = fs::read_to_string(entry?.path()) else { continue };
-        let field = |name: &str| {
-            info.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse::<u32>().ok())
-        };
+        let field =
+            |name: &str| info.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse::<u32>().ok());
         if let Some(id) = field("prog_id:") {
             owned.prog_ids.insert(id);
         }

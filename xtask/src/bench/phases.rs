@@ -64,7 +64,8 @@ impl Biolatency {
     fn start(ctx: &Ctx) -> anyhow::Result<Biolatency> {
         let path = ctx.biolatency.as_ref().context("biolatency skipped")?;
         let out = ctx.scratch.join("biolatency.out");
-        let mut proc = Proc::spawn("biolatency", Command::new(path).arg("-D"), &out, &ctx.scratch.join("biolatency.err"))?;
+        let mut proc =
+            Proc::spawn("biolatency", Command::new(path).arg("-D"), &out, &ctx.scratch.join("biolatency.err"))?;
         let end = Instant::now() + Duration::from_secs(60);
         let mut last = (0, Instant::now());
         loop {
@@ -103,13 +104,29 @@ fn kernel_cost(ctx: &Ctx, lo: &LoopDev, r: &mut Results) -> anyhow::Result<Vec<L
     let maps = bpf::maps(&agent.owned.map_ids)?;
     let mut bio = Biolatency::start(ctx)?;
     for (w, qd) in WORKLOADS {
-        r.kernel.push(measure(ctx, lo, w, qd, runtime, "agent first", &[("agent", &agent.owned), ("biolatency", &bio.owned)])?);
+        r.kernel.push(measure(
+            ctx,
+            lo,
+            w,
+            qd,
+            runtime,
+            "agent first",
+            &[("agent", &agent.owned), ("biolatency", &bio.owned)],
+        )?);
     }
     agent.stop()?;
     // Restarted after biolatency, the agent's programs now run second on each tracepoint.
     let agent = Agent::start(ctx, "kernel-2", &[])?;
     for (w, qd) in WORKLOADS {
-        r.kernel.push(measure(ctx, lo, w, qd, runtime, "biolatency first", &[("agent", &agent.owned), ("biolatency", &bio.owned)])?);
+        r.kernel.push(measure(
+            ctx,
+            lo,
+            w,
+            qd,
+            runtime,
+            "biolatency first",
+            &[("agent", &agent.owned), ("biolatency", &bio.owned)],
+        )?);
     }
     agent.stop()?;
     if !matches!(bio.proc.stop(Duration::from_secs(10)), Some(s) if s.success()) {
@@ -148,7 +165,8 @@ fn measure(
             });
         }
     }
-    let per_io = |tool: &str| progs.iter().filter(|p| p.tool == tool).map(|p| p.run_ns).sum::<u64>() as f64 / ios.max(1) as f64;
+    let per_io =
+        |tool: &str| progs.iter().filter(|p| p.tool == tool).map(|p| p.run_ns).sum::<u64>() as f64 / ios.max(1) as f64;
     eprintln!(
         "xtask: {workload}, {order}: {ios} I/Os ({:.0} IOPS), agent {:.1} ns/I/O, biolatency {:.1} ns/I/O",
         f.iops,
@@ -166,7 +184,8 @@ fn iops(ctx: &Ctx, lo: &LoopDev, r: &mut Results) -> anyhow::Result<()> {
         let agent_first = round % 2 == 1;
         for (w, qd) in WORKLOADS {
             for with_agent in [agent_first, !agent_first] {
-                let agent = if with_agent { Some(Agent::start(ctx, &format!("iops-{round}-qd{qd}"), &[])?) } else { None };
+                let agent =
+                    if with_agent { Some(Agent::start(ctx, &format!("iops-{round}-qd{qd}"), &[])?) } else { None };
                 let tag = format!("iops-{round}-qd{qd}-{}", if with_agent { "with" } else { "without" });
                 let f = fio(ctx, &lo.dev, qd, o.runtime, &tag)?;
                 if let Some(a) = agent {
@@ -206,7 +225,8 @@ fn snapshot(ctx: &Ctx) -> anyhow::Result<SnapshotStats> {
     for l in &loops {
         cmd.arg(format!("--name={}", l.name)).arg(format!("--filename={}", l.dev));
     }
-    let mut load = Proc::spawn("fio (16 devices)", &mut cmd, &ctx.scratch.join("fio-16.out"), &ctx.scratch.join("fio-16.err"))?;
+    let mut load =
+        Proc::spawn("fio (16 devices)", &mut cmd, &ctx.scratch.join("fio-16.out"), &ctx.scratch.join("fio-16.err"))?;
     sys::sleep(Duration::from_secs(1))?;
     if let Some(status) = load.exited() {
         bail!("fio on 16 devices exited ({status}): {}", super::tail(&ctx.scratch.join("fio-16.err"), 10));
@@ -232,7 +252,11 @@ fn snapshot(ctx: &Ctx) -> anyhow::Result<SnapshotStats> {
 
     // The first snapshot (before the window; it also creates the map entries) and the shutdown
     // snapshot (after it) are left out.
-    let timings: Vec<(u64, u64)> = log.lines().filter(|l| l.contains("snapshot built")).filter_map(|l| Some((field(l, "build_us=")?, field(l, "total_us=")?))).collect();
+    let timings: Vec<(u64, u64)> = log
+        .lines()
+        .filter(|l| l.contains("snapshot built"))
+        .filter_map(|l| Some((field(l, "build_us=")?, field(l, "total_us=")?)))
+        .collect();
     if timings.len() < 3 {
         bail!("only {} `snapshot built` lines in the agent's log", timings.len());
     }
@@ -264,7 +288,9 @@ fn devices_per_snapshot(dir: &std::path::Path, names: &[String]) -> anyhow::Resu
             let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
             let n = v["latency_histogram"]
                 .as_array()
-                .map(|a| a.iter().filter(|d| d["device_name"].as_str().is_some_and(|n| names.iter().any(|x| x == n))).count())
+                .map(|a| {
+                    a.iter().filter(|d| d["device_name"].as_str().is_some_and(|n| names.iter().any(|x| x == n))).count()
+                })
                 .unwrap_or(0);
             counts.push(n as u64);
         }

@@ -151,7 +151,9 @@ pub fn kernel_summary(r: &Results) -> Vec<KernelSummary> {
             let bio: Option<u64> = runs.iter().map(|k| k.tool_ns("biolatency")).sum();
             let per_order = runs
                 .iter()
-                .filter_map(|k| Some((k.order.to_string(), k.tool_ns("agent")? as f64 / k.tool_ns("biolatency")?.max(1) as f64)))
+                .filter_map(|k| {
+                    Some((k.order.to_string(), k.tool_ns("agent")? as f64 / k.tool_ns("biolatency")?.max(1) as f64))
+                })
                 .collect();
             KernelSummary {
                 workload: w.to_string(),
@@ -221,7 +223,12 @@ pub fn iops_summary(r: &Results) -> Vec<IopsSummary> {
                 v.iter().map(|i| i.iops).collect()
             };
             let psi: Option<Vec<f64>> = r.iops.iter().filter(|i| i.workload == w).map(|i| i.cpu_pressure).collect();
-            IopsSummary { workload: w.to_string(), without: pick(false), with: pick(true), cpu_pressure: psi.map(|p| mean(&p)) }
+            IopsSummary {
+                workload: w.to_string(),
+                without: pick(false),
+                with: pick(true),
+                cpu_pressure: psi.map(|p| mean(&p)),
+            }
         })
         .collect()
 }

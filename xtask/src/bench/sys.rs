@@ -206,7 +206,9 @@ impl Drop for LoopDev {
     fn drop(&mut self) {
         match Command::new("losetup").arg("-d").arg(&self.dev).output() {
             Ok(o) if o.status.success() => {}
-            Ok(o) => eprintln!("xtask: warning: losetup -d {}: {}", self.dev, String::from_utf8_lossy(&o.stderr).trim()),
+            Ok(o) => {
+                eprintln!("xtask: warning: losetup -d {}: {}", self.dev, String::from_utf8_lossy(&o.stderr).trim())
+            }
             Err(e) => eprintln!("xtask: warning: losetup -d {}: {e}", self.dev),
         }
     }
