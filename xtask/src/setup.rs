@@ -11,8 +11,9 @@ use std::{
 use anyhow::{Context as _, bail};
 
 /// Debian packages: fio (workloads), bpftool (program stats), libbpf-tools (biolatency for the
-/// overhead comparison), docker.io (image and docker-level e2e), e2fsprogs (mkfs for tests).
-const APT_PACKAGES: &[&str] = &["fio", "bpftool", "libbpf-tools", "docker.io", "e2fsprogs"];
+/// overhead comparison), docker.io (image and docker-level e2e), e2fsprogs (mkfs for tests),
+/// musl-tools (`musl-gcc` for `ring` in the static image build).
+const APT_PACKAGES: &[&str] = &["fio", "bpftool", "libbpf-tools", "docker.io", "e2fsprogs", "musl-tools"];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 pub fn setup() -> anyhow::Result<()> {
