@@ -22,7 +22,7 @@ use crate::{ATTRIBUTE_CGROUPS, global};
 /// Requests between insert/issue and completion.
 #[map]
 static REQUESTS: HashMap<RequestKey, RequestStart> =
-    HashMap::with_max_entries(MAX_INFLIGHT_REQUESTS, BPF_F_NO_PREALLOC);
+    HashMap::with_max_entries(MAX_INFLIGHT_REQUESTS, 0);
 
 /// include/uapi/linux/bpf.h
 const BPF_F_NO_PREALLOC: u32 = 1;
@@ -36,10 +36,14 @@ static HISTS: PerCpuHashMap<HistKey, OpHist> = PerCpuHashMap::with_max_entries(M
 #[map]
 static INFLIGHT: HashMap<u32, DeviceInflight> = HashMap::with_max_entries(MAX_DEVICES, 0);
 
-/// Per-(cgroup, device, op) statistics, only filled when attribution is on.
+/// Per-(cgroup, device, op) statistics, only filled when attribution is on. Not preallocated, so
+/// it costs nothing otherwise; an element is allocated once per new (cgroup, device, op) and a
+/// failed allocation is counted as `cgroup_map_full`. (The request map above stays
+/// preallocated: on-demand allocation in tracepoint context can fail under bursts, measured
+/// here as lost requests.)
 #[map]
 static CGROUPS: HashMap<CgroupKey, CgroupStats> =
-    HashMap::with_max_entries(MAX_CGROUP_KEYS, 0);
+    HashMap::with_max_entries(MAX_CGROUP_KEYS, BPF_F_NO_PREALLOC);
 
 /// Loss and event counters (`LOSS_*`, `EVENT_*`).
 #[map]

@@ -316,8 +316,12 @@ impl Collector {
             let interval_peak = if v.peak_epoch[slot] == ended_epoch { v.peak[slot] } else { 0 };
             let floor = self.prev_depth.get(&dev).copied().unwrap_or(0);
             let peak = interval_peak.max(floor).max(depth);
-            let sysfs = self.names.sysfs_inflight(&name);
-            let depth = self.reconcile(dev, depth, sysfs, active.get(&dev).copied().unwrap_or(0), v)?;
+            let completed = active.get(&dev).copied().unwrap_or(0);
+            // The kernel's own count is only needed to judge a gauge that looks stuck (non-zero
+            // with nothing completing); reading sysfs for every device every interval would be
+            // most of the snapshot's cost on a node with many disks.
+            let sysfs = if v.inflight != 0 && completed == 0 { self.names.sysfs_inflight(&name) } else { None };
+            let depth = self.reconcile(dev, depth, sysfs, completed, v)?;
             self.prev_depth.insert(dev, depth);
             out.push(DeviceInflight {
                 device_id: u64::from(dev),

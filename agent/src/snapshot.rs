@@ -83,7 +83,8 @@ pub struct DeviceInflight {
     /// Highest in-flight count during the interval. Absent in the seed's files.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peak: Option<u64>,
-    /// The kernel's own count from `/sys/block/<dev>/inflight` (reads + writes) at the same time.
+    /// The kernel's own count from `/sys/block/<dev>/inflight` (reads + writes) at the same time;
+    /// read only when the agent's count is non-zero while nothing completed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sysfs_count: Option<u64>,
 }

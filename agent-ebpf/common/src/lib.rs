@@ -20,11 +20,10 @@ pub const OP_COUNT: usize = 5;
 pub const OP_NAMES: [&str; OP_COUNT] = ["read", "write", "discard", "flush", "other"];
 
 /// Capacity of the in-flight request map. blk-mq preallocates its requests, so the number of
-/// distinct `struct request *` keys is bounded by the tags of all queues; 64k covers 32 NVMe
-/// devices at queue depth 1024 with room for schedulers' tags. A full map is counted
-/// (`LOSS_START_INSERT_FAILED`), never silent. The map is not preallocated
-/// (`BPF_F_NO_PREALLOC`): with the fast path it holds only requests of unstamped queues.
-pub const MAX_INFLIGHT_REQUESTS: u32 = 65_536;
+/// distinct `struct request *` keys is bounded by the tags of all queues; 16k covers 32 devices
+/// with 512 requests in flight each on the slow path (the fast path does not use this map). A full map is counted
+/// (`LOSS_START_INSERT_FAILED`), never silent. Preallocated: 16k x ~104 B = 1.7 MB.
+pub const MAX_INFLIGHT_REQUESTS: u32 = 16_384;
 /// Capacity of the per-(device, op) histogram map. Per-CPU hash maps preallocate a value per
 /// possible CPU for every entry, so this bounds kernel memory: 160 x 416 B x 192 CPUs = 12.8 MB.
 /// 160 keys hold 32 devices with all five ops (or ~50 with the usual read/write/flush); a full
@@ -32,7 +31,8 @@ pub const MAX_INFLIGHT_REQUESTS: u32 = 65_536;
 pub const MAX_HIST_KEYS: u32 = 160;
 /// Capacity of the per-device in-flight gauge map.
 pub const MAX_DEVICES: u32 = 256;
-/// Capacity of the per-(cgroup, device, op) attribution map.
+/// Capacity of the per-(cgroup, device, op) attribution map (not preallocated: no memory unless
+/// attribution is on).
 pub const MAX_CGROUP_KEYS: u32 = 4_096;
 
 /// Indices into the per-CPU `LOSSES` counter array. Cumulative, never reset.

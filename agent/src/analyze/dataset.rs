@@ -273,6 +273,10 @@ impl Dataset {
                 let Some(d) = mine.device(src.id, &src.name, &Filter::default()) else { continue };
                 let dst = &mut mine.devices[d];
                 let (slot_base, ops_base) = (dst.slots.len() as u32, dst.ops.len() as u32);
+                // Exact sizes: doubling here would leave up to half of the largest vectors unused.
+                dst.recs.reserve_exact(src.recs.len());
+                dst.slots.reserve_exact(src.slots.len());
+                dst.ops.reserve_exact(src.ops.len());
                 dst.slots.extend(src.slots);
                 dst.ops.extend(src.ops);
                 dst.recs.extend(src.recs.into_iter().map(|mut r| {

@@ -46,8 +46,6 @@ pub struct Analysis {
     pub anomaly_factor: f64,
     pub anomaly_min_requests: u64,
     pub output_dir: PathBuf,
-    /// Bytes of input read from disk (compressed size for gzip files).
-    pub bytes_read: u64,
 }
 
 impl Analysis {
@@ -98,8 +96,8 @@ pub fn analyze(args: &AnalyzeArgs) -> Result<Analysis> {
     let inputs = input::resolve_inputs(&args.input)?;
     std::fs::create_dir_all(&args.output_dir).map_err(|e| Error::write(&args.output_dir, e))?;
 
-    let bytes_read = inputs.iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum();
-    let progress = input::Progress::new(bytes_read);
+    let total_bytes = inputs.iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum();
+    let progress = input::Progress::new(total_bytes);
     let ds = read_all(&inputs, &filter, &progress);
     progress.finish();
     let mut ds = ds?;
@@ -166,7 +164,6 @@ pub fn analyze(args: &AnalyzeArgs) -> Result<Analysis> {
         anomaly_factor: args.anomaly_factor,
         anomaly_min_requests: args.anomaly_min_requests,
         output_dir: args.output_dir.clone(),
-        bytes_read,
     };
     let json = serde_json::to_vec_pretty(&summary::build(&analysis)).map_err(|e| Error::Other(format!("encoding summary.json failed: {e}")))?;
     write_file(&args.output_dir.join("summary.json"), &json)?;

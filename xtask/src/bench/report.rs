@@ -75,7 +75,8 @@ pub fn markdown(r: &Results) -> String {
                  (the programs also ran for other devices' I/O, included in both tools' cost). Each workload ran twice, {} s each, \
                  once with the agent attached first and once with biolatency first: programs on a tracepoint run in attach order, \
                  and the first one to touch `struct request` and its queue/disk takes the cache misses; the two runs show how much \
-                 that weighs, and the ratio is over both. bpf_stats add two clock reads per program run to both tools.\n\n",
+                 that weighs, and the ratio is over both. \"each tool first\" divides the agent's cost in the run where it was first \
+                 by biolatency's in the run where it was first, as each would run alone on a node (two runs: noise does not cancel). bpf_stats add two clock reads per program run to both tools.\n\n",
                 m.runtime_s
             ),
             None => format!(

@@ -149,12 +149,22 @@ pub fn kernel_summary(r: &Results) -> Vec<KernelSummary> {
             let ios: u64 = runs.iter().map(|k| k.ios).sum();
             let agent: u64 = runs.iter().filter_map(|k| k.tool_ns("agent")).sum();
             let bio: Option<u64> = runs.iter().map(|k| k.tool_ns("biolatency")).sum();
-            let per_order = runs
+            let mut per_order: Vec<(String, f64)> = runs
                 .iter()
                 .filter_map(|k| {
                     Some((k.order.to_string(), k.tool_ns("agent")? as f64 / k.tool_ns("biolatency")?.max(1) as f64))
                 })
                 .collect();
+            // Alone on a node a tool is always first on the tracepoint (cold `struct request`):
+            // each tool's cost from the run where it was attached first (two runs, so noise does
+            // not cancel here).
+            let per_io = |order: &str, tool: &str| {
+                let k = runs.iter().find(|k| k.order == order)?;
+                Some(k.tool_ns(tool)? as f64 / k.ios.max(1) as f64)
+            };
+            if let (Some(a), Some(b)) = (per_io("agent first", "agent"), per_io("biolatency first", "biolatency")) {
+                per_order.push(("each tool first".into(), a / b));
+            }
             KernelSummary {
                 workload: w.to_string(),
                 ios,
