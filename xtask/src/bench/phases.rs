@@ -29,9 +29,9 @@ pub fn run_all(ctx: &Ctx, r: &mut Results) -> anyhow::Result<()> {
 
     let t = Instant::now();
     stats.set("1")?;
-    let maps = kernel_cost(ctx, &lo, r)?;
+    let (maps, mid) = kernel_cost(ctx, &lo, r)?;
     stats.restore()?;
-    r.maps = memory_rows(&maps)?;
+    r.maps = memory_rows(&maps, &mid)?;
     eprintln!("xtask: kernel cost phase took {:.0} s", t.elapsed().as_secs_f64());
 
     if stats.original.trim() != "0" {
@@ -89,52 +89,49 @@ impl Biolatency {
 }
 
 /// Kernel ns per I/O of the agent and biolatency, both attached. Returns the agent's maps.
-fn kernel_cost(ctx: &Ctx, lo: &LoopDev, r: &mut Results) -> anyhow::Result<Vec<LoadedMap>> {
+/// Also returns the agent's maps right after attaching and again halfway through the first
+/// (QD16) run, which shows how full the non-preallocated maps get under load.
+fn kernel_cost(ctx: &Ctx, lo: &LoopDev, r: &mut Results) -> anyhow::Result<(Vec<LoadedMap>, Vec<LoadedMap>)> {
     let runtime = ctx.opts.runtime;
     if ctx.biolatency.is_none() {
         let agent = Agent::start(ctx, "kernel", &[])?;
         let maps = bpf::maps(&agent.owned.map_ids)?;
-        for (w, qd) in WORKLOADS {
-            r.kernel.push(measure(ctx, lo, w, qd, runtime, "agent only", &[("agent", &agent.owned)])?);
+        let mut mid = Vec::new();
+        for (i, (w, qd)) in WORKLOADS.into_iter().enumerate() {
+            let sample = (i == 0).then_some(&agent.owned.map_ids);
+            let (run, maps) = measure(ctx, lo, w, qd, runtime, "agent only", &[("agent", &agent.owned)], sample)?;
+            r.kernel.push(run);
+            mid.extend(maps);
         }
         agent.stop()?;
-        return Ok(maps);
+        return Ok((maps, mid));
     }
     let agent = Agent::start(ctx, "kernel-1", &[])?;
     let maps = bpf::maps(&agent.owned.map_ids)?;
     let mut bio = Biolatency::start(ctx)?;
-    for (w, qd) in WORKLOADS {
-        r.kernel.push(measure(
-            ctx,
-            lo,
-            w,
-            qd,
-            runtime,
-            "agent first",
-            &[("agent", &agent.owned), ("biolatency", &bio.owned)],
-        )?);
+    let mut mid = Vec::new();
+    for (i, (w, qd)) in WORKLOADS.into_iter().enumerate() {
+        let tools = [("agent", &agent.owned), ("biolatency", &bio.owned)];
+        let (run, maps) =
+            measure(ctx, lo, w, qd, runtime, "agent first", &tools, (i == 0).then_some(&agent.owned.map_ids))?;
+        r.kernel.push(run);
+        mid.extend(maps);
     }
     agent.stop()?;
     // Restarted after biolatency, the agent's programs now run second on each tracepoint.
     let agent = Agent::start(ctx, "kernel-2", &[])?;
     for (w, qd) in WORKLOADS {
-        r.kernel.push(measure(
-            ctx,
-            lo,
-            w,
-            qd,
-            runtime,
-            "biolatency first",
-            &[("agent", &agent.owned), ("biolatency", &bio.owned)],
-        )?);
+        let tools = [("agent", &agent.owned), ("biolatency", &bio.owned)];
+        r.kernel.push(measure(ctx, lo, w, qd, runtime, "biolatency first", &tools, None)?.0);
     }
     agent.stop()?;
     if !matches!(bio.proc.stop(Duration::from_secs(10)), Some(s) if s.success()) {
         eprintln!("xtask: warning: biolatency did not exit cleanly");
     }
-    Ok(maps)
+    Ok((maps, mid))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn measure(
     ctx: &Ctx,
     lo: &LoopDev,
@@ -143,12 +140,26 @@ fn measure(
     runtime: u64,
     order: &'static str,
     tools: &[(&'static str, &Owned)],
-) -> anyhow::Result<KernelRun> {
+    sample_maps: Option<&BTreeSet<u32>>,
+) -> anyhow::Result<(KernelRun, Vec<LoadedMap>)> {
     let ids: BTreeSet<u32> = tools.iter().flat_map(|(_, o)| o.prog_ids.iter().copied()).collect();
     let before = bpf::prog_stats(&ids)?;
     let io0 = lo.completed_ios()?;
     let t0 = Instant::now();
-    let f = fio(ctx, &lo.dev, qd, runtime, &format!("kernel-qd{qd}-{}", order.replace(' ', "-")))?;
+    let tag = format!("kernel-qd{qd}-{}", order.replace(' ', "-"));
+    let (f, maps) = std::thread::scope(|scope| {
+        let sampler = sample_maps.map(|ids| {
+            scope.spawn(move || {
+                std::thread::sleep(Duration::from_secs_f64(runtime as f64 / 2.0));
+                bpf::maps(ids)
+            })
+        });
+        let f = fio(ctx, &lo.dev, qd, runtime, &tag);
+        let maps = sampler.map(|h| h.join().map_err(|_| anyhow::anyhow!("map sampler panicked"))).transpose();
+        (f, maps)
+    });
+    let f = f?;
+    let maps = maps?.transpose()?.unwrap_or_default();
     let secs = t0.elapsed().as_secs_f64();
     let after = bpf::prog_stats(&ids)?;
     let ios = lo.completed_ios()? - io0;
@@ -173,7 +184,7 @@ fn measure(
         per_io("agent"),
         per_io("biolatency")
     );
-    Ok(KernelRun { workload, order, ios, secs, fio_iops: f.iops, cpu_pressure: f.cpu_pressure, progs })
+    Ok((KernelRun { workload, order, ios, secs, fio_iops: f.iops, cpu_pressure: f.cpu_pressure, progs }, maps))
 }
 
 /// fio IOPS without and with the agent: per round and workload, one run of each back to back
@@ -303,7 +314,7 @@ fn devices_per_snapshot(dir: &std::path::Path, names: &[String]) -> anyhow::Resu
 
 /// Code-declared maps (shape from blkio-agent-common) matched with the loaded ones, plus any
 /// loaded map the table does not know (globals sections, new maps).
-fn memory_rows(loaded: &[LoadedMap]) -> anyhow::Result<Vec<MapRow>> {
+fn memory_rows(loaded: &[LoadedMap], mid: &[LoadedMap]) -> anyhow::Result<Vec<MapRow>> {
     let ncpu = sys::possible_cpus()?;
     let mut rows = Vec::new();
     let mut matched = BTreeSet::new();
@@ -326,23 +337,34 @@ fn memory_rows(loaded: &[LoadedMap]) -> anyhow::Result<Vec<MapRow>> {
             }
             None => note = "not in the loaded object".into(),
         }
-        rows.push(row(spec, "code", l, ncpu, note));
+        let m = l.and_then(|l| mid.iter().find(|m| m.id == l.id));
+        rows.push(row(spec, "code", l, m, ncpu, note));
     }
     for l in loaded.iter().filter(|l| !matched.contains(&l.id)) {
-        rows.push(row(l.spec.clone(), "loaded", Some(l), ncpu, String::new()));
+        let m = mid.iter().find(|m| m.id == l.id);
+        rows.push(row(l.spec.clone(), "loaded", Some(l), m, ncpu, String::new()));
     }
     Ok(rows)
 }
 
-fn row(spec: MapSpec, source: &'static str, loaded: Option<&LoadedMap>, ncpu: u64, mut note: String) -> MapRow {
+/// `mid`: the same map sampled under load, to count the entries of a non-preallocated map.
+fn row(
+    spec: MapSpec,
+    source: &'static str,
+    loaded: Option<&LoadedMap>,
+    mid: Option<&LoadedMap>,
+    ncpu: u64,
+    note: String,
+) -> MapRow {
+    let mut notes: Vec<String> = vec![note].into_iter().filter(|n| !n.is_empty()).collect();
     let prealloc = spec.flags & 1 == 0;
-    // Validation: the loaded map's own shape at this machine's CPU count (only meaningful for
-    // preallocated maps, whose memlock does not follow the current number of entries).
-    let formula_local = loaded.filter(|_| prealloc).and_then(|l| bpf::kernel_bytes(&l.spec, ncpu, 0));
+    // Validation: the loaded map's own shape at this machine's CPU count. A non-preallocated map
+    // is read right after attaching, when it holds (almost) no entries.
+    let formula_local = loaded.and_then(|l| bpf::kernel_bytes(&l.spec, ncpu, 0));
     let header = match (loaded, formula_local) {
         (Some(l), Some(f)) if l.memlock >= f && l.memlock - f < 64 << 10 => l.memlock - f,
         (Some(l), Some(f)) => {
-            note += &format!(" formula off by {} B against memlock", l.memlock as i64 - f as i64);
+            notes.push(format!("formula off by {} B against memlock", l.memlock as i64 - f as i64));
             0
         }
         _ => 0,
@@ -350,12 +372,21 @@ fn row(spec: MapSpec, source: &'static str, loaded: Option<&LoadedMap>, ncpu: u6
     let node_bytes = match bpf::kernel_bytes(&spec, NODE_CPUS, bpf::occupancy(&spec, NODE_DEVICES)) {
         Some(b) => Some(b + header),
         None => {
-            note += " type not modelled: memlock as measured here";
+            notes.push("type not modelled: memlock as measured here".into());
             loaded.map(|l| l.memlock)
         }
     };
     if !prealloc {
-        note += &format!(" not preallocated: sized for {} entries", bpf::occupancy(&spec, NODE_DEVICES));
+        let mut n = format!("not preallocated: sized for {} entries", bpf::occupancy(&spec, NODE_DEVICES));
+        if let (Some(l), Some(m)) = (loaded, mid) {
+            let per_entry =
+                bpf::kernel_bytes(&l.spec, ncpu, 1).zip(bpf::kernel_bytes(&l.spec, ncpu, 0)).map(|(a, b)| a - b);
+            if let Some(per_entry) = per_entry.filter(|p| *p > 0) {
+                let seen = m.memlock.saturating_sub(l.memlock) / per_entry;
+                n += &format!(", {seen} in use halfway through the QD16 run here");
+            }
+        }
+        notes.push(n);
     }
-    MapRow { spec, source, loaded: loaded.cloned(), formula_local, node_bytes, note: note.trim().to_string() }
+    MapRow { spec, source, loaded: loaded.cloned(), formula_local, node_bytes, note: notes.join("; ") }
 }

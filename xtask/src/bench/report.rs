@@ -254,7 +254,9 @@ pub fn markdown(r: &Results) -> String {
              bpftool's `bytes_memlock` (the kernel's own accounting) of the maps the agent loaded on this {}-possible-CPU machine. \
              The residual (memlock − formula: the fixed `struct bpf_htab`/`bpf_array` header) is added to the {NODE_CPUS}-CPU figure. \
              Preallocated maps (the default, flags 0) cost their full capacity whatever the number of devices; only maps with \
-             `BPF_F_NO_PREALLOC` would be sized by the {NODE_DEVICES} devices × {} ops (in-flight: {} per device).\n\n",
+             `BPF_F_NO_PREALLOC` are sized by the {NODE_DEVICES} devices × {} ops (requests in flight: {} per device, a worst case; \
+             the note shows how many entries the map really held under load here). The per-CPU caches of free elements that \
+             non-preallocated maps keep are not counted, as in the kernel's own accounting.\n\n",
             m.cpus_possible,
             blkio_agent_common::OP_COUNT,
             super::bpf::INFLIGHT_PER_DEVICE
