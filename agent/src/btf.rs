@@ -5,7 +5,7 @@
 //! Format: <https://docs.kernel.org/bpf/btf.html> and include/uapi/linux/btf.h
 //! <https://github.com/torvalds/linux/blob/v6.18/include/uapi/linux/btf.h>
 
-use std::{collections::HashMap, path::Path};
+use std::path::Path;
 
 use crate::error::{Error, Result};
 
@@ -31,32 +31,28 @@ const KIND_DECL_TAG: u32 = 17;
 const KIND_TYPE_TAG: u32 = 18;
 const KIND_ENUM64: u32 = 19;
 
-#[derive(Debug, Clone)]
-struct Member {
-    name: String,
-    type_id: u32,
-    /// Offset in bits from the start of the enclosing struct.
-    bit_offset: u32,
-}
-
-#[derive(Debug, Clone)]
+/// A type, as positions in the raw blob: members, enumerators and parameters are decoded on
+/// demand, so a parsed vmlinux (~150k types) costs a few MB instead of tens.
+#[derive(Debug, Clone, Copy)]
 enum Type {
-    Struct { name: String, members: Vec<Member> },
+    /// `at`: byte offset of the first member record.
+    Struct { name: u32, at: u32, vlen: u16, kind_flag: bool },
     Ptr { target: u32 },
-    Typedef { target: u32 },
+    Typedef { name: u32, target: u32 },
     /// const/volatile/restrict/type_tag: transparent for our purposes.
     Modifier { target: u32 },
-    Enum { values: Vec<(String, i64)> },
-    FuncProto { params: Vec<(String, u32)> },
-    Int { name: String },
+    Enum { at: u32, vlen: u16, wide: bool },
+    FuncProto { at: u32, vlen: u16 },
+    Int { name: u32 },
     Other,
 }
 
 /// Parsed type section of a BTF blob.
 pub struct Btf {
+    data: Vec<u8>,
+    strings: std::ops::Range<usize>,
     /// Index = type id (id 0 is `void`).
     types: Vec<Type>,
-    by_name: HashMap<String, Vec<u32>>,
 }
 
 /// The arguments of a tracepoint as a `tp_btf` program sees them (the leading `void *__data`
@@ -77,10 +73,14 @@ impl TracepointArgs {
 impl Btf {
     pub fn from_file(path: &Path) -> Result<Btf> {
         let data = std::fs::read(path).map_err(|e| Error::read(path, e))?;
-        Btf::parse(&data).map_err(|detail| Error::Parse { what: "BTF", path: path.into(), detail })
+        Btf::parse_owned(data).map_err(|detail| Error::Parse { what: "BTF", path: path.into(), detail })
     }
 
     pub fn parse(data: &[u8]) -> std::result::Result<Btf, String> {
+        Btf::parse_owned(data.to_vec())
+    }
+
+    fn parse_owned(data: Vec<u8>) -> std::result::Result<Btf, String> {
         let u16_at = |o: usize| data.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
         let u32_at = |o: usize| data.get(o..o + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
         if u16_at(0) != Some(BTF_MAGIC) {
@@ -91,129 +91,101 @@ impl Btf {
         let type_len = u32_at(12).ok_or("short header")? as usize;
         let str_off = u32_at(16).ok_or("short header")? as usize;
         let str_len = u32_at(20).ok_or("short header")? as usize;
-        let strings = data
-            .get(hdr_len + str_off..hdr_len + str_off + str_len)
-            .ok_or("string section out of bounds")?;
-        let name = |off: u32| -> String {
-            let s = strings.get(off as usize..).unwrap_or(&[]);
-            let end = s.iter().position(|&b| b == 0).unwrap_or(s.len());
-            String::from_utf8_lossy(&s[..end]).into_owned()
-        };
+        let strings = hdr_len + str_off..hdr_len + str_off + str_len;
+        if strings.end > data.len() {
+            return Err("string section out of bounds".into());
+        }
         let start = hdr_len + type_off;
         let end = start + type_len;
         if end > data.len() {
             return Err("type section out of bounds".into());
         }
         let mut types = vec![Type::Other];
-        let mut by_name: HashMap<String, Vec<u32>> = HashMap::new();
         let mut o = start;
         while o < end {
             let rd = |at: usize| u32_at(at).ok_or_else(|| format!("truncated type at byte {at}"));
-            let name_off = rd(o)?;
+            let name = rd(o)?;
             let info = rd(o + 4)?;
             let size_or_type = rd(o + 8)?;
             o += 12;
             let vlen = (info & 0xffff) as usize;
             let kind = (info >> 24) & 0x1f;
             let kind_flag = info >> 31 == 1;
-            let ty = match kind {
-                KIND_INT => {
-                    o += 4;
-                    Type::Int { name: name(name_off) }
-                }
-                KIND_PTR => Type::Ptr { target: size_or_type },
-                KIND_ARRAY => {
-                    o += 12;
-                    Type::Other
-                }
-                KIND_STRUCT | KIND_UNION => {
-                    let mut members = Vec::with_capacity(vlen);
-                    for _ in 0..vlen {
-                        let raw_off = rd(o + 8)?;
-                        // With kind_flag the offset packs the bitfield size in its top byte.
-                        let bit_offset = if kind_flag { raw_off & 0x00ff_ffff } else { raw_off };
-                        members.push(Member { name: name(rd(o)?), type_id: rd(o + 4)?, bit_offset });
-                        o += 12;
-                    }
-                    Type::Struct { name: name(name_off), members }
-                }
-                KIND_ENUM => {
-                    let mut values = Vec::with_capacity(vlen);
-                    for _ in 0..vlen {
-                        values.push((name(rd(o)?), rd(o + 4)? as i32 as i64));
-                        o += 8;
-                    }
-                    Type::Enum { values }
-                }
-                KIND_ENUM64 => {
-                    let mut values = Vec::with_capacity(vlen);
-                    for _ in 0..vlen {
-                        let v = (rd(o + 4)? as u64) | ((rd(o + 8)? as u64) << 32);
-                        values.push((name(rd(o)?), v as i64));
-                        o += 12;
-                    }
-                    Type::Enum { values }
-                }
-                KIND_FWD | KIND_FUNC | KIND_FLOAT => Type::Other,
-                KIND_TYPEDEF => Type::Typedef { target: size_or_type },
-                KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
-                    Type::Modifier { target: size_or_type }
-                }
-                KIND_FUNC_PROTO => {
-                    let mut params = Vec::with_capacity(vlen);
-                    for _ in 0..vlen {
-                        params.push((name(rd(o)?), rd(o + 4)?));
-                        o += 8;
-                    }
-                    Type::FuncProto { params }
-                }
-                KIND_VAR | KIND_DECL_TAG => {
-                    o += 4;
-                    Type::Other
-                }
-                KIND_DATASEC => {
-                    o += 12 * vlen;
-                    Type::Other
-                }
+            let at = o as u32;
+            let v16 = vlen as u16;
+            let (ty, trailing) = match kind {
+                KIND_INT => (Type::Int { name }, 4),
+                KIND_PTR => (Type::Ptr { target: size_or_type }, 0),
+                KIND_ARRAY => (Type::Other, 12),
+                KIND_STRUCT | KIND_UNION => (Type::Struct { name, at, vlen: v16, kind_flag }, 12 * vlen),
+                KIND_ENUM => (Type::Enum { at, vlen: v16, wide: false }, 8 * vlen),
+                KIND_ENUM64 => (Type::Enum { at, vlen: v16, wide: true }, 12 * vlen),
+                KIND_FWD | KIND_FUNC | KIND_FLOAT => (Type::Other, 0),
+                KIND_TYPEDEF => (Type::Typedef { name, target: size_or_type }, 0),
+                KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => (Type::Modifier { target: size_or_type }, 0),
+                KIND_FUNC_PROTO => (Type::FuncProto { at, vlen: v16 }, 8 * vlen),
+                KIND_VAR | KIND_DECL_TAG => (Type::Other, 4),
+                KIND_DATASEC => (Type::Other, 12 * vlen),
                 other => return Err(format!("unknown BTF kind {other}")),
             };
-            let id = types.len() as u32;
-            let n = name(name_off);
-            if !n.is_empty() {
-                by_name.entry(n).or_default().push(id);
+            o += trailing;
+            if o > end {
+                return Err(format!("truncated type at byte {o}"));
             }
             types.push(ty);
         }
-        Ok(Btf { types, by_name })
+        Ok(Btf { data, strings, types })
     }
 
-    fn get(&self, id: u32) -> &Type {
-        self.types.get(id as usize).unwrap_or(&Type::Other)
+    fn u32_at(&self, o: u32) -> u32 {
+        let o = o as usize;
+        self.data.get(o..o + 4).map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn name(&self, off: u32) -> &str {
+        let s = self.data.get(self.strings.start + off as usize..self.strings.end).unwrap_or(&[]);
+        let end = s.iter().position(|&b| b == 0).unwrap_or(s.len());
+        std::str::from_utf8(&s[..end]).unwrap_or("")
+    }
+
+    fn get(&self, id: u32) -> Type {
+        self.types.get(id as usize).copied().unwrap_or(Type::Other)
     }
 
     fn strip(&self, mut id: u32) -> u32 {
         for _ in 0..32 {
             match self.get(id) {
-                Type::Typedef { target } | Type::Modifier { target } => id = *target,
+                Type::Typedef { target, .. } | Type::Modifier { target } => id = target,
                 _ => break,
             }
         }
         id
     }
 
+    /// Members of a struct/union: (name offset, type id, bit offset).
+    fn members(&self, at: u32, vlen: u16, kind_flag: bool) -> impl Iterator<Item = (u32, u32, u32)> + '_ {
+        (0..u32::from(vlen)).map(move |i| {
+            let o = at + 12 * i;
+            let raw_off = self.u32_at(o + 8);
+            // With kind_flag the offset packs the bitfield size in its top byte.
+            let bits = if kind_flag { raw_off & 0x00ff_ffff } else { raw_off };
+            (self.u32_at(o), self.u32_at(o + 4), bits)
+        })
+    }
+
     /// The struct named `name` that has members (the kernel may also carry empty forward
     /// declarations under the same name).
-    fn find_struct(&self, name: &str) -> Option<&[Member]> {
-        self.by_name.get(name)?.iter().find_map(|&id| match self.get(id) {
-            Type::Struct { name: n, members } if n == name && !members.is_empty() => Some(members.as_slice()),
+    fn find_struct(&self, name: &str) -> Option<(u32, u16, bool)> {
+        self.types.iter().find_map(|t| match *t {
+            Type::Struct { name: n, at, vlen, kind_flag } if vlen > 0 && self.name(n) == name => Some((at, vlen, kind_flag)),
             _ => None,
         })
     }
 
     /// Byte offset of `member` in `struct name`, looking through anonymous unions and structs.
     pub fn member_offset(&self, name: &str, member: &str) -> Result<u64> {
-        let members = self.find_struct(name).ok_or_else(|| Error::BtfMissing(format!("struct {name}")))?;
-        self.find_member(members, member, 0)
+        let (at, vlen, kf) = self.find_struct(name).ok_or_else(|| Error::BtfMissing(format!("struct {name}")))?;
+        self.find_member(at, vlen, kf, member, 0, 0)
             .map(|bits| u64::from(bits / 8))
             .ok_or_else(|| Error::BtfMissing(format!("member {member} in struct {name}")))
     }
@@ -223,28 +195,36 @@ impl Btf {
         self.member_offset(name, member).is_ok()
     }
 
-    fn find_member(&self, members: &[Member], wanted: &str, base_bits: u32) -> Option<u32> {
-        for m in members {
-            if m.name == wanted {
-                return Some(base_bits + m.bit_offset);
-            }
+    fn find_member(&self, at: u32, vlen: u16, kf: bool, wanted: &str, base_bits: u32, depth: u32) -> Option<u32> {
+        if let Some((_, _, bits)) = self.members(at, vlen, kf).find(|(n, _, _)| self.name(*n) == wanted) {
+            return Some(base_bits + bits);
         }
-        for m in members.iter().filter(|m| m.name.is_empty()) {
-            if let Type::Struct { members: inner, .. } = self.get(self.strip(m.type_id))
-                && let Some(bits) = self.find_member(inner, wanted, base_bits + m.bit_offset)
-            {
-                return Some(bits);
-            }
+        if depth > 8 {
+            return None;
         }
-        None
+        self.members(at, vlen, kf).filter(|(n, _, _)| *n == 0 || self.name(*n).is_empty()).find_map(|(_, ty, bits)| {
+            match self.get(self.strip(ty)) {
+                Type::Struct { at, vlen, kind_flag, .. } => self.find_member(at, vlen, kind_flag, wanted, base_bits + bits, depth + 1),
+                _ => None,
+            }
+        })
     }
 
     /// Value of the enumerator `name` (in whatever enum declares it).
     pub fn enum_value(&self, name: &str) -> Result<i64> {
         self.types
             .iter()
-            .find_map(|t| match t {
-                Type::Enum { values } => values.iter().find(|(n, _)| n == name).map(|(_, v)| *v),
+            .find_map(|t| match *t {
+                Type::Enum { at, vlen, wide } => (0..u32::from(vlen)).find_map(|i| {
+                    let o = at + if wide { 12 } else { 8 } * i;
+                    (self.name(self.u32_at(o)) == name).then(|| {
+                        if wide {
+                            (u64::from(self.u32_at(o + 4)) | (u64::from(self.u32_at(o + 8)) << 32)) as i64
+                        } else {
+                            i64::from(self.u32_at(o + 4) as i32)
+                        }
+                    })
+                }),
                 _ => None,
             })
             .ok_or_else(|| Error::BtfMissing(format!("enumerator {name}")))
@@ -255,29 +235,28 @@ impl Btf {
     pub fn tracepoint_args(&self, tp: &str) -> Result<TracepointArgs> {
         let typedef = format!("btf_trace_{tp}");
         let missing = || Error::BtfMissing(format!("typedef {typedef} (tracepoint {tp})"));
-        let id = *self.by_name.get(&typedef).and_then(|ids| ids.first()).ok_or_else(missing)?;
-        let ptr = self.strip(id);
-        let Type::Ptr { target } = self.get(ptr) else { return Err(missing()) };
-        let Type::FuncProto { params } = self.get(self.strip(*target)) else { return Err(missing()) };
-        Ok(TracepointArgs { types: params.iter().skip(1).map(|(_, t)| self.describe(*t)).collect() })
+        let id = self
+            .types
+            .iter()
+            .position(|t| matches!(*t, Type::Typedef { name, .. } if self.name(name) == typedef))
+            .ok_or_else(missing)? as u32;
+        let Type::Ptr { target } = self.get(self.strip(id)) else { return Err(missing()) };
+        let Type::FuncProto { at, vlen } = self.get(self.strip(target)) else { return Err(missing()) };
+        let types = (1..u32::from(vlen)).map(|i| self.describe(self.u32_at(at + 8 * i + 4))).collect();
+        Ok(TracepointArgs { types })
     }
 
     /// A short C-like description of a type: `struct request *`, `unsigned int`, `blk_status_t`.
     fn describe(&self, id: u32) -> String {
         match self.get(id) {
-            Type::Typedef { .. } => self
-                .by_name
-                .iter()
-                .find(|(_, ids)| ids.contains(&id))
-                .map(|(n, _)| n.clone())
-                .unwrap_or_default(),
-            Type::Modifier { target } => self.describe(*target),
-            Type::Ptr { target } => match self.get(self.strip(*target)) {
-                Type::Struct { name, .. } => format!("struct {name} *"),
-                _ => format!("{} *", self.describe(*target)),
+            Type::Typedef { name, .. } => self.name(name).to_string(),
+            Type::Modifier { target } => self.describe(target),
+            Type::Ptr { target } => match self.get(self.strip(target)) {
+                Type::Struct { name, .. } => format!("struct {} *", self.name(name)),
+                _ => format!("{} *", self.describe(target)),
             },
-            Type::Int { name } => name.clone(),
-            Type::Struct { name, .. } => format!("struct {name}"),
+            Type::Int { name } => self.name(name).to_string(),
+            Type::Struct { name, .. } => format!("struct {}", self.name(name)),
             _ if id == 0 => "void".into(),
             _ => "?".into(),
         }

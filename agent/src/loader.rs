@@ -204,6 +204,8 @@ impl BtfLayout {
 fn load_btf(vmlinux: &Path, attribute: u8) -> Result<Probes> {
     let btf = Btf::from_file(vmlinux)?;
     let layout = BtfLayout::from_btf(&btf)?;
+    // Freed before aya parses the same file: the two parses never hold memory at once.
+    drop(btf);
     tracing::debug!(?layout, "kernel layout from BTF");
     let aya_btf = aya::Btf::parse_file(vmlinux, Endianness::default())
         .map_err(|e| Error::bpf(format!("cannot parse {}", vmlinux.display()), e))?;
@@ -272,7 +274,6 @@ fn load_btf(vmlinux: &Path, attribute: u8) -> Result<Probes> {
     }
     arm(&mut ebpf)?;
     drop(aya_btf);
-    drop(btf);
     release_freed_memory();
     Ok(Probes { ebpf, mode: Attached::Btf, programs })
 }
