@@ -67,3 +67,15 @@ impl Error {
         Error::Bpf { what: what.into(), source: Box::new(source) }
     }
 }
+
+/// `error: its source: its source's source` on one line, for logs and the final message.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}

@@ -268,7 +268,7 @@ fn load_btf(vmlinux: &Path, attribute: u8) -> Result<Probes> {
             .and_then(|()| prog.attach().map_err(|e| Error::bpf(format!("cannot attach {name}"), e)));
         match attached {
             Ok(_) => programs.push(name),
-            Err(e) if !hook.required => tracing::warn!(error = %error_chain(&e), "optional hook not attached"),
+            Err(e) if !hook.required => tracing::warn!(error = %crate::error::chain(&e), "optional hook not attached"),
             Err(e) => return Err(e),
         }
     }
@@ -360,7 +360,7 @@ fn load_tracepoints(attribute: u8) -> Result<Probes> {
             .and_then(|()| prog.attach("block", hook.tracepoint).map_err(|e| Error::bpf(format!("cannot attach {name} to block/{}", hook.tracepoint), e)));
         match attached {
             Ok(_) => programs.push(name),
-            Err(e) if !hook.required => tracing::warn!(error = %error_chain(&e), "optional hook not attached"),
+            Err(e) if !hook.required => tracing::warn!(error = %crate::error::chain(&e), "optional hook not attached"),
             Err(e) => return Err(e),
         }
     }
@@ -374,17 +374,6 @@ where
 {
     let prog = ebpf.program_mut(name).ok_or_else(|| Error::Other(format!("program {name} is not in the eBPF object")))?;
     prog.try_into().map_err(|e| Error::bpf(format!("program {name} has an unexpected type"), e))
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s
 }
 
 /// Capabilities (bit numbers from include/uapi/linux/capability.h).

@@ -175,7 +175,7 @@ fn writer_loop(mut sink: Sink, rx: mpsc::Receiver<Msg>, flush_every: u32, fsync:
                     stats.writable.store(false, Ordering::Relaxed);
                     let text = e.to_string();
                     if last_error.as_deref() != Some(&text) {
-                        tracing::error!(error = %error_chain(&e), queued = pending.len(), "JSONL write failed; will retry");
+                        tracing::error!(error = %crate::error::chain(&e), queued = pending.len(), "JSONL write failed; will retry");
                     }
                     last_error = Some(text);
                     break;
@@ -185,7 +185,7 @@ fn writer_loop(mut sink: Sink, rx: mpsc::Receiver<Msg>, flush_every: u32, fsync:
         let result = if sink.unflushed() >= flush_every { sink.flush(fsync) } else { Ok(()) }.and_then(|()| sink.tick());
         if let Err(e) = result {
             stats.write_failures.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(error = %error_chain(&e), "JSONL flush failed");
+            tracing::error!(error = %crate::error::chain(&e), "JSONL flush failed");
         }
         if closing {
             if !pending.is_empty() {
@@ -194,17 +194,6 @@ fn writer_loop(mut sink: Sink, rx: mpsc::Receiver<Msg>, flush_every: u32, fsync:
             return sink.close();
         }
     }
-}
-
-fn error_chain(e: &Error) -> String {
-    let mut s = e.to_string();
-    let mut src = std::error::Error::source(e);
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s
 }
 
 #[cfg(test)]

@@ -73,7 +73,7 @@ impl HttpTransport {
         *request.headers_mut() = self.headers.clone();
         let exchange = async {
             let resp =
-                self.client.request(request).await.map_err(|e| SendError::retry("transport", error_chain(&e), None))?;
+                self.client.request(request).await.map_err(|e| SendError::retry("transport", crate::error::chain(&e), None))?;
             let status = resp.status();
             let retry_after = resp.headers().get(RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(parse_retry_after);
             let body = Limited::new(resp.into_body(), MAX_RESPONSE_BYTES)
@@ -115,17 +115,6 @@ pub fn parse_retry_after(v: &str) -> Option<Duration> {
     }
     let at = httpdate::parse_http_date(v).ok()?;
     Some(at.duration_since(SystemTime::now()).unwrap_or_default())
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s
 }
 
 #[cfg(test)]
