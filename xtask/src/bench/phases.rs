@@ -244,6 +244,7 @@ fn snapshot(ctx: &Ctx) -> anyhow::Result<SnapshotStats> {
     }
     let agent = Agent::start(ctx, "snapshot", &names)?;
     let pid = agent.pid();
+    let (_, hwm_attach_kib) = sys::rss_kib(pid)?;
     let end = Instant::now() + Duration::from_secs(30);
     while !agent.log().contains("snapshot built") {
         if Instant::now() > end {
@@ -282,6 +283,7 @@ fn snapshot(ctx: &Ctx) -> anyhow::Result<SnapshotStats> {
         cpu_tick_ns: tick1.saturating_sub(tick0),
         rss_kib,
         hwm_kib,
+        hwm_attach_kib,
     })
 }
 

@@ -194,7 +194,9 @@ pub fn markdown(r: &Results) -> String {
              (median {} devices with completions per snapshot); agent at a {} s interval for {:.1} s ({} snapshots timed; the first \
              and the shutdown snapshot excluded). Timings from the agent's `snapshot built` debug log: build = map reads + snapshot \
              assembly, total = build + JSON encoding + hand-off to the writer thread. CPU = on-CPU time of all the agent's threads \
-             (`/proc/<pid>/task/*/schedstat`) over the window; RSS from `/proc/<pid>/status` at the end.\n\n",
+             (`/proc/<pid>/task/*/schedstat`) over the window; RSS from `/proc/<pid>/status` at the end. The timings are wall-clock: \
+             when other work preempts the agent in the middle of a snapshot the tail grows, while CPU per interval counts only \
+             the agent's own CPU time.\n\n",
             super::SNAPSHOT_DEVICES,
             sn.devices,
             sn.interval_s,
@@ -236,7 +238,11 @@ pub fn markdown(r: &Results) -> String {
         ]);
         t.row(vec![
             "peak RSS (VmHWM)".into(),
-            format!("{:.1} MiB", sn.hwm_kib as f64 / 1024.0),
+            format!(
+                "{:.1} MiB ({:.1} MiB already reached when the programs were attached)",
+                sn.hwm_kib as f64 / 1024.0,
+                sn.hwm_attach_kib as f64 / 1024.0
+            ),
             "≤ 16 MiB".into(),
             verdict(sn.hwm_kib <= 16 * 1024),
         ]);

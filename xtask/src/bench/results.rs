@@ -76,6 +76,8 @@ pub struct SnapshotStats {
     pub cpu_tick_ns: u64,
     pub rss_kib: u64,
     pub hwm_kib: u64,
+    /// VmHWM right after the programs were attached (before the first snapshot).
+    pub hwm_attach_kib: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -278,7 +280,7 @@ pub fn json(r: &Results) -> Value {
             "total_us_median": pct(&s.total_us, 50.0), "total_us_p99": pct(&s.total_us, 99.0),
             "cpu_ns": s.cpu_sched_ns, "cpu_tick_ns": s.cpu_tick_ns,
             "cpu_percent_of_one_core": s.cpu_sched_ns as f64 / (s.wall_s * 1e9) * 100.0,
-            "rss_kib": s.rss_kib, "hwm_kib": s.hwm_kib,
+            "rss_kib": s.rss_kib, "hwm_kib": s.hwm_kib, "hwm_at_attach_kib": s.hwm_attach_kib,
         })),
         "maps": {
             "node_cpus": NODE_CPUS, "node_devices": NODE_DEVICES,
