@@ -25,6 +25,9 @@ use crate::{
     },
 };
 
+/// Attribution entries without I/O for this long are evicted from the kernel map.
+pub const CGROUP_IDLE_EVICT: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// Sums of one (device, op) over all CPUs, as last read. Slots are kept as wrapped `u32` sums,
 /// the way the kernel stores them, so `wrapping_sub` gives exact deltas.
 #[derive(Debug, Clone, Copy)]
@@ -124,6 +127,9 @@ pub struct Collector {
     epoch: u64,
     prev_hists: HashMap<HistKey, HistTotals>,
     prev_cgroups: HashMap<CgroupKey, CgroupStats>,
+    /// When each (cgroup, device, op) entry last stopped changing.
+    cgroup_idle_since: HashMap<CgroupKey, Instant>,
+    cgroup_idle_evict: std::time::Duration,
     prev_counters: [u64; COUNTER_SLOTS as usize],
     prev_recursion: u64,
     totals: Losses,
@@ -171,6 +177,8 @@ impl Collector {
             epoch: 0,
             prev_hists: HashMap::new(),
             prev_cgroups: HashMap::new(),
+            cgroup_idle_since: HashMap::new(),
+            cgroup_idle_evict: CGROUP_IDLE_EVICT,
             prev_counters: [0; COUNTER_SLOTS as usize],
             prev_recursion: 0,
             totals: Losses::default(),
@@ -193,6 +201,17 @@ impl Collector {
 
     pub fn probes(&self) -> &Probes {
         &self.probes
+    }
+
+    /// How long an attribution entry may stay idle before it is evicted (default
+    /// [`CGROUP_IDLE_EVICT`]).
+    pub fn set_cgroup_idle_evict(&mut self, d: std::time::Duration) {
+        self.cgroup_idle_evict = d;
+    }
+
+    /// Keys of the kernel's attribution map (empty when attribution is off).
+    pub fn cgroup_keys(&self) -> Vec<CgroupKey> {
+        self.cgroups.as_ref().map_or_else(Vec::new, |m| m.keys().filter_map(|k| k.ok()).collect())
     }
 
     /// Adds failures seen outside the kernel (the writer's) to the next snapshot's losses.
@@ -366,18 +385,30 @@ impl Collector {
     }
 
     fn read_cgroups(&mut self) -> Result<Vec<CgroupDelta>> {
-        let Some(map) = &self.cgroups else { return Ok(Vec::new()) };
+        let Some(map) = &mut self.cgroups else { return Ok(Vec::new()) };
         let mut entries = Vec::new();
         for item in map.iter() {
             entries.push(item.map_err(map_err("CGROUPS"))?);
         }
+        let now = Instant::now();
         let mut out = Vec::new();
         for (key, cur) in entries {
             let prev = self.prev_cgroups.insert(key, cur).unwrap_or(CgroupStats::ZERO);
             let count = cur.count.wrapping_sub(prev.count);
             if count == 0 {
+                // Pods come and go; their entries would fill the kernel map for good. An entry
+                // idle this long is removed (with its baseline, so a cgroup that becomes active
+                // again restarts from zero, still exact). Only an I/O completing in the instant
+                // between this read and the removal could be lost.
+                let idle_since = *self.cgroup_idle_since.entry(key).or_insert(now);
+                if now.duration_since(idle_since) >= self.cgroup_idle_evict {
+                    let _ = map.remove(&key);
+                    self.prev_cgroups.remove(&key);
+                    self.cgroup_idle_since.remove(&key);
+                }
                 continue;
             }
+            self.cgroup_idle_since.remove(&key);
             let name = self.names.name(key.dev);
             if !self.filter.allows(&name) {
                 continue;

@@ -89,3 +89,37 @@ fn pod_series_count_the_workload_exactly() {
     assert_eq!(device_writes, Some(1500), "and the device total agrees");
     drop(tree);
 }
+
+/// Idle attribution entries leave the kernel map, so pods that come and go cannot fill it.
+#[test]
+fn idle_pod_entries_are_evicted_from_the_kernel_map() {
+    use blkio_agent::{
+        cli::AttachMode,
+        collector::Collector,
+        devices::{DeviceFilter, DeviceNames},
+        loader::{LoadOptions, load},
+    };
+    let Some(_p) = privileged("idle_pod_entries_are_evicted_from_the_kernel_map") else { return };
+    let dev = LoopDev::new(16);
+    let root = std::path::Path::new("/");
+    let probes = load(&LoadOptions { mode: AttachMode::Btf, sys_root: root, attribute_cgroups: true }).expect("load");
+    let names = DeviceNames::new(root, root).unwrap();
+    let mut collector = Collector::new(probes, names, DeviceFilter::default(), "n".into(), true).unwrap();
+    collector.set_cgroup_idle_evict(std::time::Duration::from_millis(300));
+    dev.dd_write(50);
+    let first = collector.collect().unwrap();
+    let ours: u64 = first.cgroups.iter().filter(|c| c.device_name == dev.name).map(|c| c.count).sum();
+    assert_eq!(ours, 50, "this test's writes are in the attribution deltas");
+    let dev_id = first.cgroups.iter().find(|c| c.device_name == dev.name).unwrap().device_id;
+    let on_dev = |c: &Collector| c.cgroup_keys().iter().filter(|k| k.dev == dev_id).count();
+    assert!(on_dev(&collector) > 0, "entry in the kernel map");
+    // Idle long enough (nothing else writes to this loop device), then read twice more.
+    collector.collect().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    collector.collect().unwrap();
+    assert_eq!(on_dev(&collector), 0, "idle entry evicted from the kernel map");
+    dev.dd_write(10);
+    let again = collector.collect().unwrap();
+    let ours: u64 = again.cgroups.iter().filter(|c| c.device_name == dev.name).map(|c| c.count).sum();
+    assert_eq!(ours, 10, "a cgroup active again after eviction restarts from zero, exactly");
+}
