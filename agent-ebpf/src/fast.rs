@@ -12,7 +12,8 @@
 //! Fields are read with plain loads: a `tp_btf` argument is a BTF-typed pointer, so the verifier
 //! checks each load against `struct request` (and the pointers reached from it) and turns it into
 //! a fault-safe `BPF_PROBE_MEM` load — a few ns, where a `bpf_probe_read_kernel` call costs tens
-//! (measured here: one 128-byte probe read cost 150 ns, the whole program 56 ns without it).
+//! (a one-off experiment on the development VM, not a benchmark: one 128-byte probe read cost
+//! about three times the rest of the issue program).
 //! The offsets are `.rodata` globals, which the verifier sees as constants.
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
@@ -20,7 +21,7 @@ use blkio_agent_common::{CONTROL_ARMED_NS, EVENT_PARTIAL_COMPLETION, EVENT_REQUE
 
 use crate::{
     DISK_FIRST_MINOR_OFF, DISK_MAJOR_OFF, Q_DISK_OFF, REQ_OP_MASK, RQ_CMD_FLAGS_OFF, RQ_DATA_LEN_OFF, RQ_Q_OFF,
-    classify_req_op, global,
+    global,
     state::{control, count, inflight_add, record_hist},
 };
 
@@ -94,17 +95,23 @@ impl Rq {
         load(self.0, global!(RQ_IO_START_TIME_OFF))
     }
 
-    /// `(major << 20) | first_minor` of `q->disk` (0 for a queue without a disk).
+    /// `(major << 20) | first_minor` of the request's disk.
     #[inline(always)]
     pub fn dev(self) -> u32 {
-        let disk: u64 = load(self.q(), global!(Q_DISK_OFF));
-        if disk == 0 {
-            return 0;
-        }
-        let major: u32 = load(disk, global!(DISK_MAJOR_OFF));
-        let minor: u32 = load(disk, global!(DISK_FIRST_MINOR_OFF));
-        (major << 20) | (minor & 0xfffff)
+        queue_dev(self.q())
     }
+}
+
+/// `(major << 20) | first_minor` of `q->disk` (0 for a queue without a disk).
+#[inline(always)]
+fn queue_dev(q: u64) -> u32 {
+    let disk: u64 = load(q, global!(Q_DISK_OFF));
+    if disk == 0 {
+        return 0;
+    }
+    let major: u32 = load(disk, global!(DISK_MAJOR_OFF));
+    let minor: u32 = load(disk, global!(DISK_FIRST_MINOR_OFF));
+    (major << 20) | (minor & 0xfffff)
 }
 
 /// Issue: handles the request and returns true when the block layer will stamp it
@@ -115,25 +122,27 @@ pub fn issue(rq: Rq) -> bool {
     if op == global!(REQ_OP_DRV_IN) || op == global!(REQ_OP_DRV_OUT) {
         return false;
     }
-    let flags: u64 = load(rq.q(), global!(Q_QUEUE_FLAGS_OFF));
+    let q = rq.q();
+    let flags: u64 = load(q, global!(Q_QUEUE_FLAGS_OFF));
     if flags & global!(QUEUE_FLAG_STATS_MASK) == 0 {
         return false;
     }
     if control(CONTROL_ARMED_NS) != 0 {
-        inflight_add(rq.dev(), 1);
+        inflight_add(queue_dev(q), 1);
     }
     true
 }
 
 /// Completion of a stamped request: returns false when the request was not stamped (the caller
-/// then uses the start map).
+/// then uses the start map). `remaining` (`__data_len`) and `op` (classified) are what the
+/// caller already read.
 #[inline(always)]
-pub fn complete(rq: Rq, nr_bytes: u32) -> bool {
+pub fn complete(rq: Rq, nr_bytes: u32, remaining: u32, op: u32) -> bool {
     let issued = rq.stats_issue_ns();
     if issued == 0 {
         return false;
     }
-    if nr_bytes < rq.data_len() {
+    if nr_bytes < remaining {
         count(EVENT_PARTIAL_COMPLETION);
         return true;
     }
@@ -147,7 +156,7 @@ pub fn complete(rq: Rq, nr_bytes: u32) -> bool {
     if armed != 0 && issued >= armed {
         inflight_add(dev, -1);
     }
-    record_hist(dev, classify_req_op(rq.raw_op()), bytes, device_ns, queue_ns, log2_slot(device_ns / 1000));
+    record_hist(dev, op, bytes, device_ns, queue_ns, log2_slot(device_ns / 1000));
     true
 }
 

@@ -235,14 +235,14 @@ fn try_rq_complete_btf(ctx: BtfTracePointContext) -> Result<(), i64> {
     let rq: u64 = ctx.arg(0);
     let nr_bytes: u32 = ctx.arg(2);
     let r = Rq(rq);
-    let (remaining, raw_op) = (r.data_len(), r.raw_op());
+    let (remaining, op) = (r.data_len(), classify_req_op(r.raw_op()));
     // A zero-byte completion of a request that is not a flush is the end of a PREFLUSH/FUA
     // sequence (`blk_flush_complete_seq`, REQ_FSEQ_DONE): the data part already completed and
     // was counted, or it had no data and the flush request itself was counted. Not device I/O.
-    if nr_bytes == 0 && remaining == 0 && classify_req_op(raw_op) != OP_FLUSH {
+    if nr_bytes == 0 && remaining == 0 && op != OP_FLUSH {
         return Ok(());
     }
-    if fast::enabled() && fast::complete(r, nr_bytes) {
+    if fast::enabled() && fast::complete(r, nr_bytes, remaining, op) {
         return Ok(());
     }
     let completion = if nr_bytes < remaining { Completion::Partial } else { Completion::Final };

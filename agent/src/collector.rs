@@ -28,40 +28,17 @@ use crate::{
 /// Attribution entries without I/O for this long are evicted from the kernel map.
 pub const CGROUP_IDLE_EVICT: std::time::Duration = std::time::Duration::from_secs(600);
 
-/// Sums of one (device, op) over all CPUs, as last read. Slots are kept as wrapped `u32` sums,
-/// the way the kernel stores them, so `wrapping_sub` gives exact deltas.
-#[derive(Debug, Clone, Copy)]
-struct HistTotals {
-    count: u64,
-    device_ns: u64,
-    queue_ns: u64,
-    bytes: u64,
-    device_slots: [u32; HIST_SLOTS],
-    queue_slots: [u32; HIST_SLOTS],
-    size_slots: [u32; HIST_SLOTS],
-}
-
-impl HistTotals {
-    const ZERO: HistTotals = HistTotals {
-        count: 0,
-        device_ns: 0,
-        queue_ns: 0,
-        bytes: 0,
-        device_slots: [0; HIST_SLOTS],
-        queue_slots: [0; HIST_SLOTS],
-        size_slots: [0; HIST_SLOTS],
-    };
-
-    fn add_cpu(&mut self, h: &OpHist) {
-        self.count = self.count.wrapping_add(h.count);
-        self.device_ns = self.device_ns.wrapping_add(h.device_ns);
-        self.queue_ns = self.queue_ns.wrapping_add(h.queue_ns);
-        self.bytes = self.bytes.wrapping_add(h.bytes);
-        for i in 0..HIST_SLOTS {
-            self.device_slots[i] = self.device_slots[i].wrapping_add(h.device_slots[i]);
-            self.queue_slots[i] = self.queue_slots[i].wrapping_add(h.queue_slots[i]);
-            self.size_slots[i] = self.size_slots[i].wrapping_add(h.size_slots[i]);
-        }
+/// Adds one CPU's copy to a running sum over CPUs. The sum is an [`OpHist`] too: slots stay
+/// wrapped `u32` sums, the way the kernel stores them, so `wrapping_sub` gives exact deltas.
+fn add_cpu(sum: &mut OpHist, h: &OpHist) {
+    sum.count = sum.count.wrapping_add(h.count);
+    sum.device_ns = sum.device_ns.wrapping_add(h.device_ns);
+    sum.queue_ns = sum.queue_ns.wrapping_add(h.queue_ns);
+    sum.bytes = sum.bytes.wrapping_add(h.bytes);
+    for i in 0..HIST_SLOTS {
+        sum.device_slots[i] = sum.device_slots[i].wrapping_add(h.device_slots[i]);
+        sum.queue_slots[i] = sum.queue_slots[i].wrapping_add(h.queue_slots[i]);
+        sum.size_slots[i] = sum.size_slots[i].wrapping_add(h.size_slots[i]);
     }
 }
 
@@ -77,7 +54,7 @@ pub struct HistDelta {
     pub size_slots: [u64; HIST_SLOTS],
 }
 
-fn delta(cur: &HistTotals, prev: &HistTotals) -> HistDelta {
+fn delta(cur: &OpHist, prev: &OpHist) -> HistDelta {
     let slots = |c: &[u32; HIST_SLOTS], p: &[u32; HIST_SLOTS]| {
         let mut out = [0u64; HIST_SLOTS];
         for i in 0..HIST_SLOTS {
@@ -125,7 +102,7 @@ pub struct Collector {
     counters: PerCpuArray<MapData, u64>,
     control: Array<MapData, u64>,
     epoch: u64,
-    prev_hists: HashMap<HistKey, HistTotals>,
+    prev_hists: HashMap<HistKey, OpHist>,
     prev_cgroups: HashMap<CgroupKey, CgroupStats>,
     /// When each (cgroup, device, op) entry last stopped changing.
     cgroup_idle_since: HashMap<CgroupKey, Instant>,
@@ -199,10 +176,6 @@ impl Collector {
         self.probes.mode.as_str()
     }
 
-    pub fn probes(&self) -> &Probes {
-        &self.probes
-    }
-
     /// How long an attribution entry may stay idle before it is evicted (default
     /// [`CGROUP_IDLE_EVICT`]).
     pub fn set_cgroup_idle_evict(&mut self, d: std::time::Duration) {
@@ -266,11 +239,11 @@ impl Collector {
         let mut out = BTreeMap::new();
         for item in self.hists.iter() {
             let (key, per_cpu) = item.map_err(map_err("HISTS"))?;
-            let mut cur = HistTotals::ZERO;
+            let mut cur = OpHist::ZERO;
             for h in per_cpu.iter() {
-                cur.add_cpu(h);
+                add_cpu(&mut cur, h);
             }
-            let prev = self.prev_hists.insert(key, cur).unwrap_or(HistTotals::ZERO);
+            let prev = self.prev_hists.insert(key, cur).unwrap_or(OpHist::ZERO);
             let d = delta(&cur, &prev);
             if d.count > 0 {
                 out.insert((key.dev, key.op), d);
@@ -380,7 +353,6 @@ impl Collector {
         self.totals.inflight_resync += lost;
         self.pending_resync += lost;
         tracing::warn!(device = dev, gauge = raw, "in-flight depth disagreed with sysfs on an idle device; reset");
-        let _ = depth;
         Ok(0)
     }
 
@@ -486,7 +458,7 @@ mod tests {
 
     #[test]
     fn deltas_survive_u32_slot_wraparound() {
-        let mut prev = HistTotals::ZERO;
+        let mut prev = OpHist::ZERO;
         prev.count = 10;
         prev.device_slots[3] = u32::MAX - 1;
         let mut cur = prev;
@@ -503,9 +475,9 @@ mod tests {
         let mut h = OpHist::ZERO;
         h.count = 2;
         h.device_slots[0] = u32::MAX;
-        let mut t = HistTotals::ZERO;
-        t.add_cpu(&h);
-        t.add_cpu(&h);
+        let mut t = OpHist::ZERO;
+        add_cpu(&mut t, &h);
+        add_cpu(&mut t, &h);
         assert_eq!(t.count, 4);
         assert_eq!(t.device_slots[0], u32::MAX - 1);
     }
