@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Regenerates the plain manifests from the chart's defaults (needs helm). What it writes is what
-# `helm template blkio-agent charts/blkio-agent -n blkio-agent` renders, minus the test pod and
-# the two labels that only make sense for a helm release (helm.sh/chart, managed-by: Helm).
+# Regenerates the plain manifests from the chart's defaults (needs helm). manifests/base is what
+# `helm template blkio-agent charts/blkio-agent -n blkio-agent` renders (per-pod attribution on,
+# RBAC included), minus the test pod and the two labels that only make sense for a helm release
+# (helm.sh/chart, managed-by: Helm); manifests/no-attribution patches it into what
+# `--set attribution.enabled=false` renders.
 # e2e/tests/manifests.rs checks the result against the chart's values (always) and against a
 # fresh helm rendering (`cargo test -p e2e --test manifests -- --ignored`, where helm exists).
 set -euo pipefail
@@ -25,17 +27,22 @@ split() {
   done
 }
 
+mkdir -p manifests/no-attribution
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 helm template blkio-agent "$chart" --namespace blkio-agent --skip-tests > "$tmp/default.yaml"
-split "$tmp/default.yaml" manifests/base serviceaccount.yaml configmap.yaml service.yaml daemonset.yaml
-helm template blkio-agent "$chart" --namespace blkio-agent --skip-tests --set attribution.enabled=true > "$tmp/attribution.yaml"
-split "$tmp/attribution.yaml" manifests/attribution rbac.yaml
+split "$tmp/default.yaml" manifests/base serviceaccount.yaml rbac.yaml configmap.yaml service.yaml daemonset.yaml
+helm template blkio-agent "$chart" --namespace blkio-agent --skip-tests --set attribution.enabled=false \
+  > "$tmp/no-attribution.yaml"
+if grep -q '^# Source: blkio-agent/templates/rbac.yaml$' "$tmp/no-attribution.yaml"; then
+  echo "render.sh: attribution.enabled=false still renders RBAC" >&2; exit 1
+fi
 
-# The attribution overlay patches what differs from the defaults; the checksum is the one helm
-# computes for the attribution ConfigMap, so both paths give identical pod templates.
-checksum=$(awk '/checksum\/config:/ { print $2; exit }' "$tmp/attribution.yaml")
-max_pods=$(awk '/BLKIO_AGENT_MAX_PODS:/ { print $2; exit }' "$tmp/attribution.yaml")
-cat > manifests/attribution/configmap-patch.yaml <<PATCH
+# The no-attribution overlay patches what differs from the defaults; the checksum is the one helm
+# computes for that ConfigMap, so both paths give identical pod templates.
+checksum=$(awk '/checksum\/config:/ { print $2; exit }' "$tmp/no-attribution.yaml")
+attribute_pods=$(awk '/BLKIO_AGENT_ATTRIBUTE_PODS:/ { print $2; exit }' "$tmp/no-attribution.yaml")
+[ "$attribute_pods" = '"false"' ] || { echo "render.sh: BLKIO_AGENT_ATTRIBUTE_PODS is $attribute_pods" >&2; exit 1; }
+cat > manifests/no-attribution/configmap-patch.yaml <<PATCH
 $header
 apiVersion: v1
 kind: ConfigMap
@@ -43,10 +50,12 @@ metadata:
   name: blkio-agent
   namespace: blkio-agent
 data:
-  BLKIO_AGENT_ATTRIBUTE_PODS: "true"
-  BLKIO_AGENT_MAX_PODS: $max_pods
+  BLKIO_AGENT_ATTRIBUTE_PODS: $attribute_pods
+  # Only read with attribution on: null removes the key.
+  BLKIO_AGENT_MAX_PODS: null
+  BLKIO_AGENT_ATTRIBUTION_SOURCE: null
 PATCH
-cat > manifests/attribution/daemonset-patch.yaml <<PATCH
+cat > manifests/no-attribution/daemonset-patch.yaml <<PATCH
 $header
 apiVersion: apps/v1
 kind: DaemonSet
@@ -59,19 +68,29 @@ spec:
       annotations:
         checksum/config: $checksum
     spec:
-      # Attribution names pods through the API: the token is mounted.
-      automountServiceAccountToken: true
+      # Without attribution the agent does not talk to the API: no token is mounted.
+      automountServiceAccountToken: false
       containers:
         - name: agent
           volumeMounts:
-            # Cgroup v2 hierarchy: maps the cgroup id of each request to a pod.
-            - name: host-sys-fs-cgroup
-              mountPath: /host/sys/fs/cgroup
-              readOnly: true
+            # No cgroup ids to map to pods: the host's cgroup hierarchy is not mounted.
+            - mountPath: /host/sys/fs/cgroup
+              \$patch: delete
       volumes:
         - name: host-sys-fs-cgroup
-          hostPath:
-            path: /sys/fs/cgroup
-            type: Directory
+          \$patch: delete
 PATCH
+# Nothing reads pods without attribution: the ClusterRole and its binding are deleted, one
+# patch per object (kustomize 5.5 crashes on several `$patch: delete` documents in one file).
+for kind in ClusterRole ClusterRoleBinding; do
+  file=manifests/no-attribution/$(echo "$kind" | tr '[:upper:]' '[:lower:]')-delete.yaml
+  cat > "$file" <<PATCH
+$header
+\$patch: delete
+apiVersion: rbac.authorization.k8s.io/v1
+kind: $kind
+metadata:
+  name: blkio-agent
+PATCH
+done
 echo "render.sh: manifests/ regenerated"

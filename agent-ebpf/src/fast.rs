@@ -22,7 +22,7 @@ use blkio_agent_common::{CONTROL_ARMED_NS, EVENT_PARTIAL_COMPLETION, EVENT_REQUE
 use crate::{
     DISK_FIRST_MINOR_OFF, DISK_MAJOR_OFF, Q_DISK_OFF, REQ_OP_MASK, RQ_CMD_FLAGS_OFF, RQ_DATA_LEN_OFF, RQ_Q_OFF,
     global,
-    state::{control, count, inflight_add, record_hist},
+    state::{control, count, inflight_add, record_cgroup, record_hist},
 };
 
 /// 1 when userspace found every field below in BTF and attribution is off.
@@ -43,6 +43,22 @@ static Q_QUEUE_FLAGS_OFF: u64 = 0;
 static QUEUE_FLAG_STATS_MASK: u64 = 0;
 #[unsafe(no_mangle)]
 static RQF_STATS_MASK: u32 = 0;
+/// 1 when attribution takes the cgroup the block layer charged the request to (below).
+#[unsafe(no_mangle)]
+static BIO_CGROUP: u8 = 0;
+#[unsafe(no_mangle)]
+static RQ_BIO_OFF: u64 = 0;
+#[unsafe(no_mangle)]
+static BIO_BLKG_OFF: u64 = 0;
+#[unsafe(no_mangle)]
+static BLKG_BLKCG_OFF: u64 = 0;
+/// `offsetof(struct blkcg, css) + offsetof(struct cgroup_subsys_state, cgroup)`.
+#[unsafe(no_mangle)]
+static BLKCG_CGROUP_OFF: u64 = 0;
+#[unsafe(no_mangle)]
+static CGROUP_KN_OFF: u64 = 0;
+#[unsafe(no_mangle)]
+static KN_ID_OFF: u64 = 0;
 /// Passthrough ops never get `io_start_time_ns` (`blk_rq_is_passthrough`).
 #[unsafe(no_mangle)]
 static REQ_OP_DRV_IN: u32 = 34;
@@ -58,6 +74,44 @@ pub fn enabled() -> bool {
 #[inline(always)]
 pub fn load<T>(base: u64, off: u64) -> T {
     unsafe { core::ptr::read_volatile((base + off) as *const T) }
+}
+
+/// Id of the cgroup the block layer charged the request to, or 0 (attribution off, or a request
+/// without a bio or blkg, such as a flush).
+///
+/// Every bio is associated with a blkcg_gq of the submitting task's io cgroup, or, for cgroup v2
+/// writeback, of the cgroup that dirtied the pages (`bio_associate_blkg()`, `wbc_init_bio()`,
+/// <https://github.com/torvalds/linux/blob/v6.18/block/blk-cgroup.c>); requests never merge
+/// bios of different blkgs (`blk_cgroup_mergeable()`). So `rq->bio->bi_blkg->blkcg` names the
+/// submitter even though completion runs in IRQ context, with five loads and no per-request
+/// map. The id is that of the io controller's hierarchy: cgroup v2 when io is enabled there,
+/// else the v1 blkio hierarchy (userspace maps ids through the matching mount).
+#[inline(always)]
+pub fn bio_cgroup(rq: Rq) -> u64 {
+    if global!(BIO_CGROUP) == 0 {
+        return 0;
+    }
+    let bio: u64 = load(rq.0, global!(RQ_BIO_OFF));
+    if bio == 0 {
+        return 0;
+    }
+    let blkg: u64 = load(bio, global!(BIO_BLKG_OFF));
+    if blkg == 0 {
+        return 0;
+    }
+    let blkcg: u64 = load(blkg, global!(BLKG_BLKCG_OFF));
+    if blkcg == 0 {
+        return 0;
+    }
+    let cgroup: u64 = load(blkcg, global!(BLKCG_CGROUP_OFF));
+    if cgroup == 0 {
+        return 0;
+    }
+    let kn: u64 = load(cgroup, global!(CGROUP_KN_OFF));
+    if kn == 0 {
+        return 0;
+    }
+    load(kn, global!(KN_ID_OFF))
 }
 
 /// A `struct request *` argument of a BTF tracepoint.
@@ -137,7 +191,7 @@ pub fn issue(rq: Rq) -> bool {
 /// then uses the start map). `remaining` (`__data_len`) and `op` (classified) are what the
 /// caller already read.
 #[inline(always)]
-pub fn complete(rq: Rq, nr_bytes: u32, remaining: u32, op: u32) -> bool {
+pub fn complete(rq: Rq, nr_bytes: u32, remaining: u32, op: u32, cgroup_id: u64) -> bool {
     let issued = rq.stats_issue_ns();
     if issued == 0 {
         return false;
@@ -156,7 +210,9 @@ pub fn complete(rq: Rq, nr_bytes: u32, remaining: u32, op: u32) -> bool {
     if armed != 0 && issued >= armed {
         inflight_add(dev, -1);
     }
-    record_hist(dev, op, bytes, device_ns, queue_ns, log2_slot(device_ns / 1000));
+    let device_slot = log2_slot(device_ns / 1000);
+    record_hist(dev, op, bytes, device_ns, queue_ns, device_slot);
+    record_cgroup(cgroup_id, dev, op, bytes, device_ns, device_slot);
     true
 }
 

@@ -242,11 +242,14 @@ fn try_rq_complete_btf(ctx: BtfTracePointContext) -> Result<(), i64> {
     if nr_bytes == 0 && remaining == 0 && op != OP_FLUSH {
         return Ok(());
     }
-    if fast::enabled() && fast::complete(r, nr_bytes, remaining, op) {
+    let final_bytes = nr_bytes >= remaining;
+    // Only the completion that ends the request is attributed (and only it reads the bio).
+    let cgroup_id = if final_bytes { fast::bio_cgroup(r) } else { 0 };
+    if fast::enabled() && fast::complete(r, nr_bytes, remaining, op, cgroup_id) {
         return Ok(());
     }
-    let completion = if nr_bytes < remaining { Completion::Partial } else { Completion::Final };
-    on_complete(btf_key(rq), completion);
+    let completion = if final_bytes { Completion::Final } else { Completion::Partial };
+    on_complete(btf_key(rq), completion, cgroup_id);
     Ok(())
 }
 
@@ -296,7 +299,7 @@ pub fn rq_requeue_tp(ctx: TracePointContext) -> i32 {
 #[tracepoint(category = "block", name = "block_rq_complete")]
 pub fn rq_complete_tp(ctx: TracePointContext) -> i32 {
     if let Ok((key, _)) = tp_key(&ctx, global!(TP_COMPLETE_DEV), global!(TP_COMPLETE_SECTOR)) {
-        on_complete(key, Completion::Final);
+        on_complete(key, Completion::Final, 0);
     }
     0
 }

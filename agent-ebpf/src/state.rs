@@ -7,14 +7,15 @@ use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
     helpers::{bpf_get_current_cgroup_id, bpf_ktime_get_ns},
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, PerCpuArray},
 };
 use blkio_agent_common::{
-    CONTROL_EPOCH, CONTROL_SLOTS, COUNTER_SLOTS, CgroupKey, CgroupStats, DeviceInflight,
-    EVENT_PARTIAL_COMPLETION, EVENT_REQUEUED, HistKey, LOSS_CGROUP_MAP_FULL,
-    LOSS_COMPLETE_WITHOUT_START, LOSS_DEVICE_MAP_FULL, LOSS_HIST_UPDATE_FAILED,
-    LOSS_STALE_EVICTED, LOSS_START_INSERT_FAILED, MAX_CGROUP_KEYS, MAX_DEVICES, MAX_HIST_KEYS,
-    MAX_INFLIGHT_REQUESTS, OpHist, RequestKey, RequestStart, log2_slot,
+    CONTROL_EPOCH, CONTROL_SLOTS, COUNTER_SLOTS, CgroupKey, CgroupStats, DeviceHists,
+    DEVICE_INDEX_PROBES, DEVICE_INDEX_SIZE, DeviceInflight, EVENT_PARTIAL_COMPLETION, EVENT_REQUEUED,
+    HistKey, LOSS_CGROUP_MAP_FULL, LOSS_COMPLETE_WITHOUT_START, LOSS_DEVICE_MAP_FULL,
+    LOSS_HIST_UPDATE_FAILED, LOSS_STALE_EVICTED, LOSS_START_INSERT_FAILED, MAX_CGROUP_KEYS,
+    MAX_DENSE_DEVICES, MAX_DEVICES, MAX_HIST_KEYS, MAX_INFLIGHT_REQUESTS, OpHist,
+    RequestKey, RequestStart, device_index_match, device_index_pos, log2_slot,
 };
 
 use crate::{ATTRIBUTE_CGROUPS, global};
@@ -27,12 +28,26 @@ static REQUESTS: HashMap<RequestKey, RequestStart> =
 /// include/uapi/linux/bpf.h
 const BPF_F_NO_PREALLOC: u32 = 1;
 
-/// Cumulative per-CPU histograms per (device, op): the completion path only touches its own
-/// CPU's copy, so there is no cache-line bouncing between CPUs completing I/O.
+/// Device -> dense slot (`blkio_agent_common::device_index_*`). Userspace gives each device it
+/// has seen a slot and writes it here; until then (and for devices beyond `MAX_DENSE_DEVICES`)
+/// the programs use the fallback hash maps below. Userspace sums both.
 #[map]
-static HISTS: PerCpuHashMap<HistKey, OpHist> = PerCpuHashMap::with_max_entries(MAX_HIST_KEYS, 0);
+static DEVICE_INDEX: Array<u64> = Array::with_max_entries(DEVICE_INDEX_SIZE, 0);
 
-/// In-flight gauge per device (shared: depth is a property of the device, not of a CPU).
+/// Cumulative per-CPU histograms per dense slot, every op: the completion path only touches its
+/// own CPU's copy (no cache-line bouncing, no atomics) and finds it without a hash lookup.
+#[map]
+static DENSE_HISTS: PerCpuArray<DeviceHists> = PerCpuArray::with_max_entries(MAX_DENSE_DEVICES, 0);
+
+/// In-flight gauge per dense slot (shared: depth is a property of the device, not of a CPU).
+#[map]
+static DENSE_INFLIGHT: Array<DeviceInflight> = Array::with_max_entries(MAX_DENSE_DEVICES, 0);
+
+/// Fallback histograms per (device, op) for devices without a dense slot; shared, atomic adds.
+#[map]
+static HISTS: HashMap<HistKey, OpHist> = HashMap::with_max_entries(MAX_HIST_KEYS, 0);
+
+/// Fallback in-flight gauge per device for devices without a dense slot.
 #[map]
 static INFLIGHT: HashMap<u32, DeviceInflight> = HashMap::with_max_entries(MAX_DEVICES, 0);
 
@@ -45,9 +60,10 @@ static INFLIGHT: HashMap<u32, DeviceInflight> = HashMap::with_max_entries(MAX_DE
 static CGROUPS: HashMap<CgroupKey, CgroupStats> =
     HashMap::with_max_entries(MAX_CGROUP_KEYS, BPF_F_NO_PREALLOC);
 
-/// Loss and event counters (`LOSS_*`, `EVENT_*`).
+/// Loss and event counters (`LOSS_*`, `EVENT_*`), all in one per-CPU element: userspace reads
+/// them with one lookup.
 #[map]
-static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
+static COUNTERS: PerCpuArray<[u64; COUNTER_SLOTS as usize]> = PerCpuArray::with_max_entries(1, 0);
 
 /// Written by userspace: `CONTROL_EPOCH`.
 #[map]
@@ -66,9 +82,10 @@ pub enum Completion {
 
 #[inline(always)]
 pub(crate) fn count(slot: u32) {
-    if let Some(p) = COUNTERS.get_ptr_mut(slot) {
+    let p = COUNTERS.get_ptr_mut(0);
+    if let Some(c) = p.and_then(|p| unsafe { (*p).get_mut(slot as usize) }) {
         // Per-CPU slot, and tracing programs do not nest on one CPU: a plain add is exact.
-        unsafe { *p += 1 };
+        *c += 1;
     }
 }
 
@@ -157,7 +174,9 @@ pub fn on_requeue(key: RequestKey) {
     }
 }
 
-pub fn on_complete(key: RequestKey, completion: Completion) {
+/// `bio_cgroup`: the cgroup the block layer charged the request to (`fast::bio_cgroup`), used
+/// when no submitting cgroup was recorded at insert/issue; 0 when unknown or not attributing.
+pub fn on_complete(key: RequestKey, completion: Completion, bio_cgroup: u64) {
     if let Completion::Partial = completion {
         count(EVENT_PARTIAL_COMPLETION);
         return;
@@ -184,13 +203,45 @@ pub fn on_complete(key: RequestKey, completion: Completion) {
     };
     let device_slot = log2_slot(device_ns / 1000);
     record_hist(start.dev, start.op, start.bytes, device_ns, queue_ns, device_slot);
-    if start.cgroup_id != 0 {
-        record_cgroup(&start, device_ns, device_slot);
+    let cgroup_id = if start.cgroup_id != 0 { start.cgroup_id } else { bio_cgroup };
+    record_cgroup(cgroup_id, start.dev, start.op, start.bytes, device_ns, device_slot);
+}
+
+/// The device's dense slot, if userspace gave it one. Two or so inlined array loads.
+#[inline(always)]
+fn dense_slot(dev: u32) -> Option<u32> {
+    let mut probe = 0;
+    while probe < DEVICE_INDEX_PROBES {
+        let entry = DEVICE_INDEX.get(device_index_pos(dev, probe)).copied().unwrap_or(0);
+        if entry == 0 {
+            return None;
+        }
+        if let Some(slot) = device_index_match(entry, dev) {
+            return Some(slot);
+        }
+        probe += 1;
     }
+    None
 }
 
 #[inline(always)]
 pub(crate) fn record_hist(dev: u32, op: u32, bytes: u32, device_ns: u64, queue_ns: u64, device_slot: usize) {
+    let qs = log2_slot(queue_ns / 1000);
+    let ss = log2_slot(bytes as u64);
+    if let Some(slot) = dense_slot(dev) {
+        let p = DENSE_HISTS.get_ptr_mut(slot);
+        if let Some(h) = p.and_then(|p| unsafe { (*p).ops.get_mut(op as usize) }) {
+            // This CPU's own copy; tracing programs do not nest on one CPU, so plain adds are exact.
+            h.count += 1;
+            h.device_ns += device_ns;
+            h.queue_ns += queue_ns;
+            h.bytes += bytes as u64;
+            h.device_slots[device_slot] = h.device_slots[device_slot].wrapping_add(1);
+            h.queue_slots[qs] = h.queue_slots[qs].wrapping_add(1);
+            h.size_slots[ss] = h.size_slots[ss].wrapping_add(1);
+            return;
+        }
+    }
     let key = HistKey { dev, op };
     let p = match HISTS.get_ptr_mut(&key) {
         Some(p) => p,
@@ -205,22 +256,26 @@ pub(crate) fn record_hist(dev: u32, op: u32, bytes: u32, device_ns: u64, queue_n
             }
         }
     };
-    // This CPU's own copy; tracing programs do not nest on one CPU, so plain adds are exact.
-    let h = unsafe { &mut *p };
-    h.count += 1;
-    h.device_ns += device_ns;
-    h.queue_ns += queue_ns;
-    h.bytes += bytes as u64;
-    h.device_slots[device_slot] = h.device_slots[device_slot].wrapping_add(1);
-    let qs = log2_slot(queue_ns / 1000);
-    h.queue_slots[qs] = h.queue_slots[qs].wrapping_add(1);
-    let ss = log2_slot(bytes as u64);
-    h.size_slots[ss] = h.size_slots[ss].wrapping_add(1);
+    // Shared between CPUs: atomic adds.
+    unsafe {
+        add_u64(&raw mut (*p).count, 1);
+        add_u64(&raw mut (*p).device_ns, device_ns);
+        add_u64(&raw mut (*p).queue_ns, queue_ns);
+        add_u64(&raw mut (*p).bytes, bytes as u64);
+        add_u32(&raw mut (*p).device_slots[device_slot], 1);
+        add_u32(&raw mut (*p).queue_slots[qs], 1);
+        add_u32(&raw mut (*p).size_slots[ss], 1);
+    }
 }
 
+/// Adds a completed request to its cgroup's statistics (nothing for cgroup 0: not attributing,
+/// or no cgroup known).
 #[inline(always)]
-fn record_cgroup(start: &RequestStart, device_ns: u64, device_slot: usize) {
-    let key = CgroupKey { cgroup_id: start.cgroup_id, dev: start.dev, op: start.op };
+pub(crate) fn record_cgroup(cgroup_id: u64, dev: u32, op: u32, bytes: u32, device_ns: u64, device_slot: usize) {
+    if cgroup_id == 0 {
+        return;
+    }
+    let key = CgroupKey { cgroup_id, dev, op };
     let p = match CGROUPS.get_ptr_mut(&key) {
         Some(p) => p,
         None => {
@@ -238,7 +293,7 @@ fn record_cgroup(start: &RequestStart, device_ns: u64, device_slot: usize) {
     unsafe {
         add_u64(&raw mut (*p).count, 1);
         add_u64(&raw mut (*p).device_ns, device_ns);
-        add_u64(&raw mut (*p).bytes, start.bytes as u64);
+        add_u64(&raw mut (*p).bytes, bytes as u64);
         add_u64(&raw mut (*p).device_slots[device_slot], 1);
     }
 }
@@ -249,20 +304,40 @@ unsafe fn add_u64(dst: *mut u64, v: u64) {
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(dst, v) };
 }
 
-/// Adds `delta` to the device's in-flight count and raises this epoch's peak.
 #[inline(always)]
-pub(crate) fn inflight_add(dev: u32, delta: i64) {
-    let p = match INFLIGHT.get_ptr_mut(&dev) {
-        Some(p) => p,
+unsafe fn add_u32(dst: *mut u32, v: u32) {
+    unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(dst, v) };
+}
+
+/// The device's in-flight gauge: its dense slot, else the fallback map (inserted on first use).
+#[inline(always)]
+fn inflight_entry(dev: u32) -> Option<*mut DeviceInflight> {
+    if let Some(slot) = dense_slot(dev) {
+        if let Some(p) = DENSE_INFLIGHT.get_ptr_mut(slot) {
+            return Some(p);
+        }
+    }
+    match INFLIGHT.get_ptr_mut(&dev) {
+        Some(p) => Some(p),
         None => {
             let _ = INFLIGHT.insert(&dev, &ZERO_INFLIGHT, BPF_NOEXIST as u64);
-            match INFLIGHT.get_ptr_mut(&dev) {
-                Some(p) => p,
-                None => {
-                    count(LOSS_DEVICE_MAP_FULL);
-                    return;
-                }
-            }
+            INFLIGHT.get_ptr_mut(&dev)
+        }
+    }
+}
+
+/// Adds `delta` to the device's in-flight count and raises this epoch's peak.
+///
+/// When userspace gives a device its dense slot while requests are in flight, those requests
+/// were counted in the fallback entry and are uncounted from the dense one; userspace sums the
+/// two, so the depth stays exact (only that interval's peak is taken as the larger of the two).
+#[inline(always)]
+pub(crate) fn inflight_add(dev: u32, delta: i64) {
+    let p = match inflight_entry(dev) {
+        Some(p) => p,
+        None => {
+            count(LOSS_DEVICE_MAP_FULL);
+            return;
         }
     };
     // A plain atomic add keeps the count exact. rustc links BPF objects for ISA v1, which cannot

@@ -32,6 +32,16 @@ pub enum AttachMode {
     Tracepoint,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AttributionSource {
+    /// `bio` when the io controller's hierarchy is usable for pods, else `task`.
+    Auto,
+    /// The cgroup the block layer charged the request to (io controller), read at completion.
+    Bio,
+    /// The submitting task's cgroup v2, recorded at insert/issue in the per-request map.
+    Task,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
     /// Seconds per snapshot (float).
@@ -108,8 +118,16 @@ pub struct RunArgs {
     #[arg(long, env = "BLKIO_AGENT_ATTRIBUTE_PODS")]
     pub attribute_pods: bool,
 
-    /// Cgroup v2 mount point used to map cgroup ids to pods [default: <sys-root>/sys/fs/cgroup,
-    /// or its `unified` subdirectory on hybrid hosts].
+    /// Which cgroup a request is charged to: `bio` (the io controller's, from the request's bio:
+    /// cheap, and right for writeback), `task` (the submitting task's cgroup v2, kept per
+    /// request), or `auto` (`bio` when the io controller is usable for pods, see
+    /// docs/attribution.md).
+    #[arg(long, env = "BLKIO_AGENT_ATTRIBUTION_SOURCE", value_enum, default_value_t = AttributionSource::Auto)]
+    pub attribution_source: AttributionSource,
+
+    /// Cgroup mount point used to map cgroup ids to pods [default: the io controller's hierarchy
+    /// for `bio` (cgroup v2 at <sys-root>/sys/fs/cgroup, or v1 `blkio` beside it); the cgroup v2
+    /// mount for `task` (<sys-root>/sys/fs/cgroup, or its `unified` subdirectory on hybrid hosts)].
     #[arg(long, env = "BLKIO_AGENT_CGROUP_ROOT")]
     pub cgroup_root: Option<PathBuf>,
 

@@ -9,15 +9,16 @@ use std::{
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
-use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap};
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray};
 use blkio_agent_common::{
     CONTROL_EPOCH, COUNTER_SLOTS, CgroupKey, CgroupStats, DeviceInflight as KernelInflight, HIST_SLOTS, HistKey,
     OP_NAMES, OpHist,
 };
 
 use crate::{
+    device_maps::{DeviceMaps, map_err, take},
     devices::{DeviceFilter, DeviceNames},
-    error::{Error, Result},
+    error::Result,
     loader::{Probes, program_stats},
     snapshot::{
         AgentInfo, DeviceHistogram, DeviceInflight, Losses, OpStats, SCHEMA_VERSION, SizeHistogram, Snapshot,
@@ -27,20 +28,6 @@ use crate::{
 
 /// Attribution entries without I/O for this long are evicted from the kernel map.
 pub const CGROUP_IDLE_EVICT: std::time::Duration = std::time::Duration::from_secs(600);
-
-/// Adds one CPU's copy to a running sum over CPUs. The sum is an [`OpHist`] too: slots stay
-/// wrapped `u32` sums, the way the kernel stores them, so `wrapping_sub` gives exact deltas.
-fn add_cpu(sum: &mut OpHist, h: &OpHist) {
-    sum.count = sum.count.wrapping_add(h.count);
-    sum.device_ns = sum.device_ns.wrapping_add(h.device_ns);
-    sum.queue_ns = sum.queue_ns.wrapping_add(h.queue_ns);
-    sum.bytes = sum.bytes.wrapping_add(h.bytes);
-    for i in 0..HIST_SLOTS {
-        sum.device_slots[i] = sum.device_slots[i].wrapping_add(h.device_slots[i]);
-        sum.queue_slots[i] = sum.queue_slots[i].wrapping_add(h.queue_slots[i]);
-        sum.size_slots[i] = sum.size_slots[i].wrapping_add(h.size_slots[i]);
-    }
-}
 
 /// Exact change of one (device, op) over an interval.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,10 +83,9 @@ pub struct Collected {
 
 pub struct Collector {
     probes: Probes,
-    hists: PerCpuHashMap<MapData, HistKey, OpHist>,
-    inflight: BpfHashMap<MapData, u32, KernelInflight>,
+    devices: DeviceMaps,
     cgroups: Option<BpfHashMap<MapData, CgroupKey, CgroupStats>>,
-    counters: PerCpuArray<MapData, u64>,
+    counters: PerCpuArray<MapData, [u64; COUNTER_SLOTS as usize]>,
     control: Array<MapData, u64>,
     epoch: u64,
     prev_hists: HashMap<HistKey, OpHist>,
@@ -125,29 +111,15 @@ pub struct Collector {
     pending_write_failures: u64,
 }
 
-fn take<T>(probes: &mut Probes, name: &str) -> Result<T>
-where
-    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
-{
-    let map = probes.ebpf.take_map(name).ok_or_else(|| Error::Other(format!("map {name} is not in the eBPF object")))?;
-    T::try_from(map).map_err(|e| Error::bpf(format!("map {name} has an unexpected type"), e))
-}
-
-fn map_err(what: &str) -> impl FnOnce(aya::maps::MapError) -> Error + '_ {
-    move |e| Error::bpf(format!("cannot read map {what}"), e)
-}
-
 impl Collector {
     pub fn new(mut probes: Probes, names: DeviceNames, filter: DeviceFilter, node: String, attribute: bool) -> Result<Self> {
-        let hists = take(&mut probes, "HISTS")?;
-        let inflight = take(&mut probes, "INFLIGHT")?;
+        let devices = DeviceMaps::take(&mut probes)?;
         let cgroups = if attribute { Some(take(&mut probes, "CGROUPS")?) } else { None };
         let counters = take(&mut probes, "COUNTERS")?;
         let control = take(&mut probes, "CONTROL")?;
         Ok(Collector {
             probes,
-            hists,
-            inflight,
+            devices,
             cgroups,
             counters,
             control,
@@ -214,6 +186,10 @@ impl Collector {
         let inflight = self.read_inflight(ended_epoch, &active)?;
         let cgroups = self.read_cgroups()?;
         let losses = self.read_losses()?;
+        // Devices seen in the fallback maps get a dense slot: cheaper for the programs from now on.
+        for dev in self.devices.assign_slots()? {
+            tracing::debug!(device = %self.names.name(dev), id = dev, "device given a dense slot");
+        }
 
         let snapshot = Snapshot {
             schema_version: Some(SCHEMA_VERSION),
@@ -237,12 +213,7 @@ impl Collector {
     /// Per (device, op) deltas, keyed in a stable order.
     fn read_hists(&mut self) -> Result<BTreeMap<(u32, u32), HistDelta>> {
         let mut out = BTreeMap::new();
-        for item in self.hists.iter() {
-            let (key, per_cpu) = item.map_err(map_err("HISTS"))?;
-            let mut cur = OpHist::ZERO;
-            for h in per_cpu.iter() {
-                add_cpu(&mut cur, h);
-            }
+        for (key, cur) in self.devices.hists()? {
             let prev = self.prev_hists.insert(key, cur).unwrap_or(OpHist::ZERO);
             let d = delta(&cur, &prev);
             if d.count > 0 {
@@ -293,13 +264,8 @@ impl Collector {
 
     fn read_inflight(&mut self, ended_epoch: u64, active: &HashMap<u32, u64>) -> Result<Vec<DeviceInflight>> {
         let slot = (ended_epoch & 1) as usize;
-        let mut entries: Vec<(u32, KernelInflight)> = Vec::new();
-        for item in self.inflight.iter() {
-            entries.push(item.map_err(map_err("INFLIGHT"))?);
-        }
-        entries.sort_by_key(|(dev, _)| *dev);
         let mut out = Vec::new();
-        for (dev, v) in entries {
+        for (dev, v) in self.devices.inflight()? {
             let name = self.names.name(dev);
             if !self.filter.allows(&name) {
                 continue;
@@ -330,7 +296,7 @@ impl Collector {
     /// kernel says the device is idle, nothing completed in two intervals, and we still see
     /// requests in flight, their completions were lost: reset the gauge and count the loss.
     /// Only done on an idle device, where the reset cannot race with the programs' adds.
-    fn reconcile(&mut self, dev: u32, depth: u64, sysfs: Option<u64>, completed: u64, mut v: KernelInflight) -> Result<u64> {
+    fn reconcile(&mut self, dev: u32, depth: u64, sysfs: Option<u64>, completed: u64, v: KernelInflight) -> Result<u64> {
         // Raw kernel value: it can be below 0 if a request issued in the instant of arming was
         // uncounted without having been counted (see CONTROL_ARMED_NS); reported as 0, repaired here.
         let raw = v.inflight;
@@ -346,8 +312,7 @@ impl Collector {
             return Ok(depth);
         }
         self.drift.remove(&dev);
-        v.inflight = 0;
-        self.inflight.insert(dev, v, 0).map_err(map_err("INFLIGHT"))?;
+        self.devices.reset_inflight(dev)?;
         self.prev_raw.insert(dev, 0);
         let lost = raw.unsigned_abs();
         self.totals.inflight_resync += lost;
@@ -405,9 +370,10 @@ impl Collector {
 
     fn read_losses(&mut self) -> Result<Losses> {
         let mut cur = [0u64; COUNTER_SLOTS as usize];
-        for (i, c) in cur.iter_mut().enumerate() {
-            let per_cpu = self.counters.get(&(i as u32), 0).map_err(map_err("COUNTERS"))?;
-            *c = per_cpu.iter().fold(0u64, |a, v| a.wrapping_add(*v));
+        for cpu in self.counters.get(&0, 0).map_err(map_err("COUNTERS"))?.iter() {
+            for (c, v) in cur.iter_mut().zip(cpu) {
+                *c = c.wrapping_add(*v);
+            }
         }
         let recursion: u64 = self
             .probes
@@ -468,17 +434,5 @@ mod tests {
         assert_eq!(d.count, 5);
         assert_eq!(d.device_slots[3], 5);
         assert_eq!(d.device_slots.iter().sum::<u64>(), d.count);
-    }
-
-    #[test]
-    fn per_cpu_sums_wrap_like_the_kernel() {
-        let mut h = OpHist::ZERO;
-        h.count = 2;
-        h.device_slots[0] = u32::MAX;
-        let mut t = OpHist::ZERO;
-        add_cpu(&mut t, &h);
-        add_cpu(&mut t, &h);
-        assert_eq!(t.count, 4);
-        assert_eq!(t.device_slots[0], u32::MAX - 1);
     }
 }

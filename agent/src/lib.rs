@@ -4,7 +4,8 @@
 //! Modules, one concern each:
 //! - [`snapshot`], [`histogram`]: the JSONL contract and log2 bucket math (shared by all).
 //! - [`btf`], [`tracefs`], [`loader`]: find kernel layouts, load and attach the eBPF programs.
-//! - [`devices`], [`collector`]: name devices, turn cumulative kernel maps into interval snapshots.
+//! - [`devices`], [`device_maps`], [`collector`]: name devices, read the per-device kernel maps,
+//!   turn them into interval snapshots.
 //! - [`writer`]: crash-safe mmap JSONL (single file and sealed segments).
 //! - [`export`]: OTLP and Prometheus.
 //! - [`k8s`]: cgroup -> pod attribution.
@@ -22,6 +23,8 @@ pub mod writer;
 pub mod btf;
 #[cfg(feature = "ebpf")]
 pub mod collector;
+#[cfg(feature = "ebpf")]
+pub mod device_maps;
 #[cfg(feature = "ebpf")]
 pub mod export;
 #[cfg(feature = "ebpf")]

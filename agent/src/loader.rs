@@ -42,6 +42,8 @@ pub struct Probes {
     pub mode: Attached,
     /// Names of the attached programs (for run statistics).
     pub programs: Vec<&'static str>,
+    /// The attribution source in effect (`None`: not attributing).
+    pub cgroup_source: Option<CgroupSource>,
 }
 
 /// A tracepoint and whether the agent can work without it.
@@ -58,11 +60,35 @@ const HOOKS: [Hook; 4] = [
     Hook { tracepoint: "block_rq_requeue", required: false },
 ];
 
+/// Where the cgroup of a request comes from when attributing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CgroupSource {
+    /// The cgroup the block layer charged the request to (`rq->bio->bi_blkg`, the io
+    /// controller's), read at completion: no per-request map, so the fast path stays on, and
+    /// (cgroup v2) writeback is charged to the cgroup that dirtied the pages. Ids are those of the io
+    /// controller's hierarchy. Needs BTF and a kernel with `CONFIG_BLK_CGROUP`.
+    Bio,
+    /// The cgroup v2 of the task that inserted or issued the request, kept in the per-request
+    /// start map until completion (slow path). Works in every attach mode.
+    Task,
+}
+
+impl CgroupSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CgroupSource::Bio => "bio",
+            CgroupSource::Task => "task",
+        }
+    }
+}
+
 pub struct LoadOptions<'a> {
     pub mode: AttachMode,
     /// Root under which `sys/kernel/btf/vmlinux` is read.
     pub sys_root: &'a Path,
-    pub attribute_cgroups: bool,
+    /// Per-cgroup attribution and the source wanted; the loader may fall back to `Task`
+    /// ([`Probes::cgroup_source`] says what is in effect).
+    pub attribution: Option<CgroupSource>,
 }
 
 pub fn btf_path(sys_root: &Path) -> PathBuf {
@@ -78,10 +104,14 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Probes> {
         AttachMode::Auto if vmlinux.exists() => Attached::Btf,
         AttachMode::Auto => Attached::Tracepoint,
     };
-    let attribute = u8::from(opts.attribute_cgroups);
     match mode {
-        Attached::Btf => load_btf(&vmlinux, attribute),
-        Attached::Tracepoint => load_tracepoints(attribute),
+        Attached::Btf => load_btf(&vmlinux, opts.attribution),
+        Attached::Tracepoint => {
+            if opts.attribution == Some(CgroupSource::Bio) {
+                tracing::warn!("attribution by bio needs BTF tracepoints; using the submitting task's cgroup");
+            }
+            load_tracepoints(opts.attribution.map(|_| CgroupSource::Task))
+        }
     }
 }
 
@@ -106,6 +136,33 @@ pub struct BtfLayout {
     pub legacy_q_arg: Vec<&'static str>,
     /// What the no-start-map fast path needs; `None` when this kernel lacks any of it.
     pub fast: Option<FastLayout>,
+    /// What attribution by bio needs; `None` without `CONFIG_BLK_CGROUP` (no `bio->bi_blkg`).
+    pub bio_cgroup: Option<BioCgroupLayout>,
+}
+
+/// `rq->bio->bi_blkg->blkcg->css.cgroup->kn->id` (see `agent-ebpf/src/fast.rs`, `bio_cgroup`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BioCgroupLayout {
+    pub rq_bio: u64,
+    pub bio_blkg: u64,
+    pub blkg_blkcg: u64,
+    pub blkcg_cgroup: u64,
+    pub cgroup_kn: u64,
+    pub kn_id: u64,
+}
+
+impl BioCgroupLayout {
+    fn from_btf(btf: &Btf) -> Option<BioCgroupLayout> {
+        let m = |s: &str, f: &str| btf.member_offset(s, f).ok();
+        Some(BioCgroupLayout {
+            rq_bio: m("request", "bio")?,
+            bio_blkg: m("bio", "bi_blkg")?,
+            blkg_blkcg: m("blkcg_gq", "blkcg")?,
+            blkcg_cgroup: m("blkcg", "css")? + m("cgroup_subsys_state", "cgroup")?,
+            cgroup_kn: m("cgroup", "kn")?,
+            kn_id: m("kernfs_node", "id")?,
+        })
+    }
 }
 
 /// Fields for the fast path (`agent-ebpf/src/fast.rs`): the block layer's own timestamps.
@@ -186,6 +243,7 @@ impl BtfLayout {
             rq_cmd_flags,
             rq_data_len,
             fast,
+            bio_cgroup: BioCgroupLayout::from_btf(btf),
             rq_disk,
             q_disk,
             disk_major: btf.member_offset("gendisk", "major")?,
@@ -201,18 +259,20 @@ impl BtfLayout {
     }
 }
 
-fn load_btf(vmlinux: &Path, attribute: u8) -> Result<Probes> {
+fn load_btf(vmlinux: &Path, attribution: Option<CgroupSource>) -> Result<Probes> {
     let btf = Btf::from_file(vmlinux)?;
     let layout = BtfLayout::from_btf(&btf)?;
-    // Freed before aya parses the same file: the two parses never hold memory at once.
+    // Freed before aya parses the same file: the parses never hold memory at once.
     drop(btf);
     tracing::debug!(?layout, "kernel layout from BTF");
-    let aya_btf = aya::Btf::parse_file(vmlinux, Endianness::default())
-        .map_err(|e| Error::bpf(format!("cannot parse {}", vmlinux.display()), e))?;
     let rq_disk = layout.rq_disk.unwrap_or(u64::MAX);
+    // aya 0.14 parses all of vmlinux BTF in `EbpfLoader::new()` (about 16 MB of heap here), only
+    // for CO-RE relocations, which Rust eBPF objects do not have. Dropped at once, so that copy
+    // never coexists with the one parsed after loading for the attach ids: together they were
+    // most of the agent's startup peak.
     let mut loader = EbpfLoader::new();
     loader
-        .btf(Some(&aya_btf))
+        .btf(None)
         .override_global("RQ_Q_OFF", &layout.rq_q, true)
         .override_global("RQ_CMD_FLAGS_OFF", &layout.rq_cmd_flags, true)
         .override_global("RQ_DATA_LEN_OFF", &layout.rq_data_len, true)
@@ -225,10 +285,29 @@ fn load_btf(vmlinux: &Path, attribute: u8) -> Result<Probes> {
         .override_global("REQ_OP_WRITE", &layout.req_op_write, true)
         .override_global("REQ_OP_FLUSH", &layout.req_op_flush, true)
         .override_global("REQ_OP_DISCARD", &layout.req_op_discard, true)
-        .override_global("REQ_OP_SECURE_ERASE", &layout.req_op_secure_erase, true)
-        .override_global("ATTRIBUTE_CGROUPS", &attribute, true);
-    // Attribution needs the submitting cgroup kept per request until completion: start map.
-    let fast = layout.fast.as_ref().filter(|_| attribute == 0);
+        .override_global("REQ_OP_SECURE_ERASE", &layout.req_op_secure_erase, true);
+    let bio = layout.bio_cgroup.as_ref().filter(|_| attribution == Some(CgroupSource::Bio));
+    if attribution == Some(CgroupSource::Bio) && bio.is_none() {
+        tracing::warn!("no bio->bi_blkg in kernel BTF (CONFIG_BLK_CGROUP off?); attributing by the submitting task's cgroup");
+    }
+    let cgroup_source = match (attribution, bio) {
+        (None, _) => None,
+        (Some(_), Some(_)) => Some(CgroupSource::Bio),
+        (Some(_), None) => Some(CgroupSource::Task),
+    };
+    let (task_on, bio_on) = (u8::from(cgroup_source == Some(CgroupSource::Task)), u8::from(bio.is_some()));
+    loader.override_global("ATTRIBUTE_CGROUPS", &task_on, true).override_global("BIO_CGROUP", &bio_on, true);
+    if let Some(b) = bio {
+        loader
+            .override_global("RQ_BIO_OFF", &b.rq_bio, true)
+            .override_global("BIO_BLKG_OFF", &b.bio_blkg, true)
+            .override_global("BLKG_BLKCG_OFF", &b.blkg_blkcg, true)
+            .override_global("BLKCG_CGROUP_OFF", &b.blkcg_cgroup, true)
+            .override_global("CGROUP_KN_OFF", &b.cgroup_kn, true)
+            .override_global("KN_ID_OFF", &b.kn_id, true);
+    }
+    // Attribution by task needs the submitting cgroup kept per request until completion: start map.
+    let fast = layout.fast.as_ref().filter(|_| task_on == 0);
     let fast_on = u8::from(fast.is_some());
     if let Some(f) = fast {
         loader
@@ -243,8 +322,12 @@ fn load_btf(vmlinux: &Path, attribute: u8) -> Result<Probes> {
             .override_global("REQ_OP_DRV_OUT", &f.req_op_drv_out, true);
     }
     loader.override_global("FAST_PATH", &fast_on, true);
-    tracing::info!(fast_path = fast.is_some(), "BTF layout resolved");
+    tracing::info!(fast_path = fast.is_some(), attribution = cgroup_source.map(CgroupSource::as_str), "BTF layout resolved");
     let mut ebpf = loader.load(EBPF_OBJECT).map_err(|e| Error::bpf("cannot load the eBPF object", e))?;
+    drop(loader);
+    // `BtfTracePoint::load` looks up the `btf_trace_*` typedef ids in aya's own parse.
+    let aya_btf = aya::Btf::parse_file(vmlinux, Endianness::default())
+        .map_err(|e| Error::bpf(format!("cannot parse {}", vmlinux.display()), e))?;
     let mut programs = Vec::new();
     for hook in HOOKS.iter() {
         // The fast path takes queue time from the request's allocation stamp: no insert hook.
@@ -275,7 +358,7 @@ fn load_btf(vmlinux: &Path, attribute: u8) -> Result<Probes> {
     arm(&mut ebpf)?;
     drop(aya_btf);
     release_freed_memory();
-    Ok(Probes { ebpf, mode: Attached::Btf, programs })
+    Ok(Probes { ebpf, mode: Attached::Btf, programs, cgroup_source })
 }
 
 /// Parsing kernel BTF (~5 MB, ~150k types, twice: ours and aya's) leaves tens of MB of freed
@@ -334,7 +417,8 @@ impl TracepointLayout {
     }
 }
 
-fn load_tracepoints(attribute: u8) -> Result<Probes> {
+fn load_tracepoints(attribution: Option<CgroupSource>) -> Result<Probes> {
+    let attribute = u8::from(attribution.is_some());
     let root = tracefs::find_or_mount()?;
     let layout = TracepointLayout::from_tracefs(&root)?;
     let mut loader = EbpfLoader::new();
@@ -365,7 +449,7 @@ fn load_tracepoints(attribute: u8) -> Result<Probes> {
         }
     }
     arm(&mut ebpf)?;
-    Ok(Probes { ebpf, mode: Attached::Tracepoint, programs })
+    Ok(Probes { ebpf, mode: Attached::Tracepoint, programs, cgroup_source: attribution })
 }
 
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>

@@ -80,14 +80,20 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     health.set_output_writable(true);
     let identity = AgentIdentity { node_name: node.clone(), host_name: hostname() };
     let exporters = Exporters::start(&args, identity, health.clone())?;
-    let mut attribution = if args.attribute_pods {
-        let root = k8s::resolve_cgroup_root(args.cgroup_root.as_deref(), &args.sys_root);
-        Some(k8s::Attribution::start(root, node.clone(), args.max_pods)?)
-    } else {
-        None
+    let plan = args
+        .attribute_pods
+        .then(|| k8s::CgroupPlan::resolve(args.cgroup_root.as_deref(), &args.sys_root, args.attribution_source));
+    let attribution = plan.as_ref().map(|p| p.preferred);
+    let probes = loader::load(&LoadOptions { mode: args.attach, sys_root: &args.sys_root, attribution })?;
+    // The loader may fall back from bio to task; the ids then come from the other mount.
+    let mut attribution = match (&plan, probes.cgroup_source) {
+        (Some(plan), Some(source)) => {
+            let root = plan.root_for(source).to_path_buf();
+            tracing::info!(source = source.as_str(), cgroup_root = %root.display(), "per-pod attribution");
+            Some(k8s::Attribution::start(root, source, node.clone(), args.max_pods)?)
+        }
+        _ => None,
     };
-
-    let probes = loader::load(&LoadOptions { mode: args.attach, sys_root: &args.sys_root, attribute_cgroups: args.attribute_pods })?;
     let mode = probes.mode;
     let programs = probes.programs.join(",");
     let mut collector = Collector::new(probes, names, filter, node.clone(), args.attribute_pods)?;

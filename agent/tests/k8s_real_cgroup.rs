@@ -23,6 +23,7 @@ use blkio_agent::{
         cgroups::{CgroupIndex, ScanLimits},
         is_cgroup2, resolve_cgroup_root,
     },
+    loader::CgroupSource,
 };
 
 /// The cgroup v2 mount point from /proc/self/mountinfo and whether it is mounted read-write
@@ -213,7 +214,7 @@ fn the_default_cgroup_root_is_the_hosts_v2_mount_and_start_accepts_it() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     rt.block_on(async {
         // A node name no pod has: whether or not a kubeconfig exists here, nothing is named.
-        let mut attr = Attribution::start(v2.clone(), "blkio-agent-test-no-such-node".into(), 50)
+        let mut attr = Attribution::start(v2.clone(), CgroupSource::Task, "blkio-agent-test-no-such-node".into(), 50)
             .expect("start on the real v2 mount");
         let root_id = std::fs::metadata(&v2).unwrap().ino();
         let out = attr.attribute(&[delta(root_id, 3)]);

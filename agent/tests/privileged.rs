@@ -20,12 +20,17 @@ fn exact_counts(attach: &str) {
     let dev = LoopDev::new(64);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.jsonl");
-    let agent = Agent::start(&["--attach", attach, "--interval", "0.25", "--flush-every", "1", "--output", out.to_str().unwrap()]);
+    let mut agent = Agent::start_with_env(
+        &["--attach", attach, "--interval", "0.25", "--flush-every", "1", "--output", out.to_str().unwrap()],
+        &[("BLKIO_AGENT_LOG", "info,blkio_agent::collector=debug")],
+    );
     let before = dev.diskstats();
+    // The writes start on the fallback maps (a new device has no dense slot); after a snapshot the
+    // device gets one and the reads go to the dense maps: the totals must not care.
     dev.dd_write(WRITES);
+    agent.wait_for_log(&format!("device given a dense slot device={}", dev.name), Duration::from_secs(10));
     dev.dd_read(READS);
     let after = dev.diskstats();
-    let mut agent = agent;
     agent.wait_snapshots(2);
     let log = agent.stop(libc::SIGINT);
     assert!(log.contains(&format!("attach={attach}")) || log.contains(&format!("attach=\"{attach}\"")), "{log}");

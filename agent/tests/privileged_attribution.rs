@@ -1,5 +1,6 @@
 //! Privileged: the agent with `--attribute-pods` on a real loop device, the workload running in a
-//! kubelet-like pod cgroup under the host's real cgroup v2 mount. Without an API server the pod
+//! kubelet-like pod cgroup under the host's real cgroup mounts (v2 for attribution by task, the io
+//! controller's hierarchy for attribution by bio). Without an API server the pod
 //! is named by its UID from the cgroup path (the documented no-RBAC behaviour).
 
 #![cfg(feature = "ebpf")] // the node agent; absent from the analyzer-only build
@@ -33,14 +34,30 @@ impl Drop for CgroupTree {
     }
 }
 
-#[test]
-fn pod_series_count_the_workload_exactly() {
-    let Some(_p) = privileged("pod_series_count_the_workload_exactly") else { return };
-    let Some(root) = cgroup2_mount() else {
-        assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "CI=true: no cgroup v2 mount");
-        eprintln!("SKIPPED: no cgroup v2 mount");
-        return;
-    };
+/// The io controller's hierarchy: the cgroup v2 mount when `io` is enabled in its
+/// `cgroup.subtree_control`, else the cgroup v1 hierarchy with `blkio`.
+fn io_mount() -> Option<PathBuf> {
+    if let Some(v2) = cgroup2_mount() {
+        let control = std::fs::read_to_string(v2.join("cgroup.subtree_control")).unwrap_or_default();
+        if control.split_whitespace().any(|c| c == "io") {
+            return Some(v2);
+        }
+    }
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|l| {
+        let (pre, post) = l.split_once(" - ")?;
+        let mut post = post.split(' ');
+        if post.next() != Some("cgroup") || !post.nth(1)?.split(',').any(|o| o == "blkio") {
+            return None;
+        }
+        pre.split(' ').nth(4).map(PathBuf::from)
+    })
+}
+
+/// Runs a direct-I/O `dd` inside a kubelet-like pod cgroup created under `root`, with the agent
+/// attributing by `source` through `root`, and checks the pod's series count it exactly.
+/// Returns the agent's log.
+fn pod_series_count_the_workload_exactly(root: PathBuf, source: &str) -> String {
     let uid = "4f6c2a1e-9b7d-4c3e-8a5f-0123456789ab";
     let container = "ab".repeat(32);
     let unique = format!("blkio-agent-test-{}", std::process::id());
@@ -61,6 +78,8 @@ fn pod_series_count_the_workload_exactly() {
     let path = out.path().join("out.jsonl");
     let mut agent = Agent::start(&[
         "--attribute-pods",
+        "--attribution-source",
+        source,
         "--cgroup-root",
         root.to_str().unwrap(),
         "--interval",
@@ -75,7 +94,7 @@ fn pod_series_count_the_workload_exactly() {
     let st = Command::new("sh").arg("-c").arg(&script).stderr(std::process::Stdio::null()).status().unwrap();
     assert!(st.success(), "workload in the pod cgroup");
     agent.wait_snapshots(2);
-    agent.stop(libc::SIGTERM);
+    let log = agent.stop(libc::SIGTERM);
 
     let snaps = read_jsonl(&path);
     let pod_writes: u64 = snaps
@@ -84,10 +103,38 @@ fn pod_series_count_the_workload_exactly() {
         .filter(|p| p.pod_uid.as_deref() == Some(uid) && p.device_name == dev.name && p.op == "write")
         .map(|p| p.count)
         .sum();
-    assert_eq!(pod_writes, 1500, "the pod's writes, attributed at submission");
+    assert_eq!(pod_writes, 1500, "the pod's writes, attributed at submission ({source})");
     let device_writes = op_counts(&snaps, &dev.name).get("write").copied();
     assert_eq!(device_writes, Some(1500), "and the device total agrees");
     drop(tree);
+    log
+}
+
+/// The slow path: the submitting task's cgroup v2 id kept in the start map.
+#[test]
+fn pod_series_by_task_count_the_workload_exactly() {
+    let Some(_p) = privileged("pod_series_by_task_count_the_workload_exactly") else { return };
+    let Some(root) = cgroup2_mount() else {
+        assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "CI=true: no cgroup v2 mount");
+        eprintln!("SKIPPED: no cgroup v2 mount");
+        return;
+    };
+    let log = pod_series_count_the_workload_exactly(root, "task");
+    assert!(log.contains("fast_path=false attribution=\"task\""), "task attribution keeps a start map: {log}");
+}
+
+/// The default where the io controller is usable: the block layer's own charge (`bi_blkg`),
+/// read at completion, with the fast path still on.
+#[test]
+fn pod_series_by_bio_count_the_workload_exactly_on_the_fast_path() {
+    let Some(_p) = privileged("pod_series_by_bio_count_the_workload_exactly_on_the_fast_path") else { return };
+    let Some(root) = io_mount() else {
+        assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "CI=true: no io controller hierarchy (v2 io or v1 blkio)");
+        eprintln!("SKIPPED: no io controller hierarchy (v2 io or v1 blkio)");
+        return;
+    };
+    let log = pod_series_count_the_workload_exactly(root, "bio");
+    assert!(log.contains("fast_path=true attribution=\"bio\""), "bio attribution keeps the fast path: {log}");
 }
 
 /// Idle attribution entries leave the kernel map, so pods that come and go cannot fill it.
@@ -97,12 +144,12 @@ fn idle_pod_entries_are_evicted_from_the_kernel_map() {
         cli::AttachMode,
         collector::Collector,
         devices::{DeviceFilter, DeviceNames},
-        loader::{LoadOptions, load},
+        loader::{CgroupSource, LoadOptions, load},
     };
     let Some(_p) = privileged("idle_pod_entries_are_evicted_from_the_kernel_map") else { return };
     let dev = LoopDev::new(16);
     let root = std::path::Path::new("/");
-    let probes = load(&LoadOptions { mode: AttachMode::Btf, sys_root: root, attribute_cgroups: true }).expect("load");
+    let probes = load(&LoadOptions { mode: AttachMode::Btf, sys_root: root, attribution: Some(CgroupSource::Task) }).expect("load");
     let names = DeviceNames::new(root, root).unwrap();
     let mut collector = Collector::new(probes, names, DeviceFilter::default(), "n".into(), true).unwrap();
     collector.set_cgroup_idle_evict(std::time::Duration::from_millis(300));

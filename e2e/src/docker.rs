@@ -57,6 +57,9 @@ pub fn run_args(
     if pod.host_network == Some(true) {
         a.push("--network=host".into());
     }
+    // serviceAccountName / automountServiceAccountToken: there is no API server here, so no
+    // token is mounted even where the pod asks for one (per-pod attribution, the default). The
+    // agent must work without API access then: the docker e2e checks that it does.
     let pod_sc = pod.security_context.clone().unwrap_or_default();
     let sc = c.security_context.clone().unwrap_or_default();
 

@@ -4,7 +4,8 @@
 //!
 //! - [`prereq`]: a test whose prerequisites are missing fails under `CI=true`, else says why it
 //!   does not run.
-//! - [`manifests`]: YAML (chart values, `manifests/`) into k8s-openapi types.
+//! - [`manifests`]: YAML (chart values, `manifests/`) into k8s-openapi types, overlays built with
+//!   the subset of kustomize they use.
 //! - [`docker`]: a DaemonSet pod spec translated into `docker run` flags.
 //! - [`segments`]: the agent's sealed JSONL segments, parsed into its own snapshot type.
 //! - [`cluster`]: kube-client checks of the kind e2e (DaemonSet readiness, collector output).

@@ -68,7 +68,24 @@ pub fn docker_e2e_missing() -> Vec<String> {
     if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
         missing.push("kernel has no BTF (/sys/kernel/btf/vmlinux)".into());
     }
+    if !has_cgroup2_hierarchy() {
+        missing.push(
+            "no cgroup v2 hierarchy at /sys/fs/cgroup or /sys/fs/cgroup/unified (per-pod attribution, on in the manifests)"
+                .into(),
+        );
+    }
     missing
+}
+
+/// A cgroup2 filesystem is mounted where the agent's attribution looks for it (unified or hybrid
+/// hosts).
+pub fn has_cgroup2_hierarchy() -> bool {
+    std::fs::read_to_string("/proc/self/mounts").is_ok_and(|m| {
+        m.lines().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 2 && f[2] == "cgroup2" && (f[1] == "/sys/fs/cgroup" || f[1] == "/sys/fs/cgroup/unified")
+        })
+    })
 }
 
 #[cfg(test)]

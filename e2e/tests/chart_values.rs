@@ -60,8 +60,13 @@ fn every_ci_override_file_is_valid() {
     let files = ci_value_files();
     let names: Vec<String> = files.iter().map(|f| f.file_name().unwrap().to_string_lossy().into_owned()).collect();
     // The variants the issue names must stay covered.
-    for expected in ["privileged-values.yaml", "otlp-values.yaml", "attribution-values.yaml", "old-kernel-values.yaml"]
-    {
+    for expected in [
+        "privileged-values.yaml",
+        "otlp-values.yaml",
+        "attribution-values.yaml",
+        "no-attribution-values.yaml",
+        "old-kernel-values.yaml",
+    ] {
         assert!(names.iter().any(|n| n == expected), "charts/blkio-agent/ci/{expected} is missing: {names:?}");
     }
     // The kind e2e installs with these too.
@@ -83,6 +88,28 @@ fn override_files_change_what_they_say() {
     assert_eq!(otlp["otlp"]["protocol"], "grpc");
     // Merged, not replaced: untouched otlp keys keep their defaults.
     assert_eq!(otlp["otlp"]["timeoutMs"], defaults()["otlp"]["timeoutMs"]);
+}
+
+/// Issue #5: per-pod attribution is off in a plain `blkio-agent run` and on in the chart; the
+/// chart's cheapest mode (no start map, no RBAC) is one value away.
+#[test]
+fn attribution_is_off_in_plain_runs_and_on_in_the_chart() {
+    use clap::Parser as _;
+    let cli = blkio_agent::cli::Cli::try_parse_from(["blkio-agent", "run"]).unwrap();
+    let blkio_agent::cli::Command::Run(args) = cli.command else { panic!("not `run`") };
+    if std::env::var_os("BLKIO_AGENT_ATTRIBUTE_PODS").is_none() {
+        assert!(!args.attribute_pods, "`blkio-agent run` attributes pods without --attribute-pods");
+    }
+    assert_eq!(defaults()["attribution"]["enabled"], true, "the chart's default");
+    assert_eq!(defaults()["rbac"]["create"], true);
+    // The kind e2e installs the chart's default attribution, not an override of it.
+    let kind = chart_values(&chart_dir(), &[&e2e::workspace_root().join("e2e/kind/values.yaml")]).unwrap();
+    let kind_file = e2e::manifests::read_yaml_file(&e2e::workspace_root().join("e2e/kind/values.yaml")).unwrap();
+    assert!(kind_file[0].get("attribution").is_none(), "e2e/kind/values.yaml overrides attribution");
+    assert_eq!(kind["attribution"]["enabled"], true);
+    let off = chart_values(&chart_dir(), &[&chart_dir().join("ci/no-attribution-values.yaml")]).unwrap();
+    assert_eq!(off["attribution"]["enabled"], false);
+    assert!(errors(&off).is_empty());
 }
 
 /// Typical mistakes, each of which the schema must reject with an error at the right place.

@@ -3,8 +3,13 @@
 //! kind e2e checks a cluster node: sealed JSONL with the node's name and the workload's device,
 //! probes answering, a clean SIGTERM, and no BPF program left behind.
 //!
-//! Needs root, a Docker engine, loop devices and kernel BTF. Under `CI=true` a missing one fails
-//! the test; elsewhere it is skipped with the reason printed.
+//! The manifests have per-pod attribution on (the chart's default): the host's cgroup hierarchy
+//! is mounted and `--attribute-pods` set. Docker has no API server and mounts no token, so the
+//! agent runs as it must without API access: requests are attributed by cgroup (and pod UID,
+//! for pods) alone, and the workload's show up under this test's own cgroup.
+//!
+//! Needs root, a Docker engine, loop devices, kernel BTF and a cgroup v2 hierarchy. Under
+//! `CI=true` a missing one fails the test; elsewhere it is skipped with the reason printed.
 
 use std::{
     collections::BTreeMap,
@@ -14,7 +19,10 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use blkio_agent::{devices::parse_diskstats, snapshot::Snapshot};
+use blkio_agent::{
+    devices::parse_diskstats,
+    snapshot::{PodStats, Snapshot},
+};
 use e2e::{
     bpf::agent_programs,
     docker::{self, NodeContext, bind_source, docker, http_get, published_addr, run_args, scratch_dir},
@@ -75,6 +83,8 @@ fn manifest_pod_spec_translates_to_docker_flags() {
         assert_eq!(bind_source(&a, "/host/sys/devices"), Some(("/sys/devices", true)));
         assert_eq!(bind_source(&a, "/host/sys/dev/block"), Some(("/sys/dev/block", true)));
         assert_eq!(bind_source(&a, OUTPUT_HOST_PATH), Some((out.to_str().unwrap(), false)));
+        // Per-pod attribution (the default): the cgroup hierarchy, read-only.
+        assert_eq!(bind_source(&a, "/host/sys/fs/cgroup"), Some(("/sys/fs/cgroup", true)));
         assert!(a.iter().any(|x| x.starts_with("--tmpfs=/tmp:rw,size=")), "{a:?}");
         for env in [
             format!("--env=NODE_NAME={NODE}"),
@@ -82,6 +92,7 @@ fn manifest_pod_spec_translates_to_docker_flags() {
             "--env=POD_UID=00000000-0000-4000-8000-00000000e2e0".into(),
             "--env=HOST_IP=127.0.0.1".into(),
             "--env=BLKIO_AGENT_PROC_ROOT=/host".into(),
+            "--env=BLKIO_AGENT_ATTRIBUTE_PODS=true".into(),
             format!("--env=BLKIO_AGENT_OUTPUT_DIR={OUTPUT_HOST_PATH}"),
         ] {
             assert!(has(&env), "{env} missing from {a:?}");
@@ -185,6 +196,12 @@ fn peak_memory(container: &str) -> Option<u64> {
     ]
     .iter()
     .find_map(|p| std::fs::read_to_string(p).ok()?.trim().parse().ok())
+}
+
+/// This process's cgroup v2 path (`0::<path>` in /proc/self/cgroup), which dd inherits.
+fn own_cgroup() -> String {
+    let text = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    text.lines().find_map(|l| l.strip_prefix("0::")).expect("a cgroup v2 line in /proc/self/cgroup").to_string()
 }
 
 fn build_image() {
@@ -322,6 +339,30 @@ fn docker_e2e_daemonset_spec_on_a_loop_device() {
         snapshots.iter().any(|s| s.inflight.iter().any(|i| i.device_name == dev.name())),
         "{} never in inflight[]",
         dev.name()
+    );
+
+    // Per-pod attribution without API access: the workload's requests are in `pods`, by cgroup
+    // path, with no pod names (nothing to ask for them).
+    assert_eq!(settings["BLKIO_AGENT_ATTRIBUTE_PODS"], "true", "the manifests' default");
+    let series: Vec<&PodStats> =
+        snapshots.iter().flat_map(|s| &s.pods).filter(|p| p.device_name == dev.name()).collect();
+    let attributed: u64 = series.iter().map(|p| p.count).sum();
+    let mut by_cgroup: BTreeMap<String, u64> = BTreeMap::new();
+    for p in &series {
+        assert!(p.namespace.is_none() && p.pod.is_none(), "a pod name without an API server: {p:?}");
+        *by_cgroup.entry(p.cgroup.clone().or(p.pod_uid.clone()).unwrap_or_default()).or_default() += p.count;
+    }
+    eprintln!("docker_e2e: attribution of {}: {by_cgroup:?} (this test's cgroup: {})", dev.name(), own_cgroup());
+    assert!(
+        attributed >= WRITES && attributed <= kernel,
+        "{}: {attributed} requests in pods[], the workload made {WRITES}, the kernel completed {kernel}",
+        dev.name()
+    );
+    assert!(
+        by_cgroup.get(&own_cgroup()).is_some_and(|&n| n > 0),
+        "no request of {} attributed to dd's cgroup {}: {by_cgroup:?}",
+        dev.name(),
+        own_cgroup()
     );
     // The final snapshot was taken at SIGTERM and sealed.
     let last = segments.last().unwrap().snapshots.last().unwrap();

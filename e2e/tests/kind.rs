@@ -1,6 +1,7 @@
 //! The kind e2e's assertions, run by `cargo xtask e2e` against the cluster it creates (kind,
 //! the image loaded, the node-local collector from manifests/examples, `helm install --wait`
-//! with e2e/kind/values.yaml). `#[ignore]`d: without that cluster there is nothing to test.
+//! with e2e/kind/values.yaml, per-pod attribution on as the chart's default).
+//! `#[ignore]`d: without that cluster there is nothing to test.
 //! KUBECONFIG points at the cluster; kind's node containers are reached with `docker`.
 
 use std::{path::Path, time::Duration};
@@ -15,6 +16,7 @@ use e2e::{
 use k8s_openapi::api::{
     apps::v1::DaemonSet,
     core::v1::{Namespace, Node, Pod},
+    rbac::v1::ClusterRole,
 };
 use kube::{
     Api, Client,
@@ -103,6 +105,13 @@ async fn kind_agent_on_every_node_measures_the_workload() {
     .await
     .unwrap();
     assert!(state.nodes.len() >= 2, "{state:?}");
+    // Per-pod attribution is the chart's default (e2e/kind/values.yaml does not set it): its
+    // ClusterRole is installed and the agent's pods carry the API token.
+    let roles: Api<ClusterRole> = Api::all(client.clone());
+    let role = roles.get(RELEASE).await.expect("the attribution ClusterRole of the chart's defaults");
+    assert_eq!(role.rules.unwrap()[0].resources.as_deref(), Some(&["pods".to_string()][..]));
+    let ds = Api::<DaemonSet>::namespaced(client.clone(), NAMESPACE).get(RELEASE).await.unwrap();
+    assert_eq!(ds.spec.unwrap().template.spec.unwrap().automount_service_account_token, Some(true));
 
     // The workload.
     let node = worker_node(&client).await;

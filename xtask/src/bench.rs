@@ -222,7 +222,7 @@ pub struct Agent {
 
 impl Agent {
     /// Starts the agent and waits until it logs that its programs are attached.
-    pub fn start(ctx: &Ctx, tag: &str, devices: &[String]) -> anyhow::Result<Agent> {
+    pub fn start(ctx: &Ctx, tag: &str, devices: &[String], extra: &[&str]) -> anyhow::Result<Agent> {
         let dir = ctx.scratch.join(format!("agent-{tag}"));
         fs::create_dir_all(&dir)?;
         let log = ctx.scratch.join(format!("agent-{tag}.log"));
@@ -233,6 +233,7 @@ impl Agent {
         if !devices.is_empty() {
             cmd.arg("--devices").arg(devices.join(","));
         }
+        cmd.args(extra);
         let mut proc = Proc::spawn("blkio-agent", &mut cmd, &ctx.scratch.join(format!("agent-{tag}.out")), &log)?;
         let end = Instant::now() + Duration::from_secs(120);
         loop {

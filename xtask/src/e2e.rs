@@ -4,10 +4,12 @@
 //! 1. kind cluster (e2e/kind/cluster.yaml: a tainted control-plane and a worker);
 //! 2. the image (`cargo xtask image --tag blkio-agent:e2e`), `kind load`ed;
 //! 3. the node-local OpenTelemetry Collector from manifests/examples/otel-collector.yaml;
-//! 4. `helm install --wait` with e2e/kind/values.yaml (attribution and OTLP on), `helm test`;
+//! 4. `helm install --wait` with e2e/kind/values.yaml (OTLP on; per-pod attribution on as the
+//!    chart's default), `helm test`;
 //! 5. the Rust assertions in e2e/tests/kind.rs (DaemonSet ready on every node, JSONL on the
 //!    node's hostPath with the node name and the workload's device, the collector received
-//!    `blkio.request.duration` with `k8s.node.name`, the workload pod named by attribution);
+//!    `blkio.request.duration` with `k8s.node.name`, the workload pod named by the default
+//!    attribution);
 //! 6. the chart/manifests sync checks that need helm and kubectl (e2e/tests/manifests.rs);
 //! 7. `helm uninstall --wait`, then no program of the agent is left in the kernel;
 //! 8. the cluster is deleted (kept with BLKIO_E2E_KEEP_CLUSTER=1 for debugging).

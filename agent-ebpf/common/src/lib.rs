@@ -24,18 +24,51 @@ pub const OP_NAMES: [&str; OP_COUNT] = ["read", "write", "discard", "flush", "ot
 /// with 512 requests in flight each on the slow path (the fast path does not use this map). A full map is counted
 /// (`LOSS_START_INSERT_FAILED`), never silent. Preallocated: 16k x ~104 B = 1.7 MB.
 pub const MAX_INFLIGHT_REQUESTS: u32 = 16_384;
-/// Capacity of the per-(device, op) histogram map. Per-CPU hash maps preallocate a value per
-/// possible CPU for every entry, so this bounds kernel memory: 160 x 416 B x 192 CPUs = 12.8 MB.
-/// 160 keys hold 32 devices with all five ops (or ~50 with the usual read/write/flush); a full
-/// map is counted in `hist_update_failed`.
+/// Devices that get a dense slot: their histograms live in a per-CPU array of [`DeviceHists`]
+/// (32 x 2080 B x 192 CPUs = 12.2 MiB) and their depth in a plain array. Array lookups are inlined by the verifier into an address computation, where a
+/// hash lookup is a call that hashes the key and walks a bucket: on the per-I/O path that
+/// difference was about a third of the agent's kernel time (see docs/performance.md).
+pub const MAX_DENSE_DEVICES: u32 = 32;
+/// Size of the `DEVICE_INDEX` table that maps a device to its dense slot (open addressing,
+/// written only by userspace, so the programs never need a compare-and-swap).
+pub const DEVICE_INDEX_SIZE: u32 = 256;
+/// Positions the programs try before giving up and using the fallback hash maps.
+pub const DEVICE_INDEX_PROBES: u32 = 4;
+/// Capacity of the fallback per-(device, op) histogram map: devices without a dense slot (the
+/// first interval after start or after a hotplug, and devices beyond `MAX_DENSE_DEVICES`). Shared
+/// between CPUs with atomic adds, so its memory does not grow with the CPU count. A full map is
+/// counted in `hist_update_failed`.
 pub const MAX_HIST_KEYS: u32 = 160;
-/// Capacity of the per-device in-flight gauge map.
+/// Capacity of the fallback per-device in-flight gauge map.
 pub const MAX_DEVICES: u32 = 256;
+
+/// Position of probe `probe` for `dev` in `DEVICE_INDEX` (Fibonacci hashing of the device
+/// number, then linear probing). The programs and userspace both call this one function.
+#[inline(always)]
+pub fn device_index_pos(dev: u32, probe: u32) -> u32 {
+    const _: () = assert!(DEVICE_INDEX_SIZE == 1 << 8);
+    ((dev.wrapping_mul(0x9e37_79b1) >> 24).wrapping_add(probe)) & (DEVICE_INDEX_SIZE - 1)
+}
+
+/// A `DEVICE_INDEX` entry: the device in the high half, its slot + 1 in the low half (0 is an
+/// empty position).
+#[inline(always)]
+pub fn device_index_entry(dev: u32, slot: u32) -> u64 {
+    (u64::from(dev) << 32) | u64::from(slot + 1)
+}
+
+/// The dense slot an entry gives `dev`: `Some(slot)` on a match, `None` when the entry belongs to
+/// another device or is empty.
+#[inline(always)]
+pub fn device_index_match(entry: u64, dev: u32) -> Option<u32> {
+    let slot = (entry as u32).wrapping_sub(1);
+    if entry != 0 && (entry >> 32) as u32 == dev && slot < MAX_DENSE_DEVICES { Some(slot) } else { None }
+}
 /// Capacity of the per-(cgroup, device, op) attribution map (not preallocated: no memory unless
 /// attribution is on).
 pub const MAX_CGROUP_KEYS: u32 = 4_096;
 
-/// Indices into the per-CPU `LOSSES` counter array. Cumulative, never reset.
+/// Indices into the per-CPU `COUNTERS` element. Cumulative, never reset.
 pub const LOSS_START_INSERT_FAILED: u32 = 0;
 pub const LOSS_COMPLETE_WITHOUT_START: u32 = 1;
 pub const LOSS_STALE_EVICTED: u32 = 2;
@@ -105,7 +138,8 @@ pub struct HistKey {
     pub op: u32,
 }
 
-/// Cumulative per-CPU statistics of completed requests for one (device, op).
+/// Cumulative statistics of completed requests for one (device, op): per CPU in the dense array,
+/// shared (atomic adds) in the fallback hash map.
 ///
 /// Slot counters are `u32` to keep per-CPU memory small; they wrap, and userspace takes deltas
 /// with `wrapping_sub`, which is exact as long as fewer than 2^32 requests land in one slot on
@@ -138,6 +172,14 @@ impl OpHist {
         queue_slots: [0; HIST_SLOTS],
         size_slots: [0; HIST_SLOTS],
     };
+}
+
+/// Every op of one device: one element of the dense per-CPU array, so userspace reads a device
+/// with one lookup (per-CPU values are copied out per element: fewer, larger reads).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct DeviceHists {
+    pub ops: [OpHist; OP_COUNT],
 }
 
 /// In-flight gauge of one device, shared by all CPUs (atomic adds).
@@ -230,6 +272,7 @@ mod pod {
     unsafe impl aya::Pod for RequestStart {}
     unsafe impl aya::Pod for HistKey {}
     unsafe impl aya::Pod for OpHist {}
+    unsafe impl aya::Pod for DeviceHists {}
     unsafe impl aya::Pod for DeviceInflight {}
     unsafe impl aya::Pod for CgroupKey {}
     unsafe impl aya::Pod for CgroupStats {}
@@ -262,9 +305,28 @@ mod tests {
     }
 
     #[test]
+    fn device_index_round_trips_and_rejects_others() {
+        let dev = (259 << 20) | 3;
+        let e = device_index_entry(dev, 7);
+        assert_eq!(device_index_match(e, dev), Some(7));
+        assert_eq!(device_index_match(e, dev + 1), None);
+        assert_eq!(device_index_match(0, 0), None, "an empty position matches nothing, not even 0:0");
+        assert_eq!(device_index_match(device_index_entry(0, 0), 0), Some(0), "0:0 can be registered");
+        assert_eq!(device_index_match(device_index_entry(dev, MAX_DENSE_DEVICES), dev), None);
+        // Probes stay in the table and wrap.
+        for d in [0, dev, u32::MAX] {
+            for p in 0..DEVICE_INDEX_PROBES {
+                assert!(device_index_pos(d, p) < DEVICE_INDEX_SIZE);
+            }
+            assert_eq!(device_index_pos(d, 1), (device_index_pos(d, 0) + 1) % DEVICE_INDEX_SIZE);
+        }
+    }
+
+    #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(core::mem::size_of::<RequestStart>(), 40);
         assert_eq!(core::mem::size_of::<OpHist>(), 32 + 3 * 4 * HIST_SLOTS);
+        assert_eq!(core::mem::size_of::<DeviceHists>(), OP_COUNT * core::mem::size_of::<OpHist>());
         assert_eq!(core::mem::size_of::<CgroupStats>(), 32 + 8 * HIST_SLOTS);
         assert_eq!(core::mem::size_of::<CgroupKey>(), 16);
     }

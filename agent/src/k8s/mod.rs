@@ -1,10 +1,12 @@
 //! Cgroup -> pod attribution (issue 5). See `docs/attribution.md`.
 //!
-//! The eBPF programs record the submitting task's cgroup id at insert/issue (completion runs in
-//! IRQ context, where "current" is whoever was interrupted). Here each interval's per-cgroup
-//! deltas become per-pod series:
+//! The eBPF programs charge each request to a cgroup recorded at submission, never to "current"
+//! at completion (IRQ context: whoever was interrupted): by default the cgroup the block layer
+//! itself charged the request to (`bio->bi_blkg`, see [`CgroupPlan`]), else the submitting
+//! task's cgroup taken at insert/issue. Here each interval's per-cgroup deltas become per-pod
+//! series:
 //!
-//! 1. cgroup id -> cgroup path, by walking the host's cgroup v2 tree ([`cgroups`]);
+//! 1. cgroup id -> cgroup path, by walking the matching host cgroup tree ([`cgroups`]);
 //! 2. path -> pod UID and container id, from kubelet's and the runtime's naming ([`cgroups`]);
 //! 3. pod UID -> namespace, pod and container names, from a watcher of this node's pods ([`pods`]),
 //!    when the API is reachable; without it, series carry the pod UID only;
@@ -24,7 +26,9 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::{Client, runtime::reflector::store::Store};
 
 use crate::{
+    cli::AttributionSource,
     collector::CgroupDelta,
+    loader::CgroupSource,
     error::{Error, Result},
     snapshot::PodStats,
 };
@@ -34,6 +38,73 @@ use pods::PodDirectory;
 
 /// `statfs.f_type` of a cgroup v2 mount.
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+/// `statfs.f_type` of a cgroup v1 hierarchy.
+const CGROUP_SUPER_MAGIC: i64 = 0x0027_e0eb;
+
+/// Which attribution source to ask the loader for, and the cgroup mount whose ids each source
+/// produces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CgroupPlan {
+    pub preferred: CgroupSource,
+    /// The io controller's hierarchy, when one is usable: the cgroup v2 mount with `io` enabled
+    /// down to the pods, else the v1 `blkio` hierarchy.
+    pub io_root: Option<PathBuf>,
+    /// The cgroup v2 mount (ids of `bpf_get_current_cgroup_id()`).
+    pub task_root: PathBuf,
+}
+
+impl CgroupPlan {
+    /// `explicit` is `--cgroup-root`: both sources then read it.
+    pub fn resolve(explicit: Option<&Path>, sys_root: &Path, wanted: AttributionSource) -> CgroupPlan {
+        let task_root = resolve_cgroup_root(explicit, sys_root);
+        let io_root = match explicit {
+            Some(p) => io_hierarchy(p).then(|| p.to_path_buf()),
+            None => {
+                let base = sys_root.join("sys/fs/cgroup");
+                [base.clone(), base.join("blkio"), base.join("unified")].into_iter().find(|p| io_hierarchy(p))
+            }
+        };
+        let preferred = match wanted {
+            AttributionSource::Bio => CgroupSource::Bio,
+            AttributionSource::Task => CgroupSource::Task,
+            AttributionSource::Auto if io_root.is_some() => CgroupSource::Bio,
+            AttributionSource::Auto => CgroupSource::Task,
+        };
+        CgroupPlan { preferred, io_root, task_root }
+    }
+
+    /// The mount to map ids through once the loader has said which source is in effect.
+    pub fn root_for(&self, source: CgroupSource) -> &Path {
+        match (source, &self.io_root) {
+            (CgroupSource::Bio, Some(io)) => io,
+            _ => &self.task_root,
+        }
+    }
+}
+
+/// Whether the io controller's cgroups at `path` name pods: a v1 `blkio` hierarchy, or a cgroup
+/// v2 mount where `io` is enabled for the children of the root and of kubelet's top-level
+/// `kubepods*` cgroups (else a pod's I/O is charged to an ancestor, which names no pod).
+pub fn io_hierarchy(path: &Path) -> bool {
+    let enabled = |dir: &Path| {
+        std::fs::read_to_string(dir.join("cgroup.subtree_control")).is_ok_and(|c| c.split_whitespace().any(|w| w == "io"))
+    };
+    match fs_type(path) {
+        Some(CGROUP_SUPER_MAGIC) => path.join("blkio.reset_stats").exists(),
+        Some(CGROUP2_SUPER_MAGIC) => {
+            let kubepods: Vec<PathBuf> = std::fs::read_dir(path)
+                .map(|rd| {
+                    rd.filter_map(|e| e.ok())
+                        .filter(|e| e.file_name().to_string_lossy().starts_with("kubepods") && e.path().is_dir())
+                        .map(|e| e.path())
+                        .collect()
+                })
+                .unwrap_or_default();
+            enabled(path) && kubepods.iter().all(|d| enabled(d))
+        }
+        _ => false,
+    }
+}
 
 /// The cgroup v2 mount to read: `explicit` (`--cgroup-root`) if given; else
 /// `<sys_root>/sys/fs/cgroup` on unified hosts, or its `unified` subdirectory on hybrid ones
@@ -50,14 +121,24 @@ pub fn resolve_cgroup_root(explicit: Option<&Path>, sys_root: &Path) -> PathBuf 
 
 /// True when `path` is the root or a directory of a cgroup v2 filesystem.
 pub fn is_cgroup2(path: &Path) -> bool {
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else { return false };
+    fs_type(path) == Some(CGROUP2_SUPER_MAGIC)
+}
+
+/// True when `path` is in a cgroup v1 hierarchy.
+pub fn is_cgroup1(path: &Path) -> bool {
+    fs_type(path) == Some(CGROUP_SUPER_MAGIC)
+}
+
+/// `statfs(path).f_type`.
+fn fs_type(path: &Path) -> Option<i64> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
     // SAFETY: statfs is plain integers, for which all-zero is a valid value.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: the path is NUL-terminated and statfs only writes into the struct we own.
     let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
     #[allow(clippy::unnecessary_cast)] // f_type's integer type differs between libc targets.
     let f_type = st.f_type as i64;
-    rc == 0 && f_type == CGROUP2_SUPER_MAGIC
+    (rc == 0).then_some(f_type)
 }
 
 /// Per-interval pod attribution; owns the cgroup cache and (when the API is reachable) the pod
@@ -83,13 +164,16 @@ impl Attribution {
     /// in the background: the Kubernetes configuration is inferred (`KUBECONFIG`/`~/.kube/config`,
     /// else in-cluster); if there is none, it logs once and attribution runs on cgroups and pod
     /// UIDs alone. API failures (missing RBAC included) never fail the agent.
-    pub fn start(cgroup_root: PathBuf, node_name: String, max_pods: usize) -> Result<Self> {
-        if !is_cgroup2(&cgroup_root) {
+    pub fn start(cgroup_root: PathBuf, source: CgroupSource, node_name: String, max_pods: usize) -> Result<Self> {
+        // Task ids are cgroup v2 ids; bio ids are the io controller's, v1 blkio included.
+        let usable = is_cgroup2(&cgroup_root) || (source == CgroupSource::Bio && is_cgroup1(&cgroup_root));
+        if !usable {
             return Err(Error::Config {
                 what: "cgroup root",
                 value: cgroup_root.display().to_string(),
-                reason: "not a cgroup v2 mount; pass --cgroup-root with the cgroup2 mount point from \
-                         /proc/self/mountinfo (in a pod: the host's /sys/fs/cgroup mounted read-only)"
+                reason: "not a cgroup v2 mount (nor, for --attribution-source bio, a v1 blkio hierarchy); pass \
+                         --cgroup-root with the mount point from /proc/self/mountinfo (in a pod: the host's \
+                         /sys/fs/cgroup mounted read-only)"
                     .into(),
             });
         }

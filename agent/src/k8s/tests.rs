@@ -169,9 +169,27 @@ fn a_pod_created_after_the_scan_is_found_by_a_rescan() {
 fn start_refuses_a_root_that_is_not_cgroup_v2() {
     let t = Tree::new();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let err = rt.block_on(async { Attribution::start(t.dir.path().to_path_buf(), "node-a".into(), 50).err().unwrap() });
-    let msg = err.to_string();
-    assert!(msg.contains("not a cgroup v2 mount") && msg.contains("--cgroup-root"), "{msg}");
+    for source in [CgroupSource::Task, CgroupSource::Bio] {
+        let err = rt.block_on(async { Attribution::start(t.dir.path().to_path_buf(), source, "node-a".into(), 50).err().unwrap() });
+        let msg = err.to_string();
+        assert!(msg.contains("not a cgroup v2 mount") && msg.contains("--cgroup-root"), "{msg}");
+    }
+}
+
+#[test]
+fn plan_without_an_io_hierarchy_falls_back_to_task() {
+    let t = Tree::new();
+    // A plain directory tree is neither a cgroup v1 blkio hierarchy nor cgroup v2.
+    assert!(!io_hierarchy(t.dir.path()));
+    let auto = CgroupPlan::resolve(None, t.dir.path(), AttributionSource::Auto);
+    assert_eq!(auto.preferred, CgroupSource::Task);
+    assert_eq!(auto.io_root, None);
+    assert_eq!(auto.root_for(CgroupSource::Bio), auto.task_root, "bio without an io hierarchy maps through the v2 root");
+    let forced = CgroupPlan::resolve(None, t.dir.path(), AttributionSource::Bio);
+    assert_eq!(forced.preferred, CgroupSource::Bio, "an explicit source is what the loader is asked for");
+    let explicit = t.dir.path().join("x");
+    let plan = CgroupPlan::resolve(Some(&explicit), Path::new("/"), AttributionSource::Task);
+    assert_eq!((plan.preferred, plan.task_root.as_path()), (CgroupSource::Task, explicit.as_path()));
 }
 
 #[test]

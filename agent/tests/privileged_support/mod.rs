@@ -124,8 +124,8 @@ impl Agent {
             cmd.args(["--live", "log"]);
         }
         let child = cmd
-            .envs(env.iter().copied())
             .env("BLKIO_AGENT_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&stderr_path).unwrap())
             .spawn()

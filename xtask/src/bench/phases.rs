@@ -94,7 +94,7 @@ impl Biolatency {
 fn kernel_cost(ctx: &Ctx, lo: &LoopDev, r: &mut Results) -> anyhow::Result<(Vec<LoadedMap>, Vec<LoadedMap>)> {
     let runtime = ctx.opts.runtime;
     if ctx.biolatency.is_none() {
-        let agent = Agent::start(ctx, "kernel", &[])?;
+        let agent = Agent::start(ctx, "kernel", &[], &[])?;
         let maps = bpf::maps(&agent.owned.map_ids)?;
         let mut mid = Vec::new();
         for (i, (w, qd)) in WORKLOADS.into_iter().enumerate() {
@@ -106,9 +106,9 @@ fn kernel_cost(ctx: &Ctx, lo: &LoopDev, r: &mut Results) -> anyhow::Result<(Vec<
         agent.stop()?;
         return Ok((maps, mid));
     }
-    let agent = Agent::start(ctx, "kernel-1", &[])?;
+    let agent = Agent::start(ctx, "kernel-1", &[], &[])?;
     let maps = bpf::maps(&agent.owned.map_ids)?;
-    let mut bio = Biolatency::start(ctx)?;
+    let bio = Biolatency::start(ctx)?;
     let mut mid = Vec::new();
     for (i, (w, qd)) in WORKLOADS.into_iter().enumerate() {
         let tools = [("agent", &agent.owned), ("biolatency", &bio.owned)];
@@ -119,16 +119,49 @@ fn kernel_cost(ctx: &Ctx, lo: &LoopDev, r: &mut Results) -> anyhow::Result<(Vec<
     }
     agent.stop()?;
     // Restarted after biolatency, the agent's programs now run second on each tracepoint.
-    let agent = Agent::start(ctx, "kernel-2", &[])?;
+    let agent = Agent::start(ctx, "kernel-2", &[], &[])?;
     for (w, qd) in WORKLOADS {
         let tools = [("agent", &agent.owned), ("biolatency", &bio.owned)];
         r.kernel.push(measure(ctx, lo, w, qd, runtime, "biolatency first", &tools, None)?.0);
     }
     agent.stop()?;
+    attribution_cost(ctx, lo, r, bio)?;
+    Ok((maps, mid))
+}
+
+/// The agent with `--attribute-pods` (the chart's default), in both attach orders against
+/// biolatency, which is running when this starts and is restarted once to run second.
+fn attribution_cost(ctx: &Ctx, lo: &LoopDev, r: &mut Results, bio: Biolatency) -> anyhow::Result<()> {
+    let runtime = ctx.opts.runtime;
+    let agent = Agent::start(ctx, "attribution", &[], &["--attribute-pods"])?;
+    let log = agent.log();
+    r.attribution_mode = log.lines().find(|l| l.contains("BTF layout resolved")).map(|l| {
+        let field = |name: &str| l.split(&format!("{name}=")).nth(1).and_then(|v| v.split_whitespace().next());
+        format!(
+            "attribution source {}, fast path {}",
+            field("attribution").unwrap_or("?").trim_matches('"'),
+            if field("fast_path") == Some("true") { "on" } else { "off" }
+        )
+    });
+    for (w, qd) in WORKLOADS {
+        let tools = [("agent", &agent.owned), ("biolatency", &bio.owned)];
+        r.attribution.push(measure(ctx, lo, w, qd, runtime, "biolatency first", &tools, None)?.0);
+    }
+    stop_biolatency(bio);
+    let bio = Biolatency::start(ctx)?;
+    for (w, qd) in WORKLOADS {
+        let tools = [("agent", &agent.owned), ("biolatency", &bio.owned)];
+        r.attribution.push(measure(ctx, lo, w, qd, runtime, "agent first", &tools, None)?.0);
+    }
+    agent.stop()?;
+    stop_biolatency(bio);
+    Ok(())
+}
+
+fn stop_biolatency(mut bio: Biolatency) {
     if !matches!(bio.proc.stop(Duration::from_secs(10)), Some(s) if s.success()) {
         eprintln!("xtask: warning: biolatency did not exit cleanly");
     }
-    Ok((maps, mid))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -196,7 +229,7 @@ fn iops(ctx: &Ctx, lo: &LoopDev, r: &mut Results) -> anyhow::Result<()> {
         for (w, qd) in WORKLOADS {
             for with_agent in [agent_first, !agent_first] {
                 let agent =
-                    if with_agent { Some(Agent::start(ctx, &format!("iops-{round}-qd{qd}"), &[])?) } else { None };
+                    if with_agent { Some(Agent::start(ctx, &format!("iops-{round}-qd{qd}"), &[], &[])?) } else { None };
                 let tag = format!("iops-{round}-qd{qd}-{}", if with_agent { "with" } else { "without" });
                 let f = fio(ctx, &lo.dev, qd, o.runtime, &tag)?;
                 if let Some(a) = agent {
@@ -242,7 +275,7 @@ fn snapshot(ctx: &Ctx) -> anyhow::Result<SnapshotStats> {
     if let Some(status) = load.exited() {
         bail!("fio on 16 devices exited ({status}): {}", super::tail(&ctx.scratch.join("fio-16.err"), 10));
     }
-    let agent = Agent::start(ctx, "snapshot", &names)?;
+    let agent = Agent::start(ctx, "snapshot", &names, &[])?;
     let pid = agent.pid();
     let (_, hwm_attach_kib) = sys::rss_kib(pid)?;
     let end = Instant::now() + Duration::from_secs(30);

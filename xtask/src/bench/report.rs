@@ -3,7 +3,7 @@
 
 use super::results::{
     IopsSummary, KernelRun, KernelSummary, NODE_CPUS, NODE_DEVICES, ProgRow, Results, iops_summary, kernel_summary,
-    mean, pct, sd, workloads,
+    mean, pct, sd, summary_of, workloads,
 };
 
 struct Table {
@@ -85,59 +85,22 @@ pub fn markdown(r: &Results) -> String {
                 m.runtime_s
             ),
         };
-        let mut t = Table::new(&[
-            "workload",
-            "I/Os",
-            "IOPS (both attached)",
-            "agent ns/I/O",
-            "biolatency -D ns/I/O",
-            "ratio",
-            "ratio per attach order",
-            "target ≤ 0.5×",
-        ]);
-        for k in &ks {
-            let ratio = k.bio_ns.map(|b| k.agent_ns / b);
-            t.row(vec![
-                k.workload.clone(),
-                k.ios.to_string(),
-                format!("{:.0}", k.iops),
-                format!("{:.1}", k.agent_ns),
-                k.bio_ns.map_or("-".into(), |b| format!("{b:.1}")),
-                ratio.map_or("-".into(), |x| format!("{x:.2}×")),
-                k.per_order.iter().map(|(o, x)| format!("{o}: {x:.2}×")).collect::<Vec<_>>().join("; "),
-                ratio.map_or("not measured".into(), |x| verdict(x <= 0.5)),
-            ]);
-        }
-        s += &t.render();
+        s += &ratio_table(&ks);
         s += "\nPer program (both runs together):\n\n";
-        let mut t = Table::new(&["workload", "tool", "program", "runs", "runs/I/O", "ns/run", "ns/I/O", "jited bytes"]);
-        for w in workloads(r.kernel.iter().map(|k| k.workload)) {
-            let runs: Vec<&KernelRun> = r.kernel.iter().filter(|k| k.workload == w).collect();
-            let ios: u64 = runs.iter().map(|k| k.ios).sum::<u64>().max(1);
-            let mut progs: Vec<ProgRow> = Vec::new();
-            for p in runs.iter().flat_map(|k| &k.progs) {
-                match progs.iter_mut().find(|q| q.tool == p.tool && q.name == p.name) {
-                    Some(q) => {
-                        q.runs += p.runs;
-                        q.run_ns += p.run_ns;
-                    }
-                    None => progs.push(p.clone()),
-                }
-            }
-            for p in progs {
-                t.row(vec![
-                    w.to_string(),
-                    p.tool.to_string(),
-                    p.name.clone(),
-                    p.runs.to_string(),
-                    format!("{:.2}", p.runs as f64 / ios as f64),
-                    if p.runs > 0 { format!("{:.1}", p.run_ns as f64 / p.runs as f64) } else { "-".into() },
-                    format!("{:.1}", p.run_ns as f64 / ios as f64),
-                    p.jited.to_string(),
-                ]);
-            }
+        s += &program_table(&r.kernel);
+        let ka = summary_of(&r.attribution);
+        if !ka.is_empty() {
+            s += &format!(
+                "\n### With per-pod attribution (`--attribute-pods`, the chart's default)\n\n\
+                 The same measurement with the agent started with `--attribute-pods` ({}), again once in each attach order. \
+                 Attribution by bio reads the cgroup the block layer charged the request to (`rq->bio->bi_blkg`) at completion \
+                 and adds to a shared per-(cgroup, device, op) map; attribution by task keeps every request in the start map.\n\n",
+                r.attribution_mode.as_deref().unwrap_or("source not logged")
+            );
+            s += &ratio_table(&ka);
+            s += "\nPer program (both runs together):\n\n";
+            s += &program_table(&r.attribution);
         }
-        s += &t.render();
     }
 
     s += "\n## fio IOPS with and without the agent\n\n";
@@ -310,21 +273,92 @@ pub fn markdown(r: &Results) -> String {
 }
 
 /// One line per target of issue 6: what was measured and whether it meets the target.
-fn targets(r: &Results, ks: &[KernelSummary], is: &[IopsSummary]) -> String {
-    let mut t = Table::new(&["target (issue 6)", "measured", "verdict"]);
+/// Agent vs biolatency per workload, with the ratio per attach order.
+fn ratio_table(ks: &[KernelSummary]) -> String {
+    let mut t = Table::new(&[
+        "workload",
+        "I/Os",
+        "IOPS (both attached)",
+        "agent ns/I/O",
+        "biolatency -D ns/I/O",
+        "ratio",
+        "ratio per attach order",
+        "target ≤ 0.5×",
+    ]);
+    for k in ks {
+        let ratio = k.bio_ns.map(|b| k.agent_ns / b);
+        t.row(vec![
+            k.workload.clone(),
+            k.ios.to_string(),
+            format!("{:.0}", k.iops),
+            format!("{:.1}", k.agent_ns),
+            k.bio_ns.map_or("-".into(), |b| format!("{b:.1}")),
+            ratio.map_or("-".into(), |x| format!("{x:.2}×")),
+            k.per_order.iter().map(|(o, x)| format!("{o}: {x:.2}×")).collect::<Vec<_>>().join("; "),
+            ratio.map_or("not measured".into(), |x| verdict(x <= 0.5)),
+        ]);
+    }
+    t.render()
+}
+
+/// Each tool's programs per workload, over all the runs given.
+fn program_table(kernel: &[KernelRun]) -> String {
+    let mut t = Table::new(&["workload", "tool", "program", "runs", "runs/I/O", "ns/run", "ns/I/O", "jited bytes"]);
+    for w in workloads(kernel.iter().map(|k| k.workload)) {
+        let runs: Vec<&KernelRun> = kernel.iter().filter(|k| k.workload == w).collect();
+        let ios: u64 = runs.iter().map(|k| k.ios).sum::<u64>().max(1);
+        let mut progs: Vec<ProgRow> = Vec::new();
+        for p in runs.iter().flat_map(|k| &k.progs) {
+            match progs.iter_mut().find(|q| q.tool == p.tool && q.name == p.name) {
+                Some(q) => {
+                    q.runs += p.runs;
+                    q.run_ns += p.run_ns;
+                }
+                None => progs.push(p.clone()),
+            }
+        }
+        for p in progs {
+            t.row(vec![
+                w.to_string(),
+                p.tool.to_string(),
+                p.name.clone(),
+                p.runs.to_string(),
+                format!("{:.2}", p.runs as f64 / ios as f64),
+                if p.runs > 0 { format!("{:.1}", p.run_ns as f64 / p.runs as f64) } else { "-".into() },
+                format!("{:.1}", p.run_ns as f64 / ios as f64),
+                p.jited.to_string(),
+            ]);
+        }
+    }
+    t.render()
+}
+
+/// The targets-table row for the ratio to biolatency.
+fn ratio_row(what: &str, ks: &[KernelSummary]) -> Option<Vec<String>> {
     let ratios: Vec<(String, Option<f64>)> =
         ks.iter().map(|k| (k.workload.clone(), k.bio_ns.map(|b| k.agent_ns / b))).collect();
-    if !ratios.is_empty() {
-        let all = ratios.iter().all(|(_, x)| x.is_some());
-        t.row(vec![
-            "kernel ns/I/O ≤ 0.5× biolatency -D (same run)".into(),
-            ratios
-                .iter()
-                .map(|(w, x)| format!("{w}: {}", x.map_or("-".into(), |x| format!("{x:.2}×"))))
-                .collect::<Vec<_>>()
-                .join("; "),
-            if all { verdict(ratios.iter().all(|(_, x)| x.unwrap() <= 0.5)) } else { "not measured".into() },
-        ]);
+    if ratios.is_empty() {
+        return None;
+    }
+    let all = ratios.iter().all(|(_, x)| x.is_some());
+    Some(vec![
+        what.into(),
+        ratios
+            .iter()
+            .map(|(w, x)| format!("{w}: {}", x.map_or("-".into(), |x| format!("{x:.2}×"))))
+            .collect::<Vec<_>>()
+            .join("; "),
+        if all { verdict(ratios.iter().all(|(_, x)| x.unwrap() <= 0.5)) } else { "not measured".into() },
+    ])
+}
+
+fn targets(r: &Results, ks: &[KernelSummary], is: &[IopsSummary]) -> String {
+    let mut t = Table::new(&["target (issue 6)", "measured", "verdict"]);
+    if let Some(row) = ratio_row("kernel ns/I/O ≤ 0.5× biolatency -D (same run)", ks) {
+        t.row(row);
+    }
+    if let Some(row) = ratio_row("the same, with per-pod attribution (the chart's default)", &summary_of(&r.attribution)) {
+        t.row(row);
     }
     if !is.is_empty() {
         let verdicts: Vec<&str> = is.iter().map(|i| i.verdict()).collect();

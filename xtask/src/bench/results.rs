@@ -96,6 +96,10 @@ pub struct MapRow {
 pub struct Results {
     pub meta: Meta,
     pub kernel: Vec<KernelRun>,
+    /// The same measurement with the agent attributing I/O to pods (`--attribute-pods`, as the
+    /// chart runs it); its source as the agent logged it.
+    pub attribution: Vec<KernelRun>,
+    pub attribution_mode: Option<String>,
     pub iops: Vec<IopsRun>,
     pub snapshot: Option<SnapshotStats>,
     pub maps: Vec<MapRow>,
@@ -144,10 +148,15 @@ pub struct KernelSummary {
 }
 
 pub fn kernel_summary(r: &Results) -> Vec<KernelSummary> {
-    workloads(r.kernel.iter().map(|k| k.workload))
+    summary_of(&r.kernel)
+}
+
+/// Per workload, over every run in `kernel`.
+pub fn summary_of(kernel: &[KernelRun]) -> Vec<KernelSummary> {
+    workloads(kernel.iter().map(|k| k.workload))
         .into_iter()
         .map(|w| {
-            let runs: Vec<&KernelRun> = r.kernel.iter().filter(|k| k.workload == w).collect();
+            let runs: Vec<&KernelRun> = kernel.iter().filter(|k| k.workload == w).collect();
             let ios: u64 = runs.iter().map(|k| k.ios).sum();
             let agent: u64 = runs.iter().filter_map(|k| k.tool_ns("agent")).sum();
             let bio: Option<u64> = runs.iter().map(|k| k.tool_ns("biolatency")).sum();
@@ -260,7 +269,12 @@ pub fn json(r: &Results) -> Value {
             "biolatency_ns_per_io": k.bio_ns, "ratio": k.bio_ns.map(|b| k.agent_ns / b),
             "ratio_per_order": k.per_order.iter().map(|(o, x)| json!({"order": o, "ratio": x})).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
-        "kernel_runs": r.kernel.iter().map(|k| json!({
+        "attribution_mode": r.attribution_mode,
+        "attribution_kernel": summary_of(&r.attribution).iter().map(|k| json!({
+            "workload": k.workload, "ios": k.ios, "agent_ns_per_io": k.agent_ns,
+            "biolatency_ns_per_io": k.bio_ns, "ratio": k.bio_ns.map(|b| k.agent_ns / b),
+        })).collect::<Vec<_>>(),
+        "kernel_runs": r.kernel.iter().chain(&r.attribution).map(|k| json!({
             "workload": k.workload, "order": k.order, "ios": k.ios, "secs": k.secs, "fio_iops": k.fio_iops,
             "cpu_pressure_percent": k.cpu_pressure,
             "programs": k.progs.iter().map(|p| json!({
