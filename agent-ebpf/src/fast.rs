@@ -25,7 +25,7 @@ use crate::{
     state::{control, count, inflight_add, record_cgroup, record_hist},
 };
 
-/// 1 when userspace found every field below in BTF and attribution is off.
+/// 1 when userspace found every field below in BTF and attribution by task is off.
 #[unsafe(no_mangle)]
 static FAST_PATH: u8 = 0;
 #[unsafe(no_mangle)]

@@ -330,7 +330,8 @@ fn inflight_entry(dev: u32) -> Option<*mut DeviceInflight> {
 ///
 /// When userspace gives a device its dense slot while requests are in flight, those requests
 /// were counted in the fallback entry and are uncounted from the dense one; userspace sums the
-/// two, so the depth stays exact (only that interval's peak is taken as the larger of the two).
+/// two, so the depth stays exact, and adds the fallback entry to the dense peaks (which is why a
+/// peak is recorded even when the entry's own count is not positive).
 #[inline(always)]
 pub(crate) fn inflight_add(dev: u32, delta: i64) {
     let p = match inflight_entry(dev) {
@@ -348,7 +349,7 @@ pub(crate) fn inflight_add(dev: u32, delta: i64) {
         atomic_xadd::<i64, i64, { AtomicOrdering::Relaxed }>(&raw mut (*p).inflight, delta);
         core::ptr::read_volatile(&raw const (*p).inflight)
     };
-    if delta > 0 && now > 0 {
+    if delta > 0 {
         let epoch = control(CONTROL_EPOCH);
         let slot = (epoch & 1) as usize;
         // A racy max: two CPUs raising the peak at once may keep the smaller value, which can
@@ -356,9 +357,9 @@ pub(crate) fn inflight_add(dev: u32, delta: i64) {
         let (peak, peak_epoch) = unsafe { (&mut (*p).peak[slot], &mut (*p).peak_epoch[slot]) };
         if *peak_epoch != epoch {
             *peak_epoch = epoch;
-            *peak = now as u64;
-        } else if now as u64 > *peak {
-            *peak = now as u64;
+            *peak = now;
+        } else if now > *peak {
+            *peak = now;
         }
     }
 }

@@ -187,8 +187,15 @@ impl Collector {
         let cgroups = self.read_cgroups()?;
         let losses = self.read_losses()?;
         // Devices seen in the fallback maps get a dense slot: cheaper for the programs from now on.
-        for dev in self.devices.assign_slots()? {
-            tracing::debug!(device = %self.names.name(dev), id = dev, "device given a dense slot");
+        // A failure here only keeps devices on the fallback maps: the snapshot is not lost.
+        let (names, filter) = (&mut self.names, &self.filter);
+        match self.devices.assign_slots(|dev| filter.allows(&names.name(dev))) {
+            Ok(placed) => {
+                for dev in placed {
+                    tracing::debug!(device = %self.names.name(dev), id = dev, "device given a dense slot");
+                }
+            }
+            Err(e) => tracing::warn!(error = %crate::error::chain(&e), "cannot give devices a dense slot"),
         }
 
         let snapshot = Snapshot {
@@ -271,7 +278,7 @@ impl Collector {
                 continue;
             }
             let depth = v.inflight.max(0) as u64;
-            let interval_peak = if v.peak_epoch[slot] == ended_epoch { v.peak[slot] } else { 0 };
+            let interval_peak = if v.peak_epoch[slot] == ended_epoch { v.peak[slot].max(0) as u64 } else { 0 };
             let floor = self.prev_depth.get(&dev).copied().unwrap_or(0);
             let peak = interval_peak.max(floor).max(depth);
             let completed = active.get(&dev).copied().unwrap_or(0);

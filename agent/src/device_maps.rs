@@ -120,12 +120,13 @@ impl DeviceMaps {
         Ok(())
     }
 
-    /// Gives every device that the last reads found in the fallback maps a dense slot, while
-    /// slots and table positions last. Returns the devices given one.
-    pub fn assign_slots(&mut self) -> Result<Vec<u32>> {
+    /// Gives every device that the last reads found in the fallback maps and that `wanted`
+    /// accepts (the device filter: slots are never reused, so devices nobody looks at must not
+    /// take them) a dense slot, while slots and table positions last. Returns the devices given one.
+    pub fn assign_slots(&mut self, mut wanted: impl FnMut(u32) -> bool) -> Result<Vec<u32>> {
         let mut placed = Vec::new();
         for dev in std::mem::take(&mut self.in_fallback) {
-            if self.slots.contains(&dev) || self.unplaced.contains(&dev) {
+            if self.slots.contains(&dev) || self.unplaced.contains(&dev) || !wanted(dev) {
                 continue;
             }
             if self.slots.len() >= MAX_DENSE_DEVICES as usize {
@@ -170,15 +171,14 @@ pub fn add_hist(sum: &mut OpHist, h: &OpHist) {
 
 /// One device's gauge from its two halves. The depth is their sum: requests issued before the
 /// device got its slot were counted up in the fallback entry and are counted down in the dense
-/// one. After that moment only the dense entry moves, so its peaks were reached while the
-/// fallback entry held its current value, which is added back. For each epoch parity the newer
-/// epoch wins, and the larger peak on a tie.
+/// one. After that moment only the dense entry moves, so its peaks (signed: the dense count
+/// starts below zero) were reached while the fallback entry held its current value, which is
+/// added back. For each epoch parity the newer epoch wins, and the larger peak on a tie.
 pub fn merge_inflight(dense: Option<KernelInflight>, fallback: Option<KernelInflight>) -> KernelInflight {
     let (d, f) = (dense.unwrap_or_default(), fallback.unwrap_or_default());
-    let offset = f.inflight.max(0) as u64;
     let mut out = KernelInflight { inflight: d.inflight + f.inflight, ..KernelInflight::default() };
     for p in 0..2 {
-        let dense_peak = if d.peak[p] != 0 { d.peak[p] + offset } else { 0 };
+        let dense_peak = d.peak[p] + f.inflight;
         let (epoch, peak) = match d.peak_epoch[p].cmp(&f.peak_epoch[p]) {
             std::cmp::Ordering::Greater => (d.peak_epoch[p], dense_peak),
             std::cmp::Ordering::Less => (f.peak_epoch[p], f.peak[p]),
@@ -194,7 +194,7 @@ pub fn merge_inflight(dense: Option<KernelInflight>, fallback: Option<KernelInfl
 mod tests {
     use super::*;
 
-    fn gauge(inflight: i64, peak: [u64; 2], peak_epoch: [u64; 2]) -> KernelInflight {
+    fn gauge(inflight: i64, peak: [i64; 2], peak_epoch: [u64; 2]) -> KernelInflight {
         KernelInflight { inflight, peak, peak_epoch }
     }
 
@@ -205,6 +205,17 @@ mod tests {
         let m = merge_inflight(Some(gauge(-2 + 4, [4, 0], [5, 0])), Some(gauge(3, [3, 0], [4, 0])));
         assert_eq!(m.inflight, 5);
         assert_eq!((m.peak[0], m.peak_epoch[0]), (7, 5), "dense peak 4 while the fallback still held 3");
+    }
+
+    #[test]
+    fn dense_peaks_below_zero_still_count() {
+        // 16 requests in flight through the fallback when the slot was given; in epoch 8 the
+        // true depth rose to 20 while the dense entry went from -16 up to +4, and in epoch 9 it
+        // only reached 14 (dense -2): both are real peaks.
+        let m = merge_inflight(Some(gauge(-16, [4, -2], [8, 9])), Some(gauge(16, [16, 0], [3, 0])));
+        assert_eq!(m.inflight, 0);
+        assert_eq!((m.peak[0], m.peak_epoch[0]), (20, 8));
+        assert_eq!((m.peak[1], m.peak_epoch[1]), (14, 9));
     }
 
     #[test]

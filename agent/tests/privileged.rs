@@ -24,11 +24,13 @@ fn exact_counts(attach: &str) {
         &["--attach", attach, "--interval", "0.25", "--flush-every", "1", "--output", out.to_str().unwrap()],
         &[("BLKIO_AGENT_LOG", "info,blkio_agent::collector=debug")],
     );
+    let slot_given = format!("device given a dense slot device={}", dev.name);
+    assert!(!agent.stderr().contains(&slot_given), "no I/O on the new device yet, so no slot");
     let before = dev.diskstats();
     // The writes start on the fallback maps (a new device has no dense slot); after a snapshot the
     // device gets one and the reads go to the dense maps: the totals must not care.
     dev.dd_write(WRITES);
-    agent.wait_for_log(&format!("device given a dense slot device={}", dev.name), Duration::from_secs(10));
+    agent.wait_for_log(&slot_given, Duration::from_secs(10));
     dev.dd_read(READS);
     let after = dev.diskstats();
     agent.wait_snapshots(2);
@@ -198,3 +200,4 @@ fn full_disk_is_survived_and_writing_resumes() {
         assert_eq!(s.seq, Some(i as u64), "queued snapshots were written in order once space returned");
     }
 }
+

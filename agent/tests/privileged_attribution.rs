@@ -72,6 +72,13 @@ fn pod_series_count_the_workload_exactly(root: PathBuf, source: &str) -> String 
         std::fs::create_dir(d).unwrap_or_else(|e| panic!("mkdir {}: {e}", d.display()));
     }
     let scope = dirs.last().unwrap().clone();
+    // On cgroup v2, bio ids name the closest cgroup with the io controller: enable it down to
+    // the container, as the runtime does (v1 blkio has it everywhere).
+    if source == "bio" && root.join("cgroup.subtree_control").exists() {
+        for d in &dirs[..dirs.len() - 1] {
+            std::fs::write(d.join("cgroup.subtree_control"), "+io").unwrap_or_else(|e| panic!("+io in {}: {e}", d.display()));
+        }
+    }
 
     let dev = LoopDev::new(32);
     // dd joins the container's cgroup before it submits any I/O.

@@ -25,9 +25,10 @@ pub const OP_NAMES: [&str; OP_COUNT] = ["read", "write", "discard", "flush", "ot
 /// (`LOSS_START_INSERT_FAILED`), never silent. Preallocated: 16k x ~104 B = 1.7 MB.
 pub const MAX_INFLIGHT_REQUESTS: u32 = 16_384;
 /// Devices that get a dense slot: their histograms live in a per-CPU array of [`DeviceHists`]
-/// (32 x 2080 B x 192 CPUs = 12.2 MiB) and their depth in a plain array. Array lookups are inlined by the verifier into an address computation, where a
-/// hash lookup is a call that hashes the key and walks a bucket: on the per-I/O path that
-/// difference was about a third of the agent's kernel time (see docs/performance.md).
+/// (32 x 2080 B x 192 CPUs = 12.2 MiB) and their depth in a plain array. An array lookup is an
+/// index computation (inlined by the verifier for arrays, and for per-CPU arrays since 6.10),
+/// where a hash lookup hashes the key and walks a bucket: on the per-I/O path that difference
+/// was about a third of the agent's kernel time (see docs/performance.md).
 pub const MAX_DENSE_DEVICES: u32 = 32;
 /// Size of the `DEVICE_INDEX` table that maps a device to its dense slot (open addressing,
 /// written only by userspace, so the programs never need a compare-and-swap).
@@ -189,7 +190,10 @@ pub struct DeviceInflight {
     /// Requests issued and not yet completed, among those tracked since the agent started.
     pub inflight: i64,
     /// Highest `inflight` seen, one slot per epoch parity (see [`CONTROL_EPOCH`]).
-    pub peak: [u64; 2],
+    /// Signed: while a device's requests issued before it got its dense slot are in flight, its
+    /// dense entry runs below the true depth (userspace adds the fallback entry back), and peaks
+    /// reached there must still be recorded.
+    pub peak: [i64; 2],
     /// The epoch each `peak` slot belongs to. The programs restart a slot when it holds an
     /// older epoch, so userspace never writes this struct (which would race with the adds).
     pub peak_epoch: [u64; 2],

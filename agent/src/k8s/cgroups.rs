@@ -1,7 +1,8 @@
-//! Cgroup id -> cgroup path -> pod UID / container id, from the host's cgroup v2 tree.
+//! Cgroup id -> cgroup path -> pod UID / container id, from a host cgroup tree (cgroup v2, or
+//! the v1 blkio hierarchy for attribution by bio).
 //!
-//! The kernel side records `bpf_get_current_cgroup_id()`, which for cgroup v2 is the kernfs id of
-//! the cgroup directory, i.e. its inode number. Nothing in the kernel maps that id back to a path
+//! The kernel side records a cgroup's kernfs id (the bio's blkcg, or
+//! `bpf_get_current_cgroup_id()`), which is the inode number of the cgroup directory. Nothing in the kernel maps that id back to a path
 //! cheaply, so we walk the cgroup tree and remember `inode -> path`; kubelet encodes the pod UID
 //! (and the runtime the container id) in the path, so no API access is needed for the UID.
 

@@ -64,6 +64,13 @@ impl CgroupPlan {
                 [base.clone(), base.join("blkio"), base.join("unified")].into_iter().find(|p| io_hierarchy(p))
             }
         };
+        if wanted == AttributionSource::Bio && io_root.is_none() {
+            tracing::warn!(
+                "--attribution-source bio, but no io controller hierarchy that names pods was found; cgroup ids \
+                 are mapped through {} (pass --cgroup-root with the io controller's mount)",
+                task_root.display()
+            );
+        }
         let preferred = match wanted {
             AttributionSource::Bio => CgroupSource::Bio,
             AttributionSource::Task => CgroupSource::Task,
@@ -83,27 +90,37 @@ impl CgroupPlan {
 }
 
 /// Whether the io controller's cgroups at `path` name pods: a v1 `blkio` hierarchy, or a cgroup
-/// v2 mount where `io` is enabled for the children of the root and of kubelet's top-level
-/// `kubepods*` cgroups (else a pod's I/O is charged to an ancestor, which names no pod).
+/// v2 mount where `io` is enabled for the children of the root, of kubelet's `kubepods*` cgroup
+/// and of its QoS-class cgroups, down to the pods (else a pod's I/O is charged to an ancestor,
+/// which names no pod). Before kubelet has created `kubepods*`, the root decides.
 pub fn io_hierarchy(path: &Path) -> bool {
-    let enabled = |dir: &Path| {
-        std::fs::read_to_string(dir.join("cgroup.subtree_control")).is_ok_and(|c| c.split_whitespace().any(|w| w == "io"))
-    };
     match fs_type(path) {
         Some(CGROUP_SUPER_MAGIC) => path.join("blkio.reset_stats").exists(),
         Some(CGROUP2_SUPER_MAGIC) => {
-            let kubepods: Vec<PathBuf> = std::fs::read_dir(path)
-                .map(|rd| {
-                    rd.filter_map(|e| e.ok())
-                        .filter(|e| e.file_name().to_string_lossy().starts_with("kubepods") && e.path().is_dir())
-                        .map(|e| e.path())
-                        .collect()
-                })
-                .unwrap_or_default();
-            enabled(path) && kubepods.iter().all(|d| enabled(d))
+            let enabled = |dir: &Path| {
+                std::fs::read_to_string(dir.join("cgroup.subtree_control"))
+                    .is_ok_and(|c| c.split_whitespace().any(|w| w == "io"))
+            };
+            let kubepods = subdirs(path, |n| n.starts_with("kubepods"));
+            // systemd driver: kubepods-burstable.slice; cgroupfs driver: burstable.
+            let qos = kubepods.iter().flat_map(|k| {
+                subdirs(k, |n| (n.starts_with("kubepods-") && !n.contains("-pod")) || n == "burstable" || n == "besteffort")
+            });
+            enabled(path) && kubepods.iter().all(|d| enabled(d)) && qos.into_iter().all(|d| enabled(&d))
         }
         _ => false,
     }
+}
+
+fn subdirs(dir: &Path, name: impl Fn(&str) -> bool) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter(|e| name(&e.file_name().to_string_lossy()) && e.path().is_dir())
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The cgroup v2 mount to read: `explicit` (`--cgroup-root`) if given; else
@@ -148,6 +165,7 @@ pub struct Attribution {
     pods: PodDirectory,
     max_pods: usize,
     watcher: Option<tokio::task::JoinHandle<()>>,
+    warned_above_pods: bool,
 }
 
 impl Drop for Attribution {
@@ -166,7 +184,8 @@ impl Attribution {
     /// UIDs alone. API failures (missing RBAC included) never fail the agent.
     pub fn start(cgroup_root: PathBuf, source: CgroupSource, node_name: String, max_pods: usize) -> Result<Self> {
         // Task ids are cgroup v2 ids; bio ids are the io controller's, v1 blkio included.
-        let usable = is_cgroup2(&cgroup_root) || (source == CgroupSource::Bio && is_cgroup1(&cgroup_root));
+        let usable = is_cgroup2(&cgroup_root)
+            || (source == CgroupSource::Bio && is_cgroup1(&cgroup_root) && cgroup_root.join("blkio.reset_stats").exists());
         if !usable {
             return Err(Error::Config {
                 what: "cgroup root",
@@ -225,7 +244,7 @@ impl Attribution {
     pub fn without_api(cgroup_root: PathBuf, max_pods: usize) -> Result<Self> {
         let mut cgroups = CgroupIndex::new(cgroup_root, ScanLimits::default());
         cgroups.scan()?;
-        Ok(Attribution { cgroups, pods: PodDirectory::default(), max_pods, watcher: None })
+        Ok(Attribution { cgroups, pods: PodDirectory::default(), max_pods, watcher: None, warned_above_pods: false })
     }
 
     /// The reflector store of this node's pods, when a watcher runs (empty until it syncs).
@@ -271,7 +290,19 @@ impl Attribution {
                             cgroup: None,
                         }
                     }
-                    None => Labels { cgroup: Some(entry.path.clone()), ..Labels::default() },
+                    None => {
+                        // Pods' I/O charged above the pods: the io controller is not enabled down
+                        // to them (attribution by bio). Said once; `--attribution-source task` helps.
+                        if !self.warned_above_pods && entry.path.contains("kubepods") {
+                            self.warned_above_pods = true;
+                            tracing::warn!(
+                                cgroup = %entry.path,
+                                "I/O charged to a kubepods cgroup above the pods; if the io controller is not enabled down \
+                                 to the pods, use --attribution-source task"
+                            );
+                        }
+                        Labels { cgroup: Some(entry.path.clone()), ..Labels::default() }
+                    }
                 },
                 None => Labels { cgroup: Some(UNKNOWN.to_string()), ..Labels::default() },
             };
