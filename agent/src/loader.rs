@@ -177,6 +177,9 @@ pub struct FastLayout {
     pub rqf_stats_mask: u32,
     pub req_op_drv_in: u32,
     pub req_op_drv_out: u32,
+    /// `request.state` and `MQ_RQ_IN_FLIGHT`: a requeue counts down only a started request.
+    pub rq_state: u64,
+    pub mq_rq_in_flight: u32,
 }
 
 impl FastLayout {
@@ -198,6 +201,8 @@ impl FastLayout {
             rqf_stats_mask: 1u32.checked_shl(rqf_bit as u32)?,
             req_op_drv_in: e("REQ_OP_DRV_IN")? as u32,
             req_op_drv_out: e("REQ_OP_DRV_OUT")? as u32,
+            rq_state: m("request", "state")?,
+            mq_rq_in_flight: e("MQ_RQ_IN_FLIGHT")? as u32,
         };
         Some(l)
     }
@@ -319,7 +324,9 @@ fn load_btf(vmlinux: &Path, attribution: Option<CgroupSource>) -> Result<Probes>
             .override_global("QUEUE_FLAG_STATS_MASK", &f.queue_flag_stats_mask, true)
             .override_global("RQF_STATS_MASK", &f.rqf_stats_mask, true)
             .override_global("REQ_OP_DRV_IN", &f.req_op_drv_in, true)
-            .override_global("REQ_OP_DRV_OUT", &f.req_op_drv_out, true);
+            .override_global("REQ_OP_DRV_OUT", &f.req_op_drv_out, true)
+            .override_global("RQ_STATE_OFF", &f.rq_state, true)
+            .override_global("MQ_RQ_IN_FLIGHT", &f.mq_rq_in_flight, true);
     }
     loader.override_global("FAST_PATH", &fast_on, true);
     tracing::info!(fast_path = fast.is_some(), attribution = cgroup_source.map(CgroupSource::as_str), "BTF layout resolved");
@@ -592,8 +599,15 @@ mod tests {
             b.structure(
                 "request",
                 256,
-                &[("rq_flags", u32t, 28), ("start_time_ns", u64t, 104), ("io_start_time_ns", u64t, 112), ("stats_sectors", u16t, 122)],
+                &[
+                    ("rq_flags", u32t, 28),
+                    ("state", u32t, 32),
+                    ("start_time_ns", u64t, 104),
+                    ("io_start_time_ns", u64t, 112),
+                    ("stats_sectors", u16t, 122),
+                ],
             );
+            b.enumeration("mq_rq_state", &[("MQ_RQ_IDLE", 0), ("MQ_RQ_IN_FLIGHT", 1), ("MQ_RQ_COMPLETE", 2)]);
             if with_rqf_stats {
                 b.enumeration("rqf_flags", &[("__RQF_STATS", 11)]);
             }
@@ -604,6 +618,7 @@ mod tests {
         let f = FastLayout::from_btf(&build(true)).expect("6.18-like layout");
         assert_eq!((f.rq_io_start_time, f.rqf_stats_mask, f.queue_flag_stats_mask), (112, 1 << 11, 1 << 7));
         assert_eq!((f.rq_stats_sectors, f.q_queue_flags, f.req_op_drv_out), (122, 32, 35));
+        assert_eq!((f.rq_state, f.mq_rq_in_flight), (32, 1));
         assert_eq!(FastLayout::from_btf(&build(false)), None, "pre-6.8: RQF_STATS not in BTF");
         assert_eq!(BtfLayout::from_btf(&kernel_like(false, false)).unwrap().fast, None);
     }
