@@ -22,7 +22,7 @@ use blkio_agent_common::{CONTROL_ARMED_NS, EVENT_PARTIAL_COMPLETION, EVENT_REQUE
 use crate::{
     DISK_FIRST_MINOR_OFF, DISK_MAJOR_OFF, Q_DISK_OFF, REQ_OP_MASK, RQ_CMD_FLAGS_OFF, RQ_DATA_LEN_OFF, RQ_Q_OFF,
     global,
-    state::{control, count, inflight_add, record_cgroup, record_hist},
+    state::{Device, control, count, inflight_add, record_cgroup, record_hist},
 };
 
 /// 1 when userspace found every field below in BTF and attribution by task is off.
@@ -95,27 +95,20 @@ pub fn bio_cgroup(rq: Rq) -> u64 {
     if global!(BIO_CGROUP) == 0 {
         return 0;
     }
-    let bio: u64 = load(rq.0, global!(RQ_BIO_OFF));
-    if bio == 0 {
-        return 0;
-    }
-    let blkg: u64 = load(bio, global!(BIO_BLKG_OFF));
-    if blkg == 0 {
-        return 0;
-    }
-    let blkcg: u64 = load(blkg, global!(BLKG_BLKCG_OFF));
-    if blkcg == 0 {
-        return 0;
-    }
-    let cgroup: u64 = load(blkcg, global!(BLKCG_CGROUP_OFF));
-    if cgroup == 0 {
-        return 0;
-    }
-    let kn: u64 = load(cgroup, global!(CGROUP_KN_OFF));
-    if kn == 0 {
-        return 0;
-    }
-    load(kn, global!(KN_ID_OFF))
+    // Each pointer may be NULL (no bio, no blkg): stop there.
+    let follow = |base: u64, off: u64| -> Option<u64> {
+        let p: u64 = load(base, off);
+        if p == 0 { None } else { Some(p) }
+    };
+    let id = || -> Option<u64> {
+        let bio = follow(rq.0, global!(RQ_BIO_OFF))?;
+        let blkg = follow(bio, global!(BIO_BLKG_OFF))?;
+        let blkcg = follow(blkg, global!(BLKG_BLKCG_OFF))?;
+        let cgroup = follow(blkcg, global!(BLKCG_CGROUP_OFF))?;
+        let kn = follow(cgroup, global!(CGROUP_KN_OFF))?;
+        Some(load(kn, global!(KN_ID_OFF)))
+    };
+    id().unwrap_or(0)
 }
 
 /// A `struct request *` argument of a BTF tracepoint.
@@ -186,7 +179,7 @@ pub fn issue(rq: Rq) -> bool {
         return false;
     }
     if control(CONTROL_ARMED_NS) != 0 {
-        inflight_add(queue_dev(q), 1);
+        inflight_add(Device::of(queue_dev(q)), 1);
     }
     true
 }
@@ -205,7 +198,7 @@ pub fn complete(rq: Rq, nr_bytes: u32, remaining: u32, op: u32, cgroup_id: u64) 
         return true;
     }
     let now = unsafe { bpf_ktime_get_ns() };
-    let dev = rq.dev();
+    let dev = Device::of(rq.dev());
     let allocated = rq.start_time_ns();
     let device_ns = now.saturating_sub(issued);
     let queue_ns = if allocated != 0 && allocated <= issued { issued - allocated } else { 0 };
@@ -216,7 +209,7 @@ pub fn complete(rq: Rq, nr_bytes: u32, remaining: u32, op: u32, cgroup_id: u64) 
     }
     let device_slot = log2_slot(device_ns / 1000);
     record_hist(dev, op, bytes, device_ns, queue_ns, device_slot);
-    record_cgroup(cgroup_id, dev, op, bytes, device_ns, device_slot);
+    record_cgroup(cgroup_id, dev.id, op, bytes, device_ns, device_slot);
     true
 }
 
@@ -238,7 +231,7 @@ pub fn requeue(rq: Rq) -> bool {
     let started = load::<u32>(rq.0, global!(RQ_STATE_OFF)) == global!(MQ_RQ_IN_FLIGHT);
     let armed = control(CONTROL_ARMED_NS);
     if started && armed != 0 && issued >= armed {
-        inflight_add(rq.dev(), -1);
+        inflight_add(Device::of(rq.dev()), -1);
     }
     count(EVENT_REQUEUED);
     true

@@ -102,7 +102,7 @@ pub fn on_insert(key: RequestKey) {
             // Still marked in flight, yet inserted again without a requeue event: the old
             // completion was lost (or, with classic keys, two requests collided).
             count(LOSS_STALE_EVICTED);
-            inflight_add(start.dev, -1);
+            inflight_add(Device::of(start.dev), -1);
             start.issue_ns = 0;
         }
         // Otherwise a leftover of a request merged away before issue; reuse the slot.
@@ -131,7 +131,7 @@ pub fn on_issue(key: RequestKey, dev: u32, op: u32, bytes: u32, queued_since: u6
         if start.issue_ns != 0 {
             // Issued twice without completing: replace the stale entry, moving its depth.
             count(LOSS_STALE_EVICTED);
-            inflight_add(start.dev, -1);
+            inflight_add(Device::of(start.dev), -1);
             start.insert_ns = 0;
         }
         if start.cgroup_id == 0 {
@@ -144,7 +144,7 @@ pub fn on_issue(key: RequestKey, dev: u32, op: u32, bytes: u32, queued_since: u6
         start.dev = dev;
         start.op = op;
         start.bytes = bytes;
-        inflight_add(dev, 1);
+        inflight_add(Device::of(dev), 1);
         return;
     }
     let start = RequestStart {
@@ -160,7 +160,7 @@ pub fn on_issue(key: RequestKey, dev: u32, op: u32, bytes: u32, queued_since: u6
         count(LOSS_START_INSERT_FAILED);
         return;
     }
-    inflight_add(dev, 1);
+    inflight_add(Device::of(dev), 1);
 }
 
 pub fn on_requeue(key: RequestKey) {
@@ -168,7 +168,7 @@ pub fn on_requeue(key: RequestKey) {
         let start = unsafe { *p };
         let _ = REQUESTS.remove(&key);
         if start.issue_ns != 0 {
-            inflight_add(start.dev, -1);
+            inflight_add(Device::of(start.dev), -1);
         }
         count(EVENT_REQUEUED);
     }
@@ -193,7 +193,8 @@ pub fn on_complete(key: RequestKey, completion: Completion, bio_cgroup: u64) {
         count(LOSS_COMPLETE_WITHOUT_START);
         return;
     }
-    inflight_add(start.dev, -1);
+    let dev = Device::of(start.dev);
+    inflight_add(dev, -1);
 
     let device_ns = now.saturating_sub(start.issue_ns);
     let queue_ns = if start.insert_ns != 0 && start.insert_ns <= start.issue_ns {
@@ -202,12 +203,32 @@ pub fn on_complete(key: RequestKey, completion: Completion, bio_cgroup: u64) {
         0
     };
     let device_slot = log2_slot(device_ns / 1000);
-    record_hist(start.dev, start.op, start.bytes, device_ns, queue_ns, device_slot);
+    record_hist(dev, start.op, start.bytes, device_ns, queue_ns, device_slot);
     let cgroup_id = if start.cgroup_id != 0 { start.cgroup_id } else { bio_cgroup };
     record_cgroup(cgroup_id, start.dev, start.op, start.bytes, device_ns, device_slot);
 }
 
-/// The device's dense slot, if userspace gave it one. Two or so inlined array loads.
+/// A device and its dense slot, looked up once per event and shared by the depth gauge and
+/// the histogram updates.
+///
+/// The slot is a plain integer (`NO_SLOT` for none), not an `Option`: LLVM leaves the payload of
+/// a `None` uninitialized, and the verifier rejects reading that register ("!read_ok").
+#[derive(Clone, Copy)]
+pub(crate) struct Device {
+    pub id: u32,
+    slot: u32,
+}
+
+const NO_SLOT: u32 = u32::MAX;
+
+impl Device {
+    #[inline(always)]
+    pub fn of(id: u32) -> Device {
+        Device { id, slot: dense_slot(id).unwrap_or(NO_SLOT) }
+    }
+}
+
+/// The device's dense slot, if userspace gave it one. Two or so array loads.
 #[inline(always)]
 fn dense_slot(dev: u32) -> Option<u32> {
     let mut probe = 0;
@@ -225,11 +246,11 @@ fn dense_slot(dev: u32) -> Option<u32> {
 }
 
 #[inline(always)]
-pub(crate) fn record_hist(dev: u32, op: u32, bytes: u32, device_ns: u64, queue_ns: u64, device_slot: usize) {
+pub(crate) fn record_hist(dev: Device, op: u32, bytes: u32, device_ns: u64, queue_ns: u64, device_slot: usize) {
     let qs = log2_slot(queue_ns / 1000);
     let ss = log2_slot(bytes as u64);
-    if let Some(slot) = dense_slot(dev) {
-        let p = DENSE_HISTS.get_ptr_mut(slot);
+    if dev.slot != NO_SLOT {
+        let p = DENSE_HISTS.get_ptr_mut(dev.slot);
         if let Some(h) = p.and_then(|p| unsafe { (*p).ops.get_mut(op as usize) }) {
             // This CPU's own copy; tracing programs do not nest on one CPU, so plain adds are exact.
             h.count += 1;
@@ -242,7 +263,7 @@ pub(crate) fn record_hist(dev: u32, op: u32, bytes: u32, device_ns: u64, queue_n
             return;
         }
     }
-    let key = HistKey { dev, op };
+    let key = HistKey { dev: dev.id, op };
     let p = match HISTS.get_ptr_mut(&key) {
         Some(p) => p,
         None => {
@@ -311,17 +332,17 @@ unsafe fn add_u32(dst: *mut u32, v: u32) {
 
 /// The device's in-flight gauge: its dense slot, else the fallback map (inserted on first use).
 #[inline(always)]
-fn inflight_entry(dev: u32) -> Option<*mut DeviceInflight> {
-    if let Some(slot) = dense_slot(dev) {
-        if let Some(p) = DENSE_INFLIGHT.get_ptr_mut(slot) {
+fn inflight_entry(dev: Device) -> Option<*mut DeviceInflight> {
+    if dev.slot != NO_SLOT {
+        if let Some(p) = DENSE_INFLIGHT.get_ptr_mut(dev.slot) {
             return Some(p);
         }
     }
-    match INFLIGHT.get_ptr_mut(&dev) {
+    match INFLIGHT.get_ptr_mut(&dev.id) {
         Some(p) => Some(p),
         None => {
-            let _ = INFLIGHT.insert(&dev, &ZERO_INFLIGHT, BPF_NOEXIST as u64);
-            INFLIGHT.get_ptr_mut(&dev)
+            let _ = INFLIGHT.insert(&dev.id, &ZERO_INFLIGHT, BPF_NOEXIST as u64);
+            INFLIGHT.get_ptr_mut(&dev.id)
         }
     }
 }
@@ -333,7 +354,7 @@ fn inflight_entry(dev: u32) -> Option<*mut DeviceInflight> {
 /// two, so the depth stays exact, and adds the fallback entry to the dense peaks (which is why a
 /// peak is recorded even when the entry's own count is not positive).
 #[inline(always)]
-pub(crate) fn inflight_add(dev: u32, delta: i64) {
+pub(crate) fn inflight_add(dev: Device, delta: i64) {
     let p = match inflight_entry(dev) {
         Some(p) => p,
         None => {
