@@ -17,7 +17,9 @@
 //! The offsets are `.rodata` globals, which the verifier sees as constants.
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
-use blkio_agent_common::{CONTROL_ARMED_NS, EVENT_PARTIAL_COMPLETION, EVENT_REQUEUED, log2_slot};
+use blkio_agent_common::{
+    CONTROL_ARMED_NS, EVENT_PARTIAL_COMPLETION, EVENT_REQUEUED, gauge_counts_end, gauge_counts_issue, log2_slot,
+};
 
 use crate::{
     DISK_FIRST_MINOR_OFF, DISK_MAJOR_OFF, Q_DISK_OFF, REQ_OP_MASK, RQ_CMD_FLAGS_OFF, RQ_DATA_LEN_OFF, RQ_Q_OFF,
@@ -178,7 +180,7 @@ pub fn issue(rq: Rq) -> bool {
     if flags & global!(QUEUE_FLAG_STATS_MASK) == 0 {
         return false;
     }
-    if control(CONTROL_ARMED_NS) != 0 {
+    if gauge_counts_issue(control(CONTROL_ARMED_NS), rq.start_time_ns(), || unsafe { bpf_ktime_get_ns() }) {
         inflight_add(Device::of(queue_dev(q)), 1);
     }
     true
@@ -203,8 +205,7 @@ pub fn complete(rq: Rq, nr_bytes: u32, remaining: u32, op: u32, cgroup_id: u64) 
     let device_ns = now.saturating_sub(issued);
     let queue_ns = if allocated != 0 && allocated <= issued { issued - allocated } else { 0 };
     let bytes = u32::from(load::<u16>(rq.0, global!(RQ_STATS_SECTORS_OFF))) << 9;
-    let armed = control(CONTROL_ARMED_NS);
-    if armed != 0 && issued >= armed {
+    if gauge_counts_end(control(CONTROL_ARMED_NS), allocated, issued) {
         inflight_add(dev, -1);
     }
     let device_slot = log2_slot(device_ns / 1000);
@@ -229,8 +230,7 @@ pub fn requeue(rq: Rq) -> bool {
         return false;
     }
     let started = load::<u32>(rq.0, global!(RQ_STATE_OFF)) == global!(MQ_RQ_IN_FLIGHT);
-    let armed = control(CONTROL_ARMED_NS);
-    if started && armed != 0 && issued >= armed {
+    if started && gauge_counts_end(control(CONTROL_ARMED_NS), rq.start_time_ns(), issued) {
         inflight_add(Device::of(rq.dev()), -1);
     }
     count(EVENT_REQUEUED);

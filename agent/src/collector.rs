@@ -304,8 +304,9 @@ impl Collector {
     /// requests in flight, their completions were lost: reset the gauge and count the loss.
     /// Only done on an idle device, where the reset cannot race with the programs' adds.
     fn reconcile(&mut self, dev: u32, depth: u64, sysfs: Option<u64>, completed: u64, v: KernelInflight) -> Result<u64> {
-        // Raw kernel value: it can be below 0 if a request issued in the instant of arming was
-        // uncounted without having been counted (see CONTROL_ARMED_NS); reported as 0, repaired here.
+        // Raw kernel value: it can be below 0 if arming was late (see CONTROL_ARMED_NS); reported
+        // as 0, repaired here. Above 0 when the kernel did not run the completion program for
+        // some completions (docs/performance.md, "Completions the kernel does not show").
         let raw = v.inflight;
         let prev_raw = self.prev_raw.insert(dev, raw);
         let stale = raw != 0 && sysfs == Some(0) && completed == 0 && prev_raw == Some(raw);

@@ -378,16 +378,29 @@ fn release_freed_memory() {
     }
 }
 
-/// Tells the programs that every hook is attached (see `CONTROL_ARMED_NS`).
+/// Tells the programs that every hook is attached (see `CONTROL_ARMED_NS`): requests allocated
+/// from `ARM_LEAD_NS` after now on are counted in the depth gauge.
 fn arm(ebpf: &mut Ebpf) -> Result<()> {
+    use blkio_agent_common::{ARM_LEAD_NS, CONTROL_ARMED_NS};
     let map = ebpf.map_mut("CONTROL").ok_or_else(|| Error::Other("map CONTROL is not in the eBPF object".into()))?;
     let mut control: aya::maps::Array<_, u64> =
         aya::maps::Array::try_from(map).map_err(|e| Error::bpf("map CONTROL has an unexpected type", e))?;
+    let armed = monotonic_ns() + ARM_LEAD_NS;
+    control.set(CONTROL_ARMED_NS, armed, 0).map_err(|e| Error::bpf("cannot write map CONTROL", e))?;
+    if monotonic_ns() >= armed {
+        // Requests allocated between the armed time and the write may be counted down without
+        // having been counted up; the idle resync repairs the gauge.
+        tracing::warn!("arming the depth gauge took longer than {} ms; the gauge may be off until the device is idle", ARM_LEAD_NS / 1_000_000);
+    }
+    Ok(())
+}
+
+/// `CLOCK_MONOTONIC` in ns, the clock of `bpf_ktime_get_ns()` and of the block layer's stamps.
+fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: valid out-pointer. CLOCK_MONOTONIC is the clock of bpf_ktime_get_ns().
+    // SAFETY: valid out-pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    let now = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
-    control.set(blkio_agent_common::CONTROL_ARMED_NS, now, 0).map_err(|e| Error::bpf("cannot write map CONTROL", e))
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Record offsets for classic tracepoints, from tracefs format files.

@@ -95,11 +95,38 @@ pub const COUNTER_NAMES: [&str; COUNTER_SLOTS as usize] = [
 /// Index 0 of the `CONTROL` array: the interval epoch. Userspace increments it at each snapshot;
 /// programs use its parity to pick which of the two `peak` slots of [`DeviceInflight`] to raise.
 pub const CONTROL_EPOCH: u32 = 0;
-/// Index 1 of `CONTROL`: `CLOCK_MONOTONIC` ns written by userspace once every program is
-/// attached (0 before). The fast path counts a request in the depth gauge only when issued after
-/// it, and uncounts it only when the block layer's issue time is after it, so requests already
-/// in flight at start never make the gauge negative.
+/// Index 1 of `CONTROL`: a `CLOCK_MONOTONIC` time written by userspace once every program is
+/// attached (0 before), a little in the future (see [`ARM_LEAD_NS`]). The fast path counts a
+/// request in the depth gauge only when [`gauge_counts_issue`] and [`gauge_counts_end`] say so,
+/// so requests already in flight at start are never counted down without having been counted up.
 pub const CONTROL_ARMED_NS: u32 = 1;
+/// How far ahead of the write userspace sets `CONTROL_ARMED_NS`. The issue and completion
+/// decisions agree only if no request can be allocated at or after the armed time before the
+/// write is visible; a lead of 50 ms covers a write syscall even on a loaded node (userspace
+/// checks the clock after writing and warns when it was late).
+pub const ARM_LEAD_NS: u64 = 50_000_000;
+
+/// Whether the issue program counts a request up in the depth gauge.
+///
+/// The decision is taken from the request's allocation time (`rq->start_time_ns`), which the
+/// completion reads back unchanged, so both ends decide alike. Deciding by the issue time
+/// instead does not work: the block layer stamps `io_start_time_ns` from the plug's cached
+/// clock (`blk_time_get_ns()`), which can predate the issue, so a request issued just after
+/// arming could be counted up and never down. A request without an allocation time (a queue
+/// with neither iostats nor a scheduler) is decided by the clock now (`now`, only called then),
+/// where that plug-clock race remains for requests issued within microseconds of the armed time.
+#[inline(always)]
+pub fn gauge_counts_issue(armed: u64, allocated: u64, now: impl FnOnce() -> u64) -> bool {
+    armed != 0 && if allocated != 0 { allocated >= armed } else { now() >= armed }
+}
+
+/// Whether a completion (or requeue) counts the request down: the same rule as
+/// [`gauge_counts_issue`], from the same allocation time, or from the block layer's issue time
+/// `issued` when the request has no allocation time.
+#[inline(always)]
+pub fn gauge_counts_end(armed: u64, allocated: u64, issued: u64) -> bool {
+    armed != 0 && if allocated != 0 { allocated >= armed } else { issued >= armed }
+}
 pub const CONTROL_SLOTS: u32 = 2;
 
 /// Key of the in-flight request map. In BTF mode `a` is the `struct request *` and `b` is 0;
@@ -306,6 +333,38 @@ mod tests {
                 assert_eq!(log2_slot(v), naive.min(HIST_SLOTS - 1), "v={v}");
             }
         }
+    }
+
+    /// Every order of arming, allocation, issue and completion: a request is counted down
+    /// exactly when it was counted up. (The armed time lies ahead of the write, so a request
+    /// allocated at or after it is issued after the write: `ARM_LEAD_NS`.)
+    #[test]
+    fn gauge_decisions_agree_across_arming() {
+        let write_at = 1_000;
+        let armed = write_at + ARM_LEAD_NS;
+        let mut checked = 0;
+        for allocated in [10, write_at - 1, write_at + 1, armed - 1, armed, armed + 5] {
+            for issue_delay in [0, 3, ARM_LEAD_NS] {
+                let issue_runs = allocated + issue_delay;
+                // Stamps may come from a plug's cached clock: anything up to the real time.
+                for issued in [allocated, issue_runs, issue_runs.saturating_sub(7)] {
+                    let armed_seen = if issue_runs >= write_at { armed } else { 0 };
+                    let up = gauge_counts_issue(armed_seen, allocated, || panic!("clock read with an allocation stamp"));
+                    assert_eq!(up, gauge_counts_end(armed, allocated, issued), "allocated={allocated} issue_runs={issue_runs} issued={issued}");
+                    checked += 1;
+                }
+            }
+        }
+        assert_eq!(checked, 6 * 3 * 3);
+        // No allocation stamp: decided by the clock, agreeing whenever the block layer's stamp is
+        // the real issue time.
+        for issue_runs in [10, write_at, armed - 1, armed, armed + 9] {
+            let armed_seen = if issue_runs >= write_at { armed } else { 0 };
+            assert_eq!(gauge_counts_issue(armed_seen, 0, || issue_runs), gauge_counts_end(armed, 0, issue_runs), "issue_runs={issue_runs}");
+        }
+        assert!(!gauge_counts_issue(0, 5, || 5) && !gauge_counts_end(0, 5, 5), "nothing counts before arming");
+        assert!(gauge_counts_issue(armed, armed, || 0) && gauge_counts_end(armed, armed, 0));
+        assert!(!gauge_counts_issue(armed, armed - 1, || 0) && !gauge_counts_end(armed, armed - 1, armed + 1));
     }
 
     #[test]

@@ -88,6 +88,7 @@ pub fn markdown(r: &Results) -> String {
         s += &ratio_table(&ks);
         s += "\nPer program (both runs together):\n\n";
         s += &program_table(&r.kernel);
+        s += &undelivered(&r.kernel);
         let ka = summary_of(&r.attribution);
         if !ka.is_empty() {
             s += &format!(
@@ -302,6 +303,31 @@ fn ratio_table(ks: &[KernelSummary]) -> String {
 }
 
 /// Each tool's programs per workload, over all the runs given.
+/// Issue-program runs not matched by a completion-program run (nor a requeue, which issues the
+/// request again), per tool: completions for which the kernel did not run the tool's program.
+/// Both tools attach to the same tracepoints, so equal numbers point at the kernel, not a tool.
+fn undelivered(kernel: &[KernelRun]) -> String {
+    let runs_of = |tool: &str, suffix: &str| -> i64 {
+        kernel.iter().flat_map(|k| &k.progs).filter(|p| p.tool == tool && p.name.contains(suffix)).map(|p| p.runs as i64).sum()
+    };
+    let requeues = runs_of("agent", "requeue");
+    let per_tool: Vec<String> = ["agent", "biolatency"]
+        .iter()
+        .filter(|t| runs_of(t, "issue") > 0)
+        .map(|t| format!("{t} {}", runs_of(t, "issue") - runs_of(t, "complete") - requeues))
+        .collect();
+    if per_tool.is_empty() {
+        return String::new();
+    }
+    format!(
+        "\nIssue runs minus completion runs minus requeues, all workloads: {}. The loop device was idle at both ends of \
+         each window (the programs also count other devices' I/O, rarely in flight at those instants), so a non-zero value \
+         counts completions for which the kernel did not run the programs attached to \
+         `block_rq_complete` (see \"Completions the kernel does not show\" in the README).\n",
+        per_tool.join(", ")
+    )
+}
+
 fn program_table(kernel: &[KernelRun]) -> String {
     let mut t = Table::new(&["workload", "tool", "program", "runs", "runs/I/O", "ns/run", "ns/I/O", "jited bytes"]);
     for w in workloads(kernel.iter().map(|k| k.workload)) {
