@@ -142,11 +142,7 @@ fn pod_series_count_the_workload_exactly(root: PathBuf, source: &str) -> String 
 #[test]
 fn pod_series_by_task_count_the_workload_exactly() {
     let Some(_p) = privileged("pod_series_by_task_count_the_workload_exactly") else { return };
-    let Some(root) = cgroup2_mount() else {
-        assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "CI=true: no cgroup v2 mount");
-        eprintln!("SKIPPED: no cgroup v2 mount");
-        return;
-    };
+    let Some(root) = cgroup2_mount().or_else(|| missing_prerequisite("pod_series_by_task_count_the_workload_exactly: needs a cgroup v2 mount".into())) else { return };
     let log = pod_series_count_the_workload_exactly(root, "task");
     assert!(log.contains("fast_path=false attribution=\"task\""), "task attribution keeps a start map: {log}");
 }
@@ -156,11 +152,7 @@ fn pod_series_by_task_count_the_workload_exactly() {
 #[test]
 fn pod_series_by_bio_count_the_workload_exactly_on_the_fast_path() {
     let Some(_p) = privileged("pod_series_by_bio_count_the_workload_exactly_on_the_fast_path") else { return };
-    let Some(root) = io_mount() else {
-        assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "CI=true: no io controller hierarchy (v2 io or v1 blkio)");
-        eprintln!("SKIPPED: no io controller hierarchy (v2 io or v1 blkio)");
-        return;
-    };
+    let Some(root) = io_mount().or_else(|| missing_prerequisite("pod_series_by_bio_count_the_workload_exactly_on_the_fast_path: needs an io controller hierarchy (v2 io or v1 blkio)".into())) else { return };
     let log = pod_series_count_the_workload_exactly(root, "bio");
     assert!(log.contains("fast_path=true attribution=\"bio\""), "bio attribution keeps the fast path: {log}");
 }

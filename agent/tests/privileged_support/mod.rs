@@ -38,7 +38,12 @@ pub fn privileged(test: &str) -> Option<Privileged> {
     if missing.is_empty() {
         return Some(Privileged { _guard: guard });
     }
-    let msg = format!("{test}: needs {}", missing.join(", "));
+    missing_prerequisite(format!("{test}: needs {}", missing.join(", ")))
+}
+
+/// A test's prerequisite is missing: panics under CI (privileged tests must run there), else
+/// prints why the test is skipped and returns `None`.
+pub fn missing_prerequisite<T>(msg: String) -> Option<T> {
     if std::env::var("CI").is_ok_and(|v| v == "true") {
         panic!("{msg} (CI=true: privileged tests must run, not skip)");
     }
