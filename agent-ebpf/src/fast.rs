@@ -22,8 +22,7 @@ use blkio_agent_common::{
 };
 
 use crate::{
-    DISK_FIRST_MINOR_OFF, DISK_MAJOR_OFF, Q_DISK_OFF, REQ_OP_MASK, RQ_CMD_FLAGS_OFF, RQ_DATA_LEN_OFF, RQ_Q_OFF,
-    global,
+    DISK_FIRST_MINOR_OFF, DISK_MAJOR_OFF, Q_DISK_OFF, REQ_OP_MASK, RQ_CMD_FLAGS_OFF, RQ_DATA_LEN_OFF, RQ_Q_OFF, global,
     state::{Device, control, count, inflight_add, record_cgroup, record_hist},
 };
 

@@ -10,20 +10,18 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray},
 };
 use blkio_agent_common::{
-    CONTROL_EPOCH, CONTROL_SLOTS, COUNTER_SLOTS, CgroupKey, CgroupStats, DeviceHists,
-    DEVICE_INDEX_PROBES, DEVICE_INDEX_SIZE, DeviceInflight, EVENT_PARTIAL_COMPLETION, EVENT_REQUEUED,
-    HistKey, LOSS_CGROUP_MAP_FULL, LOSS_COMPLETE_WITHOUT_START, LOSS_DEVICE_MAP_FULL,
-    LOSS_HIST_UPDATE_FAILED, LOSS_STALE_EVICTED, LOSS_START_INSERT_FAILED, MAX_CGROUP_KEYS,
-    MAX_DENSE_DEVICES, MAX_DEVICES, MAX_HIST_KEYS, MAX_INFLIGHT_REQUESTS, OpHist,
-    RequestKey, RequestStart, device_index_match, device_index_pos, log2_slot,
+    CONTROL_EPOCH, CONTROL_SLOTS, COUNTER_SLOTS, CgroupKey, CgroupStats, DEVICE_INDEX_PROBES, DEVICE_INDEX_SIZE,
+    DeviceHists, DeviceInflight, EVENT_PARTIAL_COMPLETION, EVENT_REQUEUED, HistKey, LOSS_CGROUP_MAP_FULL,
+    LOSS_COMPLETE_WITHOUT_START, LOSS_DEVICE_MAP_FULL, LOSS_HIST_UPDATE_FAILED, LOSS_STALE_EVICTED,
+    LOSS_START_INSERT_FAILED, MAX_CGROUP_KEYS, MAX_DENSE_DEVICES, MAX_DEVICES, MAX_HIST_KEYS, MAX_INFLIGHT_REQUESTS,
+    OpHist, RequestKey, RequestStart, device_index_match, device_index_pos, log2_slot,
 };
 
 use crate::{ATTRIBUTE_CGROUPS, global};
 
 /// Requests between insert/issue and completion.
 #[map]
-static REQUESTS: HashMap<RequestKey, RequestStart> =
-    HashMap::with_max_entries(MAX_INFLIGHT_REQUESTS, 0);
+static REQUESTS: HashMap<RequestKey, RequestStart> = HashMap::with_max_entries(MAX_INFLIGHT_REQUESTS, 0);
 
 /// include/uapi/linux/bpf.h
 const BPF_F_NO_PREALLOC: u32 = 1;
@@ -57,8 +55,7 @@ static INFLIGHT: HashMap<u32, DeviceInflight> = HashMap::with_max_entries(MAX_DE
 /// preallocated: on-demand allocation in tracepoint context can fail under bursts, measured
 /// here as lost requests.)
 #[map]
-static CGROUPS: HashMap<CgroupKey, CgroupStats> =
-    HashMap::with_max_entries(MAX_CGROUP_KEYS, BPF_F_NO_PREALLOC);
+static CGROUPS: HashMap<CgroupKey, CgroupStats> = HashMap::with_max_entries(MAX_CGROUP_KEYS, BPF_F_NO_PREALLOC);
 
 /// Loss and event counters (`LOSS_*`, `EVENT_*`), all in one per-CPU element: userspace reads
 /// them with one lookup.
@@ -147,15 +144,8 @@ pub fn on_issue(key: RequestKey, dev: u32, op: u32, bytes: u32, queued_since: u6
         inflight_add(Device::of(dev), 1);
         return;
     }
-    let start = RequestStart {
-        insert_ns: queued_since,
-        issue_ns: now,
-        cgroup_id: submitter_cgroup(),
-        dev,
-        op,
-        bytes,
-        _pad: 0,
-    };
+    let start =
+        RequestStart { insert_ns: queued_since, issue_ns: now, cgroup_id: submitter_cgroup(), dev, op, bytes, _pad: 0 };
     if REQUESTS.insert(&key, &start, BPF_ANY as u64).is_err() {
         count(LOSS_START_INSERT_FAILED);
         return;
@@ -197,11 +187,8 @@ pub fn on_complete(key: RequestKey, completion: Completion, bio_cgroup: u64) {
     inflight_add(dev, -1);
 
     let device_ns = now.saturating_sub(start.issue_ns);
-    let queue_ns = if start.insert_ns != 0 && start.insert_ns <= start.issue_ns {
-        start.issue_ns - start.insert_ns
-    } else {
-        0
-    };
+    let queue_ns =
+        if start.insert_ns != 0 && start.insert_ns <= start.issue_ns { start.issue_ns - start.insert_ns } else { 0 };
     let device_slot = log2_slot(device_ns / 1000);
     record_hist(dev, start.op, start.bytes, device_ns, queue_ns, device_slot);
     let cgroup_id = if start.cgroup_id != 0 { start.cgroup_id } else { bio_cgroup };

@@ -35,7 +35,14 @@ fn main() {
     );
 
     let out = dir.path().join("out");
-    let cli = Cli::parse_from(["blkio-agent", "analyze", "--input", input.to_str().unwrap(), "--output-dir", out.to_str().unwrap()]);
+    let cli = Cli::parse_from([
+        "blkio-agent",
+        "analyze",
+        "--input",
+        input.to_str().unwrap(),
+        "--output-dir",
+        out.to_str().unwrap(),
+    ]);
     // Refutable only with the `ebpf` feature (which adds `run`).
     #[allow(irrefutable_let_patterns)]
     let Command::Analyze(args) = cli.command else { unreachable!("analyze was parsed") };
@@ -70,6 +77,7 @@ fn main() {
 /// High-water mark of resident memory (Linux), to keep the documented memory use honest.
 fn peak_rss() -> Option<String> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kb: u64 = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    let kb: u64 =
+        status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
     Some(format!("{} MB", kb / 1024))
 }

@@ -36,14 +36,35 @@ const KIND_ENUM64: u32 = 19;
 #[derive(Debug, Clone, Copy)]
 enum Type {
     /// `at`: byte offset of the first member record.
-    Struct { name: u32, at: u32, vlen: u16, kind_flag: bool },
-    Ptr { target: u32 },
-    Typedef { name: u32, target: u32 },
+    Struct {
+        name: u32,
+        at: u32,
+        vlen: u16,
+        kind_flag: bool,
+    },
+    Ptr {
+        target: u32,
+    },
+    Typedef {
+        name: u32,
+        target: u32,
+    },
     /// const/volatile/restrict/type_tag: transparent for our purposes.
-    Modifier { target: u32 },
-    Enum { at: u32, vlen: u16, wide: bool },
-    FuncProto { at: u32, vlen: u16 },
-    Int { name: u32 },
+    Modifier {
+        target: u32,
+    },
+    Enum {
+        at: u32,
+        vlen: u16,
+        wide: bool,
+    },
+    FuncProto {
+        at: u32,
+        vlen: u16,
+    },
+    Int {
+        name: u32,
+    },
     Other,
 }
 
@@ -122,7 +143,9 @@ impl Btf {
                 KIND_ENUM64 => (Type::Enum { at, vlen: v16, wide: true }, 12 * vlen),
                 KIND_FWD | KIND_FUNC | KIND_FLOAT => (Type::Other, 0),
                 KIND_TYPEDEF => (Type::Typedef { name, target: size_or_type }, 0),
-                KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => (Type::Modifier { target: size_or_type }, 0),
+                KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
+                    (Type::Modifier { target: size_or_type }, 0)
+                }
                 KIND_FUNC_PROTO => (Type::FuncProto { at, vlen: v16 }, 8 * vlen),
                 KIND_VAR | KIND_DECL_TAG => (Type::Other, 4),
                 KIND_DATASEC => (Type::Other, 12 * vlen),
@@ -177,7 +200,9 @@ impl Btf {
     /// declarations under the same name).
     fn find_struct(&self, name: &str) -> Option<(u32, u16, bool)> {
         self.types.iter().find_map(|t| match *t {
-            Type::Struct { name: n, at, vlen, kind_flag } if vlen > 0 && self.name(n) == name => Some((at, vlen, kind_flag)),
+            Type::Struct { name: n, at, vlen, kind_flag } if vlen > 0 && self.name(n) == name => {
+                Some((at, vlen, kind_flag))
+            }
             _ => None,
         })
     }
@@ -204,7 +229,9 @@ impl Btf {
         }
         self.members(at, vlen, kf).filter(|(n, _, _)| *n == 0 || self.name(*n).is_empty()).find_map(|(_, ty, bits)| {
             match self.get(self.strip(ty)) {
-                Type::Struct { at, vlen, kind_flag, .. } => self.find_member(at, vlen, kind_flag, wanted, base_bits + bits, depth + 1),
+                Type::Struct { at, vlen, kind_flag, .. } => {
+                    self.find_member(at, vlen, kind_flag, wanted, base_bits + bits, depth + 1)
+                }
                 _ => None,
             }
         })
@@ -367,7 +394,11 @@ pub(crate) mod tests {
         let u64t = b.int("u64", 8);
         let void_ptr = b.ptr(0);
         let anon = b.union(8, &[("io_start_time_ns", u64t, 0), ("other", u64t, 0)]);
-        let req = b.structure("request", 64, &[("q", void_ptr, 0), ("cmd_flags", u32t, 24), ("__data_len", u32t, 44), ("", anon, 56)]);
+        let req = b.structure(
+            "request",
+            64,
+            &[("q", void_ptr, 0), ("cmd_flags", u32t, 24), ("__data_len", u32t, 44), ("", anon, 56)],
+        );
         b.structure("request", 0, &[]);
         b.enumeration("req_op", &[("REQ_OP_READ", 0), ("REQ_OP_WRITE", 1), ("REQ_OP_FLUSH", 2)]);
         let rq_ptr = b.ptr(req);

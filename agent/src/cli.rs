@@ -158,11 +158,7 @@ pub enum LiveMode {
 
 fn parse_positive_secs(s: &str) -> Result<f64, String> {
     let v: f64 = s.parse().map_err(|_| format!("`{s}` is not a number of seconds"))?;
-    if v.is_finite() && v > 0.0 {
-        Ok(v)
-    } else {
-        Err(format!("`{s}` must be a positive number of seconds"))
-    }
+    if v.is_finite() && v > 0.0 { Ok(v) } else { Err(format!("`{s}` must be a positive number of seconds")) }
 }
 
 #[cfg(test)]

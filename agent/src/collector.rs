@@ -112,7 +112,13 @@ pub struct Collector {
 }
 
 impl Collector {
-    pub fn new(mut probes: Probes, names: DeviceNames, filter: DeviceFilter, node: String, attribute: bool) -> Result<Self> {
+    pub fn new(
+        mut probes: Probes,
+        names: DeviceNames,
+        filter: DeviceFilter,
+        node: String,
+        attribute: bool,
+    ) -> Result<Self> {
         let devices = DeviceMaps::take(&mut probes)?;
         let cgroups = if attribute { Some(take(&mut probes, "CGROUPS")?) } else { None };
         let counters = take(&mut probes, "COUNTERS")?;
@@ -303,7 +309,14 @@ impl Collector {
     /// kernel says the device is idle, nothing completed in two intervals, and we still see
     /// requests in flight, their completions were lost: reset the gauge and count the loss.
     /// Only done on an idle device, where the reset cannot race with the programs' adds.
-    fn reconcile(&mut self, dev: u32, depth: u64, sysfs: Option<u64>, completed: u64, v: KernelInflight) -> Result<u64> {
+    fn reconcile(
+        &mut self,
+        dev: u32,
+        depth: u64,
+        sysfs: Option<u64>,
+        completed: u64,
+        v: KernelInflight,
+    ) -> Result<u64> {
         // Raw kernel value: it can be below 0 if arming was late (see CONTROL_ARMED_NS); reported
         // as 0, repaired here. Above 0 when the kernel did not run the completion program for
         // some completions (docs/performance.md, "Completions the kernel does not show").

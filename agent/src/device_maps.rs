@@ -41,7 +41,8 @@ pub(crate) fn take<T>(probes: &mut Probes, name: &str) -> Result<T>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
 {
-    let map = probes.ebpf.take_map(name).ok_or_else(|| Error::Other(format!("map {name} is not in the eBPF object")))?;
+    let map =
+        probes.ebpf.take_map(name).ok_or_else(|| Error::Other(format!("map {name} is not in the eBPF object")))?;
     T::try_from(map).map_err(|e| Error::bpf(format!("map {name} has an unexpected type"), e))
 }
 

@@ -147,7 +147,6 @@ pub fn disk_of(sys_root: &Path, id: u32) -> u32 {
     }
 }
 
-
 fn parse_major_minor(s: &str) -> Option<(u32, u32)> {
     let (a, b) = s.split_once(':')?;
     Some((a.parse().ok()?, b.parse().ok()?))

@@ -97,7 +97,11 @@ pub fn table(s: &Snapshot) -> String {
         ));
     }
     if let Some(t) = &s.losses_total {
-        let lost = t.start_insert_failed + t.complete_without_start + t.hist_update_failed + t.recursion_misses + t.write_failures;
+        let lost = t.start_insert_failed
+            + t.complete_without_start
+            + t.hist_update_failed
+            + t.recursion_misses
+            + t.write_failures;
         if lost > 0 {
             out.push_str(&format!(
                 "lost since start: {} no-start completions, {} map-full, {} recursion misses, {} write failures\n",
@@ -142,7 +146,18 @@ impl LiveView {
         let summary: Vec<String> = lines
             .iter()
             .filter(|l| l.iops > 0.0 || l.inflight > 0)
-            .map(|l| format!("{}:iops={:.0},mbps={:.1},p50={},p99={},inflight={}/{}", l.device, l.iops, l.mb_per_s, us(l.p50_us), us(l.p99_us), l.inflight, l.peak))
+            .map(|l| {
+                format!(
+                    "{}:iops={:.0},mbps={:.1},p50={},p99={},inflight={}/{}",
+                    l.device,
+                    l.iops,
+                    l.mb_per_s,
+                    us(l.p50_us),
+                    us(l.p99_us),
+                    l.inflight,
+                    l.peak
+                )
+            })
             .collect();
         tracing::info!(
             seq = s.seq.unwrap_or(0),
@@ -175,7 +190,13 @@ mod tests {
                 sum_ns: None,
                 buckets: vec![Bucket { slot: 4, count: 100, bucket_low: 16, bucket_high: 31 }],
             }],
-            inflight: vec![DeviceInflight { device_id: 1, device_name: "loop0".into(), count: 2, peak: Some(9), sysfs_count: None }],
+            inflight: vec![DeviceInflight {
+                device_id: 1,
+                device_name: "loop0".into(),
+                count: 2,
+                peak: Some(9),
+                sysfs_count: None,
+            }],
             ops: vec![],
             pods: vec![],
             losses: None,

@@ -210,7 +210,8 @@ impl FastLayout {
 
 impl BtfLayout {
     pub fn from_btf(btf: &Btf) -> Result<BtfLayout> {
-        let rq_disk = btf.has_member("request", "rq_disk").then(|| btf.member_offset("request", "rq_disk")).transpose()?;
+        let rq_disk =
+            btf.has_member("request", "rq_disk").then(|| btf.member_offset("request", "rq_disk")).transpose()?;
         let q_disk = if rq_disk.is_some() { 0 } else { btf.member_offset("request_queue", "disk")? };
         // REQ_OP_BITS is a #define; the first flag bit after the op, __REQ_FAILFAST_DEV, is
         // declared as `= REQ_OP_BITS` in enum req_flag_bits, so BTF carries it.
@@ -235,7 +236,10 @@ impl BtfLayout {
             }
             // (rq, error, nr_bytes) since 2.6; the error's type changed (int -> blk_status_t).
             if hook.tracepoint == "block_rq_complete" && (args.types.len() != 3 || args.types[2] != "unsigned int") {
-                return Err(Error::BtfMissing(format!("`unsigned int nr_bytes` third argument in block_rq_complete (its arguments are {:?})", args.types)));
+                return Err(Error::BtfMissing(format!(
+                    "`unsigned int nr_bytes` third argument in block_rq_complete (its arguments are {:?})",
+                    args.types
+                )));
             }
         }
         let rq_q = btf.member_offset("request", "q")?;
@@ -293,7 +297,9 @@ fn load_btf(vmlinux: &Path, attribution: Option<CgroupSource>) -> Result<Probes>
         .override_global("REQ_OP_SECURE_ERASE", &layout.req_op_secure_erase, true);
     let bio = layout.bio_cgroup.as_ref().filter(|_| attribution == Some(CgroupSource::Bio));
     if attribution == Some(CgroupSource::Bio) && bio.is_none() {
-        tracing::warn!("no bio->bi_blkg in kernel BTF (CONFIG_BLK_CGROUP off?); attributing by the submitting task's cgroup");
+        tracing::warn!(
+            "no bio->bi_blkg in kernel BTF (CONFIG_BLK_CGROUP off?); attributing by the submitting task's cgroup"
+        );
     }
     let cgroup_source = match (attribution, bio) {
         (None, _) => None,
@@ -329,7 +335,11 @@ fn load_btf(vmlinux: &Path, attribution: Option<CgroupSource>) -> Result<Probes>
             .override_global("MQ_RQ_IN_FLIGHT", &f.mq_rq_in_flight, true);
     }
     loader.override_global("FAST_PATH", &fast_on, true);
-    tracing::info!(fast_path = fast.is_some(), attribution = cgroup_source.map(CgroupSource::as_str), "BTF layout resolved");
+    tracing::info!(
+        fast_path = fast.is_some(),
+        attribution = cgroup_source.map(CgroupSource::as_str),
+        "BTF layout resolved"
+    );
     let mut ebpf = loader.load(EBPF_OBJECT).map_err(|e| Error::bpf("cannot load the eBPF object", e))?;
     drop(loader);
     // `BtfTracePoint::load` looks up the `btf_trace_*` typedef ids in aya's own parse.
@@ -390,7 +400,10 @@ fn arm(ebpf: &mut Ebpf) -> Result<()> {
     if monotonic_ns() >= armed {
         // Requests allocated between the armed time and the write may be counted down without
         // having been counted up; the idle resync repairs the gauge.
-        tracing::warn!("arming the depth gauge took longer than {} ms; the gauge may be off until the device is idle", ARM_LEAD_NS / 1_000_000);
+        tracing::warn!(
+            "arming the depth gauge took longer than {} ms; the gauge may be off until the device is idle",
+            ARM_LEAD_NS / 1_000_000
+        );
     }
     Ok(())
 }
@@ -413,7 +426,15 @@ impl TracepointLayout {
     pub fn from_tracefs(root: &Path) -> Result<TracepointLayout> {
         let mut globals = Vec::new();
         let wanted: [(&str, &[(&str, &'static str)]); 4] = [
-            ("block_rq_issue", &[("dev", "TP_ISSUE_DEV"), ("sector", "TP_ISSUE_SECTOR"), ("bytes", "TP_ISSUE_BYTES"), ("rwbs", "TP_ISSUE_RWBS")]),
+            (
+                "block_rq_issue",
+                &[
+                    ("dev", "TP_ISSUE_DEV"),
+                    ("sector", "TP_ISSUE_SECTOR"),
+                    ("bytes", "TP_ISSUE_BYTES"),
+                    ("rwbs", "TP_ISSUE_RWBS"),
+                ],
+            ),
             ("block_rq_complete", &[("dev", "TP_COMPLETE_DEV"), ("sector", "TP_COMPLETE_SECTOR")]),
             ("block_rq_insert", &[("dev", "TP_INSERT_DEV"), ("sector", "TP_INSERT_SECTOR")]),
             ("block_rq_requeue", &[("dev", "TP_REQUEUE_DEV"), ("sector", "TP_REQUEUE_SECTOR")]),
@@ -458,10 +479,10 @@ fn load_tracepoints(attribution: Option<CgroupSource>) -> Result<Probes> {
             _ => "rq_requeue_tp",
         };
         let prog: &mut TracePoint = program(&mut ebpf, name)?;
-        let attached = prog
-            .load()
-            .map_err(|e| Error::bpf(format!("cannot load {name}"), e))
-            .and_then(|()| prog.attach("block", hook.tracepoint).map_err(|e| Error::bpf(format!("cannot attach {name} to block/{}", hook.tracepoint), e)));
+        let attached = prog.load().map_err(|e| Error::bpf(format!("cannot load {name}"), e)).and_then(|()| {
+            prog.attach("block", hook.tracepoint)
+                .map_err(|e| Error::bpf(format!("cannot attach {name} to block/{}", hook.tracepoint), e))
+        });
         match attached {
             Ok(_) => programs.push(name),
             Err(e) if !hook.required => tracing::warn!(error = %crate::error::chain(&e), "optional hook not attached"),
@@ -476,7 +497,8 @@ fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
 {
-    let prog = ebpf.program_mut(name).ok_or_else(|| Error::Other(format!("program {name} is not in the eBPF object")))?;
+    let prog =
+        ebpf.program_mut(name).ok_or_else(|| Error::Other(format!("program {name} is not in the eBPF object")))?;
     prog.try_into().map_err(|e| Error::bpf(format!("program {name} has an unexpected type"), e))
 }
 
@@ -508,10 +530,7 @@ pub fn check_privileges() -> Result<()> {
 }
 
 pub fn effective_caps(proc_status: &str) -> Option<u64> {
-    proc_status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+    proc_status.lines().find_map(|l| l.strip_prefix("CapEff:")).and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
 }
 
 /// Per-program kernel statistics from `bpf_prog_info` (uapi, append-only ABI).
@@ -575,11 +594,24 @@ mod tests {
             members.push(("rq_disk", disk_ptr, 88));
         }
         let req = b.structure("request", 256, &members);
-        b.enumeration("req_op", &[("REQ_OP_READ", 0), ("REQ_OP_WRITE", 1), ("REQ_OP_FLUSH", 2), ("REQ_OP_DISCARD", 3), ("REQ_OP_SECURE_ERASE", 5)]);
+        b.enumeration(
+            "req_op",
+            &[
+                ("REQ_OP_READ", 0),
+                ("REQ_OP_WRITE", 1),
+                ("REQ_OP_FLUSH", 2),
+                ("REQ_OP_DISCARD", 3),
+                ("REQ_OP_SECURE_ERASE", 5),
+            ],
+        );
         b.enumeration("req_flag_bits", &[("__REQ_FAILFAST_DEV", 8)]);
         let rq = b.ptr(req);
         for tp in ["block_rq_issue", "block_rq_insert", "block_rq_requeue"] {
-            let proto = if legacy { b.func_proto(&[("", vp), ("", vp), ("", rq)]) } else { b.func_proto(&[("", vp), ("", rq)]) };
+            let proto = if legacy {
+                b.func_proto(&[("", vp), ("", vp), ("", rq)])
+            } else {
+                b.func_proto(&[("", vp), ("", rq)])
+            };
             let fp = b.ptr(proto);
             b.typedef(&format!("btf_trace_{tp}"), fp);
         }

@@ -47,7 +47,9 @@ pub fn node_name(flag: Option<&str>, env_node: Option<&str>, hostname: impl FnOn
 }
 
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "localhost".into())
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
 }
 
 fn open_output(args: &RunArgs, node: &str) -> crate::Result<Option<Writer>> {
@@ -146,7 +148,11 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         exporters.publish(&snapshot);
         health.record_snapshot(collected.build_time);
         live.render(&snapshot);
-        tracing::debug!(build_us = collected.build_time.as_micros() as u64, total_us = started.elapsed().as_micros() as u64, "snapshot built");
+        tracing::debug!(
+            build_us = collected.build_time.as_micros() as u64,
+            total_us = started.elapsed().as_micros() as u64,
+            "snapshot built"
+        );
         if stop {
             break;
         }

@@ -62,10 +62,21 @@ fn device_patterns_include_and_exclude() {
     let (s, _) = analyze_ok(&[&input], &dir.path().join("b"), &["--device", "!sdb,!nvme*"]);
     assert_eq!(names(&s), ["sda"]);
 
-    let r = run(&["--input", input.to_str().unwrap(), "--output-dir", dir.path().join("c").to_str().unwrap(), "--device", "vd*"]);
+    let r = run(&[
+        "--input",
+        input.to_str().unwrap(),
+        "--output-dir",
+        dir.path().join("c").to_str().unwrap(),
+        "--device",
+        "vd*",
+    ]);
     assert_eq!(r.code, 1);
     assert_eq!(r.stderr.trim().lines().count(), 1, "{}", r.stderr);
-    assert!(r.stderr.contains("no device matches --device vd*; devices in the input: nvme0n1, sda, sdb"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("no device matches --device vd*; devices in the input: nvme0n1, sda, sdb"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
@@ -73,14 +84,16 @@ fn time_range_selects_snapshots() {
     let dir = tempfile::tempdir().unwrap();
     // Snapshots end at T0+1 .. T0+300; keep those ending in [T0+100, T0+200] (14:21:40 to 14:23:20).
     let from = format!("{}", T0 + 100.0);
-    let (s, _) = analyze_ok(&[&input(dir.path())], &dir.path().join("out"), &["--from", &from, "--to", "2025-10-02T14:23:20Z"]);
+    let (s, _) =
+        analyze_ok(&[&input(dir.path())], &dir.path().join("out"), &["--from", &from, "--to", "2025-10-02T14:23:20Z"]);
     assert_eq!(s["snapshots"], 101);
     let nvme = device(&s, Some("n1"), "nvme0n1");
     assert_eq!(nvme["total_requests"], 10_100);
     assert_eq!(nvme["first_timestamp"], T0 + 100.0);
     assert_eq!(nvme["last_timestamp"], T0 + 200.0);
 
-    let r = run(&["--input", "x", "--output-dir", "y", "--from", "2025-10-02T15:00:00Z", "--to", "2025-10-02T14:00:00Z"]);
+    let r =
+        run(&["--input", "x", "--output-dir", "y", "--from", "2025-10-02T15:00:00Z", "--to", "2025-10-02T14:00:00Z"]);
     assert_eq!(r.code, 1);
     assert!(r.stderr.contains("--from") && r.stderr.contains("earlier than --to"), "{}", r.stderr);
 

@@ -40,7 +40,8 @@ fn approx(a: &serde_json::Value, b: f64, what: &str) {
 fn check_common(s: &serde_json::Value, node: Option<&str>) {
     assert_eq!(s["skipped_lines"], 0);
     assert_eq!(s["snapshots"], N as u64);
-    let names: Vec<&str> = s["devices"].as_array().unwrap().iter().map(|d| d["device_name"].as_str().unwrap()).collect();
+    let names: Vec<&str> =
+        s["devices"].as_array().unwrap().iter().map(|d| d["device_name"].as_str().unwrap()).collect();
     assert_eq!(names, ["nvme0n1", "sda", "loop0"], "busiest first");
 
     let nvme = device(s, node, "nvme0n1");
@@ -79,7 +80,10 @@ fn check_common(s: &serde_json::Value, node: Option<&str>) {
     assert_eq!(idle["peak_queue_depth"], 0);
     assert!(idle.get("charts").is_none(), "an idle device gets no charts");
 
-    assert_eq!(nvme["charts"], serde_json::json!(["nvme0n1_latency_hist.png", "nvme0n1_queue_depth.png", "nvme0n1_requests.png"]));
+    assert_eq!(
+        nvme["charts"],
+        serde_json::json!(["nvme0n1_latency_hist.png", "nvme0n1_queue_depth.png", "nvme0n1_requests.png"])
+    );
 }
 
 #[test]
@@ -96,11 +100,20 @@ fn current_schema_gives_exact_answers() {
     approx(&nvme["mean_latency_us"], 7_900_000.0 / 60_000.0, "exact mean");
     assert_eq!(nvme["mean_latency"], "exact");
     assert_eq!(nvme["peak_queue_depth"], 77, "the `peak` key wins over end-of-interval counts");
-    assert_eq!(nvme["requests_by_op"], serde_json::json!({"read": 54_000, "write": 6_000, "discard": 0, "flush": 0, "other": 0}));
+    assert_eq!(
+        nvme["requests_by_op"],
+        serde_json::json!({"read": 54_000, "write": 6_000, "discard": 0, "flush": 0, "other": 0})
+    );
     approx(&device(&s, Some("node-a"), "sda")["mean_latency_us"], 1000.0, "sda exact mean");
     assert_eq!(device(&s, Some("node-a"), "sda")["peak_queue_depth"], 2);
 
-    for f in ["nvme0n1_latency_hist.png", "nvme0n1_queue_depth.png", "nvme0n1_requests.png", "sda_requests.png", "report.html"] {
+    for f in [
+        "nvme0n1_latency_hist.png",
+        "nvme0n1_queue_depth.png",
+        "nvme0n1_requests.png",
+        "sda_requests.png",
+        "report.html",
+    ] {
         assert!(out.join(f).is_file(), "{f} missing");
     }
     assert!(!out.join("loop0_latency_hist.png").exists());
@@ -124,7 +137,11 @@ fn seed_schema_gives_the_same_buckets_and_an_estimated_mean() {
 
     let nvme = device(&s, None, "nvme0n1");
     // Midpoints: slot 5 -> 48, slot 8 -> 384, slot 14 -> 24 576.
-    approx(&nvme["mean_latency_us"], (54_000.0 * 48.0 + 5_800.0 * 384.0 + 200.0 * 24_576.0) / 60_000.0, "estimated mean");
+    approx(
+        &nvme["mean_latency_us"],
+        (54_000.0 * 48.0 + 5_800.0 * 384.0 + 200.0 * 24_576.0) / 60_000.0,
+        "estimated mean",
+    );
     assert_eq!(nvme["mean_latency"], "estimated");
     assert_eq!(nvme["peak_queue_depth"], 50, "without `peak`, the highest end-of-interval count");
     assert!(nvme.get("requests_by_op").is_none());

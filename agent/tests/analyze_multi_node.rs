@@ -28,7 +28,11 @@ fn segment_dir(root: &Path) -> std::path::PathBuf {
     std::fs::write(dir.join("node-a-20251002T142000Z-000001.jsonl"), segment("node-a", 0..100, 100, 40)).unwrap();
     gzip(&dir.join("node-a-20251002T142140Z-000002.jsonl.gz"), &segment("node-a", 100..200, 100, 40));
     std::fs::write(dir.join("node-b-20251002T142000Z-000001.jsonl"), segment("node-b", 0..150, 10, 3000)).unwrap();
-    std::fs::write(dir.join("node-b").join("node-b-20251002T142230Z-000002.jsonl"), segment("node-b", 150..200, 10, 3000)).unwrap();
+    std::fs::write(
+        dir.join("node-b").join("node-b-20251002T142230Z-000002.jsonl"),
+        segment("node-b", 150..200, 10, 3000),
+    )
+    .unwrap();
     // The agent's open segment (not sealed yet), a hidden file and a note: none is input.
     std::fs::write(dir.join("node-a-20251002T142320Z-000003.jsonl.open"), "{\"torn").unwrap();
     std::fs::write(dir.join(".partial.jsonl"), "{\"torn").unwrap();
@@ -99,7 +103,11 @@ fn a_seed_file_next_to_agent_files_gets_its_own_group() {
     let root = tempfile::tempdir().unwrap();
     let seed = root.path().join("old.jsonl");
     let devs = [DevSample::new("nvme0n1", 259 << 20, vec![io("read", 40, 7)], 1, 1)];
-    std::fs::write(&seed, (0..10).map(|i| line(&snapshot(Schema::Seed, None, T0 + i as f64, 1.0, 0, &devs))).collect::<String>()).unwrap();
+    std::fs::write(
+        &seed,
+        (0..10).map(|i| line(&snapshot(Schema::Seed, None, T0 + i as f64, 1.0, 0, &devs))).collect::<String>(),
+    )
+    .unwrap();
     let new = root.path().join("new.jsonl");
     std::fs::write(&new, segment("node-a", 0..10, 100, 40)).unwrap();
     let out = root.path().join("out");

@@ -68,7 +68,13 @@ fn input(dir: &Path) -> std::path::PathBuf {
                     rng.below(20),
                     20 + rng.below(10),
                 ),
-                DevSample::new("sda", 8 << 20, vec![io("write", 800 + rng.below(400), 50 + rng.below(50))], rng.below(4), 5),
+                DevSample::new(
+                    "sda",
+                    8 << 20,
+                    vec![io("write", 800 + rng.below(400), 50 + rng.below(50))],
+                    rng.below(4),
+                    5,
+                ),
             ];
             line(&snapshot(Schema::Current, Some("n1"), T0 + (i + 1) as f64, 1.0, i as u64, &devs))
         })
@@ -110,7 +116,8 @@ fn charts_decode_and_show_their_content() {
             assert_eq!((img.w, img.h), (W, H), "{name}");
 
             // Not blank: many colours (anti-aliased text, data), a real share of non-white.
-            let colors: HashSet<(u8, u8, u8)> = (0..img.h).flat_map(|y| (0..img.w).map(move |x| (x, y))).map(|(x, y)| img.px(x, y)).collect();
+            let colors: HashSet<(u8, u8, u8)> =
+                (0..img.h).flat_map(|y| (0..img.w).map(move |x| (x, y))).map(|(x, y)| img.px(x, y)).collect();
             assert!(colors.len() >= 40, "{name}: only {} colours", colors.len());
             let ink = img.count(0..H, |p| p != (255, 255, 255));
             assert!(ink > (W * H / 30) as usize, "{name}: nearly blank ({ink} px)");
@@ -137,14 +144,18 @@ fn charts_decode_and_show_their_content() {
     assert!(pngs[3].1.count(0..H, band) < 30, "sda has no anomaly but shows a band");
     // Light red shading on the line charts.
     let qd = &pngs[1].1;
-    assert!(qd.count(0..H, |(r, g, b)| r > 240 && (210..235).contains(&g) && (210..235).contains(&b)) > 2000, "anomaly shading missing");
+    assert!(
+        qd.count(0..H, |(r, g, b)| r > 240 && (210..235).contains(&g) && (210..235).contains(&b)) > 2000,
+        "anomaly shading missing"
+    );
 
     // report.html embeds exactly these PNGs and needs no network.
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
     for bad in ["http://", "https://", "<script", "<link", "@import"] {
         assert!(!html.contains(bad), "report.html contains {bad}");
     }
-    let imgs: Vec<&str> = html.split("src=\"data:image/png;base64,").skip(1).map(|r| &r[..r.find('"').unwrap()]).collect();
+    let imgs: Vec<&str> =
+        html.split("src=\"data:image/png;base64,").skip(1).map(|r| &r[..r.find('"').unwrap()]).collect();
     assert_eq!(imgs.len(), 6);
     for (b64, (name, _)) in imgs.iter().zip(&pngs) {
         let bytes = base64::engine::general_purpose::STANDARD.decode(b64).unwrap();

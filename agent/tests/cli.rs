@@ -40,7 +40,10 @@ fn unwritable_output_fails_before_attaching() {
 #[test]
 fn missing_proc_root_names_the_file() {
     let dir = tempfile::tempdir().unwrap();
-    let (code, err) = agent(&["run", "--proc-root", dir.path().to_str().unwrap(), "--no-output"], &[("BLKIO_AGENT_METRICS_ADDR", "off")]);
+    let (code, err) = agent(
+        &["run", "--proc-root", dir.path().to_str().unwrap(), "--no-output"],
+        &[("BLKIO_AGENT_METRICS_ADDR", "off")],
+    );
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("proc/diskstats"), "{err}");
 }

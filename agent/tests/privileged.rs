@@ -66,7 +66,8 @@ fn exact_counts(attach: &str) {
     let last = snaps.last().unwrap();
     let depth = last.inflight.iter().find(|i| i.device_name == dev.name).expect("inflight entry");
     assert_eq!(depth.count, 0, "in flight at the end: {depth:?}");
-    let peak = snaps.iter().flat_map(|s| &s.inflight).filter(|i| i.device_name == dev.name).filter_map(|i| i.peak).max();
+    let peak =
+        snaps.iter().flat_map(|s| &s.inflight).filter(|i| i.device_name == dev.name).filter_map(|i| i.peak).max();
     assert!(peak >= Some(1), "peak depth seen: {peak:?}");
     let losses = last.losses_total.unwrap();
     assert_eq!(losses.start_insert_failed + losses.hist_update_failed + losses.device_map_full, 0, "{losses:?}");
@@ -121,13 +122,26 @@ fn sigint_seals_segments() {
     let Some(_p) = privileged("sigint_seals_segments") else { return };
     let dev = LoopDev::new(16);
     let dir = tempfile::tempdir().unwrap();
-    let mut agent = Agent::start(&["--interval", "0.05", "--output-dir", dir.path().to_str().unwrap(), "--segment-max-bytes", "4096", "--node-name", "test-node"]);
+    let mut agent = Agent::start(&[
+        "--interval",
+        "0.05",
+        "--output-dir",
+        dir.path().to_str().unwrap(),
+        "--segment-max-bytes",
+        "4096",
+        "--node-name",
+        "test-node",
+    ]);
     dev.dd_write(300);
     agent.wait_snapshots(10);
     agent.stop(libc::SIGINT);
     let files = sealed_segments(dir.path());
     assert!(files.len() >= 2, "several segments sealed: {files:?}");
-    let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).filter(|n| n.to_string_lossy().ends_with(".staging")).collect();
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().ends_with(".staging"))
+        .collect();
     assert!(leftovers.is_empty(), "staging files left: {leftovers:?}");
     let snaps: Vec<Snapshot> = files.iter().flat_map(|f| read_jsonl(f)).collect();
     assert!(files.iter().all(|f| f.file_name().unwrap().to_string_lossy().starts_with("test-node-")));
@@ -143,7 +157,16 @@ fn kill_9_during_segment_writing_leaves_only_complete_jsonl() {
     let Some(_p) = privileged("kill_9_during_segment_writing_leaves_only_complete_jsonl") else { return };
     let dev = LoopDev::new(16);
     let dir = tempfile::tempdir().unwrap();
-    let args = ["--interval", "0.02", "--flush-every", "1000", "--output-dir", dir.path().to_str().unwrap(), "--segment-max-bytes", "8192"];
+    let args = [
+        "--interval",
+        "0.02",
+        "--flush-every",
+        "1000",
+        "--output-dir",
+        dir.path().to_str().unwrap(),
+        "--segment-max-bytes",
+        "8192",
+    ];
     for round in 0..3u64 {
         let mut agent = Agent::start(&args);
         dev.dd_write(50);
@@ -157,7 +180,8 @@ fn kill_9_during_segment_writing_leaves_only_complete_jsonl() {
     // A clean start recovers what the kills left, then a clean stop seals the rest.
     let agent = Agent::start(&args);
     agent.stop(libc::SIGTERM);
-    let names: Vec<String> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let names: Vec<String> =
+        std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     assert!(names.iter().all(|n| n.ends_with(".jsonl")), "only sealed segments remain: {names:?}");
     let total: usize = sealed_segments(dir.path()).iter().map(|f| read_jsonl(f).len()).sum();
     assert!(total >= 15, "snapshots kept across kills: {total}");
@@ -169,7 +193,11 @@ fn full_disk_is_survived_and_writing_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let mnt = dir.path().join("small");
     std::fs::create_dir(&mnt).unwrap();
-    let st = std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"]).arg(&mnt).status().unwrap();
+    let st = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .unwrap();
     assert!(st.success(), "mount tmpfs");
     struct Unmount(std::path::PathBuf);
     impl Drop for Unmount {
@@ -200,4 +228,3 @@ fn full_disk_is_survived_and_writing_resumes() {
         assert_eq!(s.seq, Some(i as u64), "queued snapshots were written in order once space returned");
     }
 }
-

@@ -63,7 +63,9 @@ fn pod_series_count_the_workload_exactly(root: PathBuf, source: &str) -> String 
     let unique = format!("blkio-agent-test-{}", std::process::id());
     let pod_slice = format!("kubepods-besteffort-pod{}.slice", uid.replace('-', "_"));
     let mut dirs = vec![root.join(&unique)];
-    for part in ["kubepods.slice", "kubepods-besteffort.slice", &pod_slice, &format!("cri-containerd-{container}.scope")] {
+    for part in
+        ["kubepods.slice", "kubepods-besteffort.slice", &pod_slice, &format!("cri-containerd-{container}.scope")]
+    {
         let next = dirs.last().unwrap().join(part);
         dirs.push(next);
     }
@@ -76,7 +78,8 @@ fn pod_series_count_the_workload_exactly(root: PathBuf, source: &str) -> String 
     // the container, as the runtime does (v1 blkio has it everywhere).
     if source == "bio" && root.join("cgroup.subtree_control").exists() {
         for d in &dirs[..dirs.len() - 1] {
-            std::fs::write(d.join("cgroup.subtree_control"), "+io").unwrap_or_else(|e| panic!("+io in {}: {e}", d.display()));
+            std::fs::write(d.join("cgroup.subtree_control"), "+io")
+                .unwrap_or_else(|e| panic!("+io in {}: {e}", d.display()));
         }
     }
 
@@ -131,7 +134,10 @@ fn pod_series_count_the_workload_exactly(root: PathBuf, source: &str) -> String 
         .filter(|p| p.device_name == dev.name)
         .map(|p| format!("{:?}/{:?} {} {}", p.cgroup, p.pod_uid, p.op, p.count))
         .collect();
-    assert_eq!(pod_writes, 1500, "the pod's writes, attributed at submission ({source}); series on the device: {on_dev:?}");
+    assert_eq!(
+        pod_writes, 1500,
+        "the pod's writes, attributed at submission ({source}); series on the device: {on_dev:?}"
+    );
     let device_writes = op_counts(&snaps, &dev.name).get("write").copied();
     assert_eq!(device_writes, Some(1500), "and the device total agrees");
     drop(tree);
@@ -142,7 +148,11 @@ fn pod_series_count_the_workload_exactly(root: PathBuf, source: &str) -> String 
 #[test]
 fn pod_series_by_task_count_the_workload_exactly() {
     let Some(_p) = privileged("pod_series_by_task_count_the_workload_exactly") else { return };
-    let Some(root) = cgroup2_mount().or_else(|| missing_prerequisite("pod_series_by_task_count_the_workload_exactly: needs a cgroup v2 mount".into())) else { return };
+    let Some(root) = cgroup2_mount().or_else(|| {
+        missing_prerequisite("pod_series_by_task_count_the_workload_exactly: needs a cgroup v2 mount".into())
+    }) else {
+        return;
+    };
     let log = pod_series_count_the_workload_exactly(root, "task");
     assert!(log.contains("fast_path=false attribution=\"task\""), "task attribution keeps a start map: {log}");
 }
@@ -169,7 +179,8 @@ fn idle_pod_entries_are_evicted_from_the_kernel_map() {
     let Some(_p) = privileged("idle_pod_entries_are_evicted_from_the_kernel_map") else { return };
     let dev = LoopDev::new(16);
     let root = std::path::Path::new("/");
-    let probes = load(&LoadOptions { mode: AttachMode::Btf, sys_root: root, attribution: Some(CgroupSource::Task) }).expect("load");
+    let probes = load(&LoadOptions { mode: AttachMode::Btf, sys_root: root, attribution: Some(CgroupSource::Task) })
+        .expect("load");
     let names = DeviceNames::new(root, root).unwrap();
     let mut collector = Collector::new(probes, names, DeviceFilter::default(), "n".into(), true).unwrap();
     collector.set_cgroup_idle_evict(std::time::Duration::from_millis(300));

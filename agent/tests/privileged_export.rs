@@ -34,8 +34,21 @@ async fn otlp_and_prometheus_equal_the_jsonl_of_the_same_run() {
     let (jsonl, dev_name, ready_code) = tokio::task::spawn_blocking(move || {
         let dev = LoopDev::new(32);
         let mut agent = Agent::start_with_env(
-            &["--interval", "0.25", "--flush-every", "1", "--output", out.to_str().unwrap(), "--metrics-addr", &metrics_addr],
-            &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint), ("OTEL_SERVICE_NAME", "blkio-agent-test"), ("NODE_NAME", "otlp-node")],
+            &[
+                "--interval",
+                "0.25",
+                "--flush-every",
+                "1",
+                "--output",
+                out.to_str().unwrap(),
+                "--metrics-addr",
+                &metrics_addr,
+            ],
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+                ("OTEL_SERVICE_NAME", "blkio-agent-test"),
+                ("NODE_NAME", "otlp-node"),
+            ],
         );
         agent.wait_snapshots(1);
         let (ready_code, _) = http_get(metrics_port, "/readyz");
@@ -71,8 +84,9 @@ async fn otlp_and_prometheus_equal_the_jsonl_of_the_same_run() {
             }
         }
         assert_eq!(count, expected_count, "JSONL {op}s");
-        let (point, temporality) = hist(&last, "blkio.request.duration", &[("system.device", &dev_name), ("blkio.operation", op)])
-            .unwrap_or_else(|| panic!("no blkio.request.duration point for {dev_name} {op}"));
+        let (point, temporality) =
+            hist(&last, "blkio.request.duration", &[("system.device", &dev_name), ("blkio.operation", op)])
+                .unwrap_or_else(|| panic!("no blkio.request.duration point for {dev_name} {op}"));
         assert_eq!(temporality, 2, "cumulative");
         assert_eq!(point.count, count, "{op}: OTLP count equals JSONL");
         assert_eq!(point.bucket_counts, slots, "{op}: OTLP buckets equal JSONL slots");

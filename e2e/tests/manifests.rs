@@ -341,7 +341,8 @@ fn assert_configmap(cm: &BTreeMap<String, String>, v: &Value) {
     .collect();
     if v["attribution"]["enabled"] == true {
         expected.insert("BLKIO_AGENT_MAX_PODS".into(), v["attribution"]["maxPods"].to_string());
-        expected.insert("BLKIO_AGENT_ATTRIBUTION_SOURCE".into(), v["attribution"]["source"].as_str().unwrap().to_string());
+        expected
+            .insert("BLKIO_AGENT_ATTRIBUTION_SOURCE".into(), v["attribution"]["source"].as_str().unwrap().to_string());
     }
     assert_eq!(cm, &expected);
 }

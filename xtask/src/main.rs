@@ -3,8 +3,8 @@
 //! machine of this project's kind.
 
 mod bench;
-mod image;
 mod e2e;
+mod image;
 mod setup;
 mod test;
 

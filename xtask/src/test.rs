@@ -20,7 +20,9 @@ pub fn test_all() -> anyhow::Result<()> {
         // The docker-level e2e needs an engine; this kind of machine starts none by itself.
         ensure_dockerd()?;
     }
-    // Lints first: cheapest failure. The eBPF crate is checked by its own build (build.rs).
+    // Formatting and lints first: cheapest failures. The eBPF crate is checked by its own build
+    // (build.rs); `--all` formats it too.
+    run(cargo().args(["fmt", "--all", "--check"]))?;
     run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
     // Unit, integration and privileged tests (privileged ones serialize themselves, need root,
     // and fail instead of skipping when CI=true), docker e2e (crate `e2e`).
@@ -36,7 +38,14 @@ fn docker_ready() -> bool {
 
 /// Starts `dockerd` in the background when it is installed but not running.
 fn ensure_dockerd() -> anyhow::Result<()> {
-    if docker_ready() || Command::new("sh").args(["-c", "command -v dockerd"]).stdout(Stdio::null()).status().map(|s| !s.success()).unwrap_or(true) {
+    if docker_ready()
+        || Command::new("sh")
+            .args(["-c", "command -v dockerd"])
+            .stdout(Stdio::null())
+            .status()
+            .map(|s| !s.success())
+            .unwrap_or(true)
+    {
         return Ok(());
     }
     let log = std::fs::File::create(std::env::temp_dir().join("blkio-agent-dockerd.log"))?;

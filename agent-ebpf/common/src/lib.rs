@@ -247,13 +247,8 @@ pub struct CgroupStats {
 }
 
 impl CgroupStats {
-    pub const ZERO: CgroupStats = CgroupStats {
-        count: 0,
-        device_ns: 0,
-        bytes: 0,
-        _pad: 0,
-        device_slots: [0; HIST_SLOTS],
-    };
+    pub const ZERO: CgroupStats =
+        CgroupStats { count: 0, device_ns: 0, bytes: 0, _pad: 0, device_slots: [0; HIST_SLOTS] };
 }
 
 /// `floor(log2(v))` clamped to the last slot; 0 for 0 and 1.
@@ -349,8 +344,13 @@ mod tests {
                 // Stamps may come from a plug's cached clock: anything up to the real time.
                 for issued in [allocated, issue_runs, issue_runs.saturating_sub(7)] {
                     let armed_seen = if issue_runs >= write_at { armed } else { 0 };
-                    let up = gauge_counts_issue(armed_seen, allocated, || panic!("clock read with an allocation stamp"));
-                    assert_eq!(up, gauge_counts_end(armed, allocated, issued), "allocated={allocated} issue_runs={issue_runs} issued={issued}");
+                    let up =
+                        gauge_counts_issue(armed_seen, allocated, || panic!("clock read with an allocation stamp"));
+                    assert_eq!(
+                        up,
+                        gauge_counts_end(armed, allocated, issued),
+                        "allocated={allocated} issue_runs={issue_runs} issued={issued}"
+                    );
                     checked += 1;
                 }
             }
@@ -360,7 +360,11 @@ mod tests {
         // the real issue time.
         for issue_runs in [10, write_at, armed - 1, armed, armed + 9] {
             let armed_seen = if issue_runs >= write_at { armed } else { 0 };
-            assert_eq!(gauge_counts_issue(armed_seen, 0, || issue_runs), gauge_counts_end(armed, 0, issue_runs), "issue_runs={issue_runs}");
+            assert_eq!(
+                gauge_counts_issue(armed_seen, 0, || issue_runs),
+                gauge_counts_end(armed, 0, issue_runs),
+                "issue_runs={issue_runs}"
+            );
         }
         assert!(!gauge_counts_issue(0, 5, || 5) && !gauge_counts_end(0, 5, 5), "nothing counts before arming");
         assert!(gauge_counts_issue(armed, armed, || 0) && gauge_counts_end(armed, armed, 0));

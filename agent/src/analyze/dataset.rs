@@ -29,7 +29,8 @@ pub struct Filter {
 
 impl Filter {
     pub fn device_ok(&self, name: &str) -> bool {
-        (self.include.is_empty() || self.include.iter().any(|p| p.matches(name))) && !self.exclude.iter().any(|p| p.matches(name))
+        (self.include.is_empty() || self.include.iter().any(|p| p.matches(name)))
+            && !self.exclude.iter().any(|p| p.matches(name))
     }
 
     fn time_ok(&self, ts: f64) -> bool {
@@ -200,13 +201,26 @@ impl Dataset {
         let node = &mut self.nodes[node_idx];
         let (ts, dur) = (snap.timestamp, snap.interval_s);
         node.timeline.push(Tick { ts, dur, origin });
-        let blank = Rec { ts, dur, origin, total: 0, sum_us: f64::NAN, slot_off: 0, slot_len: 0, inflight: NONE, peak: NONE, ops: u32::MAX };
+        let blank = Rec {
+            ts,
+            dur,
+            origin,
+            total: 0,
+            sum_us: f64::NAN,
+            slot_off: 0,
+            slot_len: 0,
+            inflight: NONE,
+            peak: NONE,
+            ops: u32::MAX,
+        };
 
         for h in &snap.latency_histogram {
             let Some(d) = node.device(h.device_id, &h.device_name, filter) else { continue };
             let dev = &mut node.devices[d];
             let slot_off = dev.slots.len() as u32;
-            dev.slots.extend(h.buckets.iter().filter(|b| b.count > 0).map(|b| SlotCount { slot: b.slot as u8, count: b.count }));
+            dev.slots.extend(
+                h.buckets.iter().filter(|b| b.count > 0).map(|b| SlotCount { slot: b.slot as u8, count: b.count }),
+            );
             let sum_us = match (h.sum_ns, h.sum_us) {
                 (Some(ns), _) => ns as f64 / 1000.0,
                 (None, Some(us)) => us,
@@ -240,7 +254,8 @@ impl Dataset {
 
     /// Every device name seen, filtered out or not (for "no device matches" errors).
     pub fn seen_devices(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.nodes.iter().flat_map(|n| n.index.values().flatten().map(|(name, _)| name.clone())).collect();
+        let mut names: Vec<String> =
+            self.nodes.iter().flat_map(|n| n.index.values().flatten().map(|(name, _)| name.clone())).collect();
         names.sort();
         names.dedup();
         names
@@ -342,7 +357,10 @@ fn validate(s: &Snapshot) -> Result<(), String> {
             sum = sum.saturating_add(b.count);
         }
         if sum != h.total {
-            return Err(format!("{}: total {} differs from the sum of its bucket counts {sum}", h.device_name, h.total));
+            return Err(format!(
+                "{}: total {} differs from the sum of its bucket counts {sum}",
+                h.device_name, h.total
+            ));
         }
         if h.sum_us.is_some_and(|v| !(v.is_finite() && v >= 0.0)) {
             return Err(format!("{}: sum_us is not a non-negative number", h.device_name));

@@ -43,7 +43,8 @@ pub fn render(a: &Analysis) -> String {
             Some(m) => format!("{} (est.)", human_us(m)),
             None => "-".into(),
         };
-        let anchor = d.charts.as_ref().map(|_| format!("<a href=\"#{}\">{}</a>", esc(&d.file_prefix), esc(&s.device_name)));
+        let anchor =
+            d.charts.as_ref().map(|_| format!("<a href=\"#{}\">{}</a>", esc(&d.file_prefix), esc(&s.device_name)));
         let _ = write!(
             h,
             "<tr><td class=\"l\">{}</td><td class=\"l\">{}</td><td>{}</td><td>{}</td>",
@@ -69,7 +70,11 @@ pub fn render(a: &Analysis) -> String {
         Means marked (est.) come from bucket midpoints because the input has no <code>sum_us</code>.</p>\n");
 
     let anomalies: Vec<_> = a.devices.iter().flat_map(|d| d.stats.anomalies.iter().map(move |x| (d, x))).collect();
-    let _ = writeln!(h, "<h2>Latency anomalies</h2>\n<p class=\"muted\">Rule: {}.</p>", esc(&anomaly_rule(a.anomaly_factor, a.anomaly_min_requests)));
+    let _ = writeln!(
+        h,
+        "<h2>Latency anomalies</h2>\n<p class=\"muted\">Rule: {}.</p>",
+        esc(&anomaly_rule(a.anomaly_factor, a.anomaly_min_requests))
+    );
     if anomalies.is_empty() {
         h.push_str("<p>None found.</p>\n");
     } else {
@@ -90,9 +95,14 @@ pub fn render(a: &Analysis) -> String {
     }
 
     if !a.events.is_empty() {
-        let _ = writeln!(h, "<h2>Application events ({})</h2>\n<table><tr><th class=\"l\">time (UTC)</th><th class=\"l\">label</th></tr>", a.events.len());
+        let _ = writeln!(
+            h,
+            "<h2>Application events ({})</h2>\n<table><tr><th class=\"l\">time (UTC)</th><th class=\"l\">label</th></tr>",
+            a.events.len()
+        );
         for e in a.events.iter().take(500) {
-            let _ = writeln!(h, "<tr><td class=\"l\">{}</td><td class=\"l\">{}</td></tr>", esc(&utc(e.ts)), esc(&e.label));
+            let _ =
+                writeln!(h, "<tr><td class=\"l\">{}</td><td class=\"l\">{}</td></tr>", esc(&utc(e.ts)), esc(&e.label));
         }
         h.push_str("</table>\n");
         if a.events.len() > 500 {
@@ -101,9 +111,19 @@ pub fn render(a: &Analysis) -> String {
     }
 
     if a.skipped_count > 0 {
-        let _ = writeln!(h, "<h2>Skipped lines ({})</h2>\n<table><tr><th class=\"l\">file:line</th><th class=\"l\">reason</th></tr>", grouped(a.skipped_count));
+        let _ = writeln!(
+            h,
+            "<h2>Skipped lines ({})</h2>\n<table><tr><th class=\"l\">file:line</th><th class=\"l\">reason</th></tr>",
+            grouped(a.skipped_count)
+        );
         for s in a.skipped.iter().take(100) {
-            let _ = writeln!(h, "<tr><td class=\"l\">{}:{}</td><td class=\"l\">{}</td></tr>", esc(&a.file_name(s.file)), s.line, esc(&s.reason));
+            let _ = writeln!(
+                h,
+                "<tr><td class=\"l\">{}:{}</td><td class=\"l\">{}</td></tr>",
+                esc(&a.file_name(s.file)),
+                s.line,
+                esc(&s.reason)
+            );
         }
         h.push_str("</table>\n");
     }

@@ -43,18 +43,25 @@ pub fn resolve_inputs(specs: &[String]) -> Result<Vec<PathBuf>> {
         } else if spec.contains(['*', '?', '[']) {
             // Like a shell, `*` does not match hidden files.
             let opts = glob::MatchOptions { require_literal_leading_dot: true, ..Default::default() };
-            let matches = glob::glob_with(spec, opts)
-                .map_err(|e| Error::Config { what: "--input glob", value: spec.clone(), reason: e.to_string() })?;
+            let matches = glob::glob_with(spec, opts).map_err(|e| Error::Config {
+                what: "--input glob",
+                value: spec.clone(),
+                reason: e.to_string(),
+            })?;
             let before = out.len();
             for m in matches {
                 let m = m.map_err(|e| Error::read(e.path().to_path_buf(), e.into()))?;
                 if m.is_dir() { collect_dir(&m, &mut out)? } else { out.push(m) }
             }
             if out.len() == before {
-                return Err(Error::Other(format!("no file matches --input `{spec}`; check the pattern (quote it so the shell does not expand it)")));
+                return Err(Error::Other(format!(
+                    "no file matches --input `{spec}`; check the pattern (quote it so the shell does not expand it)"
+                )));
             }
         } else {
-            return Err(Error::Other(format!("--input `{spec}` does not exist; pass JSONL files, globs or directories")));
+            return Err(Error::Other(format!(
+                "--input `{spec}` does not exist; pass JSONL files, globs or directories"
+            )));
         }
     }
     // The same file named twice (a directory and a glob into it) must not count twice.
@@ -74,7 +81,11 @@ fn collect_dir(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     for p in entries {
         if p.is_dir() {
             collect_dir(&p, out)?;
-        } else if p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with(".jsonl") || n.ends_with(".jsonl.gz")) {
+        } else if p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.ends_with(".jsonl") || n.ends_with(".jsonl.gz"))
+        {
             out.push(p);
         }
     }
@@ -109,7 +120,13 @@ pub fn read_chunks(path: &Path, file: u32, progress: &Progress, emit: impl FnMut
     read_chunks_max(path, file, progress, MAX_LINE, emit)
 }
 
-fn read_chunks_max(path: &Path, file: u32, progress: &Progress, max_line: usize, mut emit: impl FnMut(Chunk)) -> Result<Vec<(u64, String)>> {
+fn read_chunks_max(
+    path: &Path,
+    file: u32,
+    progress: &Progress,
+    max_line: usize,
+    mut emit: impl FnMut(Chunk),
+) -> Result<Vec<(u64, String)>> {
     let mut f = File::open(path).map_err(|e| Error::read(path, e))?;
     let mut magic = [0u8; 2];
     let got = read_full(&mut f, &mut magic).map_err(|e| Error::read(path, e))?;
@@ -117,8 +134,11 @@ fn read_chunks_max(path: &Path, file: u32, progress: &Progress, max_line: usize,
     let head = std::io::Cursor::new(magic[..got].to_vec());
     let raw = Counting { inner: head.chain(f), progress };
     let gz = got == 2 && magic == [0x1f, 0x8b];
-    let mut reader: Box<dyn Read + '_> =
-        if gz { Box::new(flate2::read::MultiGzDecoder::new(std::io::BufReader::with_capacity(1 << 16, raw))) } else { Box::new(raw) };
+    let mut reader: Box<dyn Read + '_> = if gz {
+        Box::new(flate2::read::MultiGzDecoder::new(std::io::BufReader::with_capacity(1 << 16, raw)))
+    } else {
+        Box::new(raw)
+    };
 
     let mut problems = Vec::new();
     let mut line = 1u64;
@@ -128,7 +148,11 @@ fn read_chunks_max(path: &Path, file: u32, progress: &Progress, max_line: usize,
     // While dropping an over-long line: whether all of it so far was NUL bytes.
     let mut skipping: Option<bool> = None;
     let long = |nul: bool| {
-        if nul { "NUL bytes (unwritten space of a preallocated file)".to_string() } else { format!("line longer than {} MiB (not JSONL?)", max_line >> 20) }
+        if nul {
+            "NUL bytes (unwritten space of a preallocated file)".to_string()
+        } else {
+            format!("line longer than {} MiB (not JSONL?)", max_line >> 20)
+        }
     };
     loop {
         if filled == buf.len() {
@@ -336,7 +360,8 @@ mod tests {
             got.extend(lines(&c).map(|(n, l)| (n, String::from_utf8_lossy(l).into_owned())));
         })
         .unwrap();
-        let expect: Vec<(u64, String)> = [(1, "a"), (2, "a"), (3, "a"), (5, "b"), (7, "c")].iter().map(|(n, s)| (*n, s.to_string())).collect();
+        let expect: Vec<(u64, String)> =
+            [(1, "a"), (2, "a"), (3, "a"), (5, "b"), (7, "c")].iter().map(|(n, s)| (*n, s.to_string())).collect();
         assert_eq!(got, expect);
         let reasons: Vec<(u64, bool)> = problems.iter().map(|(n, r)| (*n, r.starts_with("NUL"))).collect();
         assert_eq!(reasons, [(4, false), (6, true), (8, true)], "{problems:?}");

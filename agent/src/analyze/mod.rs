@@ -123,13 +123,17 @@ pub fn analyze(args: &AnalyzeArgs) -> Result<Analysis> {
         }
     }
     picked.sort_by(|a, b| {
-        (b.2.total_requests.cmp(&a.2.total_requests)).then_with(|| (&a.2.node, &a.2.device_name).cmp(&(&b.2.node, &b.2.device_name)))
+        (b.2.total_requests.cmp(&a.2.total_requests))
+            .then_with(|| (&a.2.node, &a.2.device_name).cmp(&(&b.2.node, &b.2.device_name)))
     });
     if let Some(top) = args.top {
         picked.truncate(top);
     }
 
-    let t0 = picked.iter().map(|(n, d, _)| ds.nodes[*n].devices[*d].recs.first().map_or(f64::INFINITY, |r| r.ts - r.dur)).fold(f64::INFINITY, f64::min);
+    let t0 = picked
+        .iter()
+        .map(|(n, d, _)| ds.nodes[*n].devices[*d].recs.first().map_or(f64::INFINITY, |r| r.ts - r.dur))
+        .fold(f64::INFINITY, f64::min);
     let t1 = picked.iter().map(|(_, _, s)| s.last_timestamp).fold(f64::NEG_INFINITY, f64::max);
     let frame = charts::Frame { t0, t1, events: &events, anomaly_factor: args.anomaly_factor };
     let several_nodes = picked.iter().map(|(n, _, _)| *n).collect::<std::collections::HashSet<_>>().len() > 1;
@@ -140,7 +144,11 @@ pub fn analyze(args: &AnalyzeArgs) -> Result<Analysis> {
     for ((_, _, stats), (prefix, pngs)) in picked.into_iter().zip(prefixes.into_iter().zip(rendered)) {
         let charts = match pngs {
             Some([a, b, c]) => {
-                let named = [(format!("{prefix}_latency_hist.png"), a), (format!("{prefix}_queue_depth.png"), b), (format!("{prefix}_requests.png"), c)];
+                let named = [
+                    (format!("{prefix}_latency_hist.png"), a),
+                    (format!("{prefix}_queue_depth.png"), b),
+                    (format!("{prefix}_requests.png"), c),
+                ];
                 for (name, png) in &named {
                     write_file(&args.output_dir.join(name), png)?;
                 }
@@ -165,7 +173,8 @@ pub fn analyze(args: &AnalyzeArgs) -> Result<Analysis> {
         anomaly_min_requests: args.anomaly_min_requests,
         output_dir: args.output_dir.clone(),
     };
-    let json = serde_json::to_vec_pretty(&summary::build(&analysis)).map_err(|e| Error::Other(format!("encoding summary.json failed: {e}")))?;
+    let json = serde_json::to_vec_pretty(&summary::build(&analysis))
+        .map_err(|e| Error::Other(format!("encoding summary.json failed: {e}")))?;
     write_file(&args.output_dir.join("summary.json"), &json)?;
     write_file(&args.output_dir.join("report.html"), html::render(&analysis).as_bytes())?;
     Ok(analysis)
@@ -256,7 +265,11 @@ fn check_usable(ds: &Dataset, inputs: &[PathBuf], filter: &Filter, args: &Analyz
     if ds.nodes.iter().all(|n| n.devices.is_empty()) {
         let seen = ds.seen_devices();
         let msg = if !filter.include.is_empty() || !filter.exclude.is_empty() {
-            format!("no device matches --device {}; devices in the input: {}", args.device.join(","), if seen.is_empty() { "none".into() } else { seen.join(", ") })
+            format!(
+                "no device matches --device {}; devices in the input: {}",
+                args.device.join(","),
+                if seen.is_empty() { "none".into() } else { seen.join(", ") }
+            )
         } else {
             "the snapshots list no devices (no I/O was recorded)".to_string()
         };
@@ -268,7 +281,9 @@ fn check_usable(ds: &Dataset, inputs: &[PathBuf], filter: &Filter, args: &Analyz
 /// Seed file names (`{device}_latency_hist.png`), node-prefixed when several nodes are present;
 /// a name that would collide gets the device's major-minor appended.
 fn file_prefixes(picked: &[(usize, usize, DeviceStats)], several_nodes: bool) -> Vec<String> {
-    let clean = |s: &str| s.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' }).collect::<String>();
+    let clean = |s: &str| {
+        s.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' }).collect::<String>()
+    };
     let mut used = std::collections::HashSet::new();
     picked
         .iter()
@@ -291,8 +306,14 @@ fn file_prefixes(picked: &[(usize, usize, DeviceStats)], several_nodes: bool) ->
 type Pngs = Option<[Vec<u8>; 3]>;
 
 /// Renders every device's charts, one device per core at a time.
-fn render_all(ds: &Dataset, picked: &[(usize, usize, DeviceStats)], frame: &charts::Frame, percentiles: &[f64]) -> Result<Vec<Pngs>> {
-    let columns: Vec<charts::Columns> = ds.nodes.iter().map(|n| charts::Columns::new(&n.timeline, charts::MAX_COLUMNS)).collect();
+fn render_all(
+    ds: &Dataset,
+    picked: &[(usize, usize, DeviceStats)],
+    frame: &charts::Frame,
+    percentiles: &[f64],
+) -> Result<Vec<Pngs>> {
+    let columns: Vec<charts::Columns> =
+        ds.nodes.iter().map(|n| charts::Columns::new(&n.timeline, charts::MAX_COLUMNS)).collect();
     let next = AtomicUsize::new(0);
     let out: Mutex<Vec<Option<Result<Pngs>>>> = Mutex::new((0..picked.len()).map(|_| None).collect());
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8).min(picked.len().max(1));
@@ -311,7 +332,13 @@ fn render_all(ds: &Dataset, picked: &[(usize, usize, DeviceStats)], frame: &char
     out.into_inner().unwrap_or_else(|e| e.into_inner()).into_iter().map(|r| r.unwrap_or(Ok(None))).collect()
 }
 
-fn render_device(cols: &charts::Columns, dev: &dataset::DeviceSeries, st: &DeviceStats, frame: &charts::Frame, percentiles: &[f64]) -> Result<Pngs> {
+fn render_device(
+    cols: &charts::Columns,
+    dev: &dataset::DeviceSeries,
+    st: &DeviceStats,
+    frame: &charts::Frame,
+    percentiles: &[f64],
+) -> Result<Pngs> {
     if st.total_requests == 0 && st.peak_queue_depth.unwrap_or(0) == 0 {
         return Ok(None);
     }

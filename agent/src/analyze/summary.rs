@@ -94,7 +94,10 @@ pub fn build(a: &Analysis) -> Summary<'_> {
                 mean_latency_us: s.mean_latency_us,
                 mean_latency: if s.mean_exact { "exact" } else { "estimated" },
                 percentiles_us: OrderedMap(
-                    s.percentiles.iter().map(|(p, v)| (percentile_key(*p), v.map_or(serde_json::Value::Null, Into::into))).collect(),
+                    s.percentiles
+                        .iter()
+                        .map(|(p, v)| (percentile_key(*p), v.map_or(serde_json::Value::Null, Into::into)))
+                        .collect(),
                 ),
                 peak_queue_depth: s.peak_queue_depth,
                 first_timestamp: s.first_timestamp,
@@ -102,7 +105,12 @@ pub fn build(a: &Analysis) -> Summary<'_> {
                 anomalies: s
                     .anomalies
                     .iter()
-                    .map(|x| AnomalyJson { start: x.start, end: x.end, p99_us: x.p99_us, baseline_p99_us: x.baseline_p99_us })
+                    .map(|x| AnomalyJson {
+                        start: x.start,
+                        end: x.end,
+                        p99_us: x.p99_us,
+                        baseline_p99_us: x.baseline_p99_us,
+                    })
                     .collect(),
                 requests_by_op: s
                     .requests_by_op
@@ -115,7 +123,11 @@ pub fn build(a: &Analysis) -> Summary<'_> {
     Summary {
         devices,
         skipped_lines: a.skipped_count,
-        skipped: a.skipped.iter().map(|s| SkipJson { file: a.file_name(s.file), line: s.line, reason: s.reason.clone() }).collect(),
+        skipped: a
+            .skipped
+            .iter()
+            .map(|s| SkipJson { file: a.file_name(s.file), line: s.line, reason: s.reason.clone() })
+            .collect(),
         snapshots: a.snapshots,
         duplicate_records: a.duplicates,
         inputs: a.inputs.iter().map(|p| p.display().to_string()).collect(),
@@ -160,7 +172,8 @@ pub fn text(a: &Analysis) -> String {
         row.push(s.anomalies.len().to_string());
         rows.push(row);
     }
-    let widths: Vec<usize> = (0..rows[0].len()).map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> =
+        (0..rows[0].len()).map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
     out.push('\n');
     for r in &rows {
         let line: Vec<String> = r.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
@@ -193,13 +206,19 @@ pub fn text(a: &Analysis) -> String {
             let _ = writeln!(out, "  {}:{}: {}", a.file_name(s.file), s.line, s.reason);
         }
         if a.skipped_count > 20 {
-            let _ = writeln!(out, "  ... and {} more (summary.json lists up to {})", a.skipped_count - 20, a.skipped.len());
+            let _ =
+                writeln!(out, "  ... and {} more (summary.json lists up to {})", a.skipped_count - 20, a.skipped.len());
         }
     }
     if a.duplicates > 0 {
-        let _ = writeln!(out, "\n{} duplicate record(s) (same node, device and timestamp) were read twice and counted once.", grouped(a.duplicates));
+        let _ = writeln!(
+            out,
+            "\n{} duplicate record(s) (same node, device and timestamp) were read twice and counted once.",
+            grouped(a.duplicates)
+        );
     }
     let charts = a.devices.iter().filter(|d| d.charts.is_some()).count();
-    let _ = writeln!(out, "\nWrote {} chart(s), summary.json and report.html to {}", charts * 3, a.output_dir.display());
+    let _ =
+        writeln!(out, "\nWrote {} chart(s), summary.json and report.html to {}", charts * 3, a.output_dir.display());
     out
 }

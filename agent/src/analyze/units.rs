@@ -36,7 +36,13 @@ fn sig3(v: f64) -> String {
     if v == v.trunc() && v.abs() < 1e4 {
         return format!("{v:.0}");
     }
-    let digits = if v.abs() >= 100.0 { 0 } else if v.abs() >= 10.0 { 1 } else { 2 };
+    let digits = if v.abs() >= 100.0 {
+        0
+    } else if v.abs() >= 10.0 {
+        1
+    } else {
+        2
+    };
     let s = format!("{v:.digits$}");
     if s.contains('.') { s.trim_end_matches('0').trim_end_matches('.').to_string() } else { s }
 }

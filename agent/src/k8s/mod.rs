@@ -28,8 +28,8 @@ use kube::{Client, runtime::reflector::store::Store};
 use crate::{
     cli::AttributionSource,
     collector::CgroupDelta,
-    loader::CgroupSource,
     error::{Error, Result},
+    loader::CgroupSource,
     snapshot::PodStats,
 };
 use attribution::{Aggregator, Labels, UNKNOWN};
@@ -104,7 +104,9 @@ pub fn io_hierarchy(path: &Path) -> bool {
             let kubepods = subdirs(path, |n| n.starts_with("kubepods"));
             // systemd driver: kubepods-burstable.slice; cgroupfs driver: burstable.
             let qos = kubepods.iter().flat_map(|k| {
-                subdirs(k, |n| (n.starts_with("kubepods-") && !n.contains("-pod")) || n == "burstable" || n == "besteffort")
+                subdirs(k, |n| {
+                    (n.starts_with("kubepods-") && !n.contains("-pod")) || n == "burstable" || n == "besteffort"
+                })
             });
             enabled(path) && kubepods.iter().all(|d| enabled(d)) && qos.into_iter().all(|d| enabled(&d))
         }
@@ -185,7 +187,9 @@ impl Attribution {
     pub fn start(cgroup_root: PathBuf, source: CgroupSource, node_name: String, max_pods: usize) -> Result<Self> {
         // Task ids are cgroup v2 ids; bio ids are the io controller's, v1 blkio included.
         let usable = is_cgroup2(&cgroup_root)
-            || (source == CgroupSource::Bio && is_cgroup1(&cgroup_root) && cgroup_root.join("blkio.reset_stats").exists());
+            || (source == CgroupSource::Bio
+                && is_cgroup1(&cgroup_root)
+                && cgroup_root.join("blkio.reset_stats").exists());
         if !usable {
             return Err(Error::Config {
                 what: "cgroup root",

@@ -170,7 +170,9 @@ fn start_refuses_a_root_that_is_not_cgroup_v2() {
     let t = Tree::new();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     for source in [CgroupSource::Task, CgroupSource::Bio] {
-        let err = rt.block_on(async { Attribution::start(t.dir.path().to_path_buf(), source, "node-a".into(), 50).err().unwrap() });
+        let err = rt.block_on(async {
+            Attribution::start(t.dir.path().to_path_buf(), source, "node-a".into(), 50).err().unwrap()
+        });
         let msg = err.to_string();
         assert!(msg.contains("not a cgroup v2 mount") && msg.contains("--cgroup-root"), "{msg}");
     }
@@ -184,7 +186,11 @@ fn plan_without_an_io_hierarchy_falls_back_to_task() {
     let auto = CgroupPlan::resolve(None, t.dir.path(), AttributionSource::Auto);
     assert_eq!(auto.preferred, CgroupSource::Task);
     assert_eq!(auto.io_root, None);
-    assert_eq!(auto.root_for(CgroupSource::Bio), auto.task_root, "bio without an io hierarchy maps through the v2 root");
+    assert_eq!(
+        auto.root_for(CgroupSource::Bio),
+        auto.task_root,
+        "bio without an io hierarchy maps through the v2 root"
+    );
     let forced = CgroupPlan::resolve(None, t.dir.path(), AttributionSource::Bio);
     assert_eq!(forced.preferred, CgroupSource::Bio, "an explicit source is what the loader is asked for");
     let explicit = t.dir.path().join("x");

@@ -65,14 +65,8 @@ impl MmapLog {
             .truncate(false)
             .open(path)
             .map_err(|e| Error::write(path, e))?;
-        let mut log = MmapLog {
-            file,
-            path: path.to_path_buf(),
-            map: None,
-            len: repaired.kept,
-            cap: repaired.kept,
-            unflushed: 0,
-        };
+        let mut log =
+            MmapLog { file, path: path.to_path_buf(), map: None, len: repaired.kept, cap: repaired.kept, unflushed: 0 };
         log.grow(round_up(initial_cap.max(repaired.kept + 1)))?;
         Ok((log, repaired))
     }

@@ -142,7 +142,13 @@ impl Writer {
     }
 }
 
-fn writer_loop(mut sink: Sink, rx: mpsc::Receiver<Msg>, flush_every: u32, fsync: bool, stats: &WriterStats) -> Result<()> {
+fn writer_loop(
+    mut sink: Sink,
+    rx: mpsc::Receiver<Msg>,
+    flush_every: u32,
+    fsync: bool,
+    stats: &WriterStats,
+) -> Result<()> {
     let mut pending: VecDeque<Vec<u8>> = VecDeque::new();
     let mut pending_bytes = 0usize;
     let mut last_error: Option<String> = None;
@@ -182,7 +188,8 @@ fn writer_loop(mut sink: Sink, rx: mpsc::Receiver<Msg>, flush_every: u32, fsync:
                 }
             }
         }
-        let result = if sink.unflushed() >= flush_every { sink.flush(fsync) } else { Ok(()) }.and_then(|()| sink.tick());
+        let result =
+            if sink.unflushed() >= flush_every { sink.flush(fsync) } else { Ok(()) }.and_then(|()| sink.tick());
         if let Err(e) = result {
             stats.write_failures.fetch_add(1, Ordering::Relaxed);
             tracing::error!(error = %crate::error::chain(&e), "JSONL flush failed");

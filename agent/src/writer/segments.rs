@@ -50,10 +50,8 @@ pub struct Recovered {
 
 /// Node names become part of file names: keep them to a safe alphabet.
 fn sanitize(node: &str) -> String {
-    let s: String = node
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '_' { c } else { '-' })
-        .collect();
+    let s: String =
+        node.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '_' { c } else { '-' }).collect();
     if s.is_empty() { "node".into() } else { s }
 }
 
@@ -184,11 +182,8 @@ fn list(dir: &Path) -> Result<Vec<(String, u64)>> {
 /// it was meant to have, or deletes it when nothing complete is left.
 pub fn recover(dir: &Path) -> Result<Recovered> {
     let mut out = Recovered::default();
-    let mut leftovers: Vec<String> = list(dir)?
-        .into_iter()
-        .map(|(n, _)| n)
-        .filter(|n| n.starts_with('.') && n.ends_with(STAGING_SUFFIX))
-        .collect();
+    let mut leftovers: Vec<String> =
+        list(dir)?.into_iter().map(|(n, _)| n).filter(|n| n.starts_with('.') && n.ends_with(STAGING_SUFFIX)).collect();
     leftovers.sort();
     for name in leftovers {
         let staging = dir.join(&name);
@@ -223,7 +218,8 @@ mod tests {
     }
 
     fn jsonl_files(dir: &Path) -> Vec<String> {
-        let mut v: Vec<String> = list(dir).unwrap().into_iter().map(|(n, _)| n).filter(|n| n.ends_with(".jsonl")).collect();
+        let mut v: Vec<String> =
+            list(dir).unwrap().into_iter().map(|(n, _)| n).filter(|n| n.ends_with(".jsonl")).collect();
         v.sort_by_key(|n| seq_of(n));
         v
     }

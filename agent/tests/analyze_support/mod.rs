@@ -9,7 +9,8 @@ use std::process::Command;
 
 use blkio_agent::histogram::{HIST_SLOTS, log2_slot};
 use blkio_agent::snapshot::{
-    AgentInfo, DeviceHistogram, DeviceInflight, Losses, OpStats, SizeHistogram, Snapshot, TimeHistogram, buckets_from_slots, iso_timestamp,
+    AgentInfo, DeviceHistogram, DeviceInflight, Losses, OpStats, SizeHistogram, Snapshot, TimeHistogram,
+    buckets_from_slots, iso_timestamp,
 };
 
 /// 2025-10-02T14:20:00Z
@@ -60,7 +61,14 @@ fn slots_of<'a>(ios: impl Iterator<Item = &'a Io>) -> Vec<u64> {
 
 /// One snapshot ending at `ts`. Devices without requests are left out of `latency_histogram`
 /// (as the agent does) but stay in `inflight`.
-pub fn snapshot(schema: Schema, node: Option<&str>, ts: f64, interval_s: f64, seq: u64, devs: &[DevSample]) -> Snapshot {
+pub fn snapshot(
+    schema: Schema,
+    node: Option<&str>,
+    ts: f64,
+    interval_s: f64,
+    seq: u64,
+    devs: &[DevSample],
+) -> Snapshot {
     let cur = schema == Schema::Current;
     let mut latency_histogram = Vec::new();
     let mut inflight = Vec::new();
@@ -103,7 +111,11 @@ pub fn snapshot(schema: Schema, node: Option<&str>, ts: f64, interval_s: f64, se
                     op: op.into(),
                     count,
                     bytes: count * 4096,
-                    device_time: TimeHistogram { sum_ns: op_sum_ns, sum_us: op_sum_ns as f64 / 1000.0, buckets: buckets_from_slots(&slots_of(mine.into_iter())) },
+                    device_time: TimeHistogram {
+                        sum_ns: op_sum_ns,
+                        sum_us: op_sum_ns as f64 / 1000.0,
+                        buckets: buckets_from_slots(&slots_of(mine.into_iter())),
+                    },
                     queue_time: TimeHistogram { sum_ns: 0, sum_us: 0.0, buckets: buckets_from_slots(&queue) },
                     size: SizeHistogram { buckets: buckets_from_slots(&size) },
                 });
@@ -152,8 +164,13 @@ pub struct Run {
 }
 
 pub fn run(args: &[&str]) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_blkio-agent")).arg("analyze").args(args).output().expect("run blkio-agent");
-    Run { code: out.status.code().unwrap_or(-1), stdout: String::from_utf8_lossy(&out.stdout).into(), stderr: String::from_utf8_lossy(&out.stderr).into() }
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_blkio-agent")).arg("analyze").args(args).output().expect("run blkio-agent");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into(),
+        stderr: String::from_utf8_lossy(&out.stderr).into(),
+    }
 }
 
 /// Runs `analyze --input <inputs> --output-dir <out> <extra>`, asserts success, returns
@@ -167,7 +184,8 @@ pub fn analyze_ok(inputs: &[&Path], out: &Path, extra: &[&str]) -> (serde_json::
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     let r = run(&argv);
     assert_eq!(r.code, 0, "analyze failed:\nstdout:\n{}\nstderr:\n{}", r.stdout, r.stderr);
-    let summary = serde_json::from_slice(&std::fs::read(out.join("summary.json")).expect("summary.json written")).expect("summary.json is JSON");
+    let summary = serde_json::from_slice(&std::fs::read(out.join("summary.json")).expect("summary.json written"))
+        .expect("summary.json is JSON");
     (summary, r)
 }
 

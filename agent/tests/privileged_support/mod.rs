@@ -31,7 +31,13 @@ pub fn privileged(test: &str) -> Option<Privileged> {
         missing.push("root".to_string());
     }
     for tool in ["losetup", "dd"] {
-        if !Command::new("sh").arg("-c").arg(format!("command -v {tool}")).stdout(Stdio::null()).status().is_ok_and(|s| s.success()) {
+        if !Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {tool}"))
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+        {
             missing.push(tool.to_string());
         }
     }
@@ -79,16 +85,31 @@ impl LoopDev {
     /// (reads completed, writes completed) from /proc/diskstats.
     pub fn diskstats(&self) -> (u64, u64) {
         let text = std::fs::read_to_string("/proc/diskstats").unwrap();
-        let s = blkio_agent::devices::parse_diskstats(&text).into_iter().find(|d| d.name == self.name).expect("device in diskstats");
+        let s = blkio_agent::devices::parse_diskstats(&text)
+            .into_iter()
+            .find(|d| d.name == self.name)
+            .expect("device in diskstats");
         (s.reads_completed, s.writes_completed)
     }
 
     pub fn dd_write(&self, count: u32) {
-        dd(&["if=/dev/zero", &format!("of={}", self.dev.display()), "bs=4k", &format!("count={count}"), "oflag=direct"]);
+        dd(&[
+            "if=/dev/zero",
+            &format!("of={}", self.dev.display()),
+            "bs=4k",
+            &format!("count={count}"),
+            "oflag=direct",
+        ]);
     }
 
     pub fn dd_read(&self, count: u32) {
-        dd(&[&format!("if={}", self.dev.display()), "of=/dev/null", "bs=4k", &format!("count={count}"), "iflag=direct"]);
+        dd(&[
+            &format!("if={}", self.dev.display()),
+            "of=/dev/null",
+            "bs=4k",
+            &format!("count={count}"),
+            "iflag=direct",
+        ]);
     }
 }
 
@@ -218,7 +239,8 @@ pub fn read_jsonl(path: &Path) -> Vec<Snapshot> {
         .lines()
         .enumerate()
         .map(|(i, l)| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{}:{}: {e}", path.display(), i + 1));
+            let v: serde_json::Value =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("{}:{}: {e}", path.display(), i + 1));
             let errors: Vec<String> = validator.iter_errors(&v).map(|e| e.to_string()).collect();
             assert!(errors.is_empty(), "{}:{}: schema: {errors:?}", path.display(), i + 1);
             serde_json::from_value(v).unwrap()

@@ -308,7 +308,12 @@ fn ratio_table(ks: &[KernelSummary]) -> String {
 /// Both tools attach to the same tracepoints, so equal numbers point at the kernel, not a tool.
 fn undelivered(kernel: &[KernelRun]) -> String {
     let runs_of = |tool: &str, suffix: &str| -> i64 {
-        kernel.iter().flat_map(|k| &k.progs).filter(|p| p.tool == tool && p.name.contains(suffix)).map(|p| p.runs as i64).sum()
+        kernel
+            .iter()
+            .flat_map(|k| &k.progs)
+            .filter(|p| p.tool == tool && p.name.contains(suffix))
+            .map(|p| p.runs as i64)
+            .sum()
     };
     let requeues = runs_of("agent", "requeue");
     let per_tool: Vec<String> = ["agent", "biolatency"]
@@ -383,7 +388,9 @@ fn targets(r: &Results, ks: &[KernelSummary], is: &[IopsSummary]) -> String {
     if let Some(row) = ratio_row("kernel ns/I/O ≤ 0.5× biolatency -D (same run)", ks) {
         t.row(row);
     }
-    if let Some(row) = ratio_row("the same, with per-pod attribution (the chart's default)", &summary_of(&r.attribution)) {
+    if let Some(row) =
+        ratio_row("the same, with per-pod attribution (the chart's default)", &summary_of(&r.attribution))
+    {
         t.row(row);
     }
     if !is.is_empty() {

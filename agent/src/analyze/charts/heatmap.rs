@@ -7,13 +7,21 @@ use plotters::prelude::*;
 use super::super::dataset::SLOTS;
 use super::super::stats::Anomaly;
 use super::super::units::{human_us, si};
-use super::{Area, Columns, DeviceColumns, FAMILY, Frame, LABEL_PX, Legend, MARGIN, Mark, X_LABEL_AREA, YAxis, chart, draw_err, draw_legend, draw_overlay, render, titled};
+use super::{
+    Area, Columns, DeviceColumns, FAMILY, Frame, LABEL_PX, Legend, MARGIN, Mark, X_LABEL_AREA, YAxis, chart, draw_err,
+    draw_legend, draw_overlay, render, titled,
+};
 use crate::error::Result;
 use crate::histogram::{bucket_low, percentile};
 
 /// Sequential blues: light for few requests, dark for many (stays distinct from white = none).
-const STOPS: [(f64, (u8, u8, u8)); 5] =
-    [(0.0, (0xd6, 0xe8, 0xf6)), (0.25, (0x9e, 0xca, 0xe1)), (0.5, (0x42, 0x92, 0xc6)), (0.75, (0x08, 0x51, 0x9c)), (1.0, (0x08, 0x1d, 0x58))];
+const STOPS: [(f64, (u8, u8, u8)); 5] = [
+    (0.0, (0xd6, 0xe8, 0xf6)),
+    (0.25, (0x9e, 0xca, 0xe1)),
+    (0.5, (0x42, 0x92, 0xc6)),
+    (0.75, (0x08, 0x51, 0x9c)),
+    (1.0, (0x08, 0x1d, 0x58)),
+];
 
 /// Percentile line colours, chosen to stand out from the blues.
 const LINE_COLORS: [RGBColor; 6] = [
@@ -91,7 +99,8 @@ pub fn latency_heatmap(
                     match (c != usize::MAX).then(|| percentile(&data.heat[c], p)).flatten() {
                         Some(v) => seg.push((cols.center(c), y_of(v))),
                         None if !seg.is_empty() => {
-                            ch.draw_series(LineSeries::new(std::mem::take(&mut seg), col.stroke_width(2))).map_err(draw_err)?;
+                            ch.draw_series(LineSeries::new(std::mem::take(&mut seg), col.stroke_width(2)))
+                                .map_err(draw_err)?;
                         }
                         None => {}
                     }
@@ -105,7 +114,11 @@ pub fn latency_heatmap(
         if max_cell == 0 {
             let area = ch.plotting_area().strip_coord_spec();
             let (w, h) = area.dim_in_pixel();
-            let text = Text::new("no completions in this time range", (w as i32 / 2 - 150, h as i32 / 2), (FAMILY, 20).into_font());
+            let text = Text::new(
+                "no completions in this time range",
+                (w as i32 / 2 - 150, h as i32 / 2),
+                (FAMILY, 20).into_font(),
+            );
             area.draw(&text).map_err(draw_err)?;
         }
         legend.extend(overlay);

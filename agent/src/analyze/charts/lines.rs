@@ -5,7 +5,10 @@ use plotters::prelude::*;
 use super::super::dataset::{NONE, OPS};
 use super::super::stats::Anomaly;
 use super::super::units::si;
-use super::{Chart, Columns, DeviceColumns, Frame, Legend, Mark, YAxis, chart, draw_err, draw_legend, draw_overlay, linear_ticks, render, titled};
+use super::{
+    Chart, Columns, DeviceColumns, Frame, Legend, Mark, YAxis, chart, draw_err, draw_legend, draw_overlay,
+    linear_ticks, render, titled,
+};
 use crate::error::Result;
 
 const OP_COLORS: [RGBColor; 5] = [
@@ -18,7 +21,14 @@ const OP_COLORS: [RGBColor; 5] = [
 
 /// Draws `value(column)` as lines, broken at data gaps and at columns without a value, and
 /// adds the legend entry.
-fn draw_line(ch: &mut Chart, cols: &Columns, value: impl Fn(usize) -> Option<f64>, color: RGBColor, label: &str, legend: &mut Legend) -> Result<()> {
+fn draw_line(
+    ch: &mut Chart,
+    cols: &Columns,
+    value: impl Fn(usize) -> Option<f64>,
+    color: RGBColor,
+    label: &str,
+    legend: &mut Legend,
+) -> Result<()> {
     let style = color.stroke_width(2);
     for run in cols.runs() {
         let mut seg: Vec<(f64, f64)> = Vec::new();
@@ -44,7 +54,14 @@ fn bin_note(cols: &Columns) -> String {
     if cols.per_column > 1 { format!(", max per {} snapshots", cols.per_column) } else { String::new() }
 }
 
-pub fn queue_depth(device: &str, frame: &Frame, cols: &Columns, data: &DeviceColumns, anomalies: &[Anomaly], peak: Option<u64>) -> Result<Vec<u8>> {
+pub fn queue_depth(
+    device: &str,
+    frame: &Frame,
+    cols: &Columns,
+    data: &DeviceColumns,
+    anomalies: &[Anomaly],
+    peak: Option<u64>,
+) -> Result<Vec<u8>> {
     let has_peak = data.peak.iter().any(|v| *v != NONE);
     let max = data.inflight.iter().chain(&data.peak).filter(|v| **v != NONE).copied().max().unwrap_or(0);
     let (top, ticks) = linear_ticks(max as f64 * 1.35);
@@ -72,7 +89,13 @@ pub fn queue_depth(device: &str, frame: &Frame, cols: &Columns, data: &DeviceCol
     })
 }
 
-pub fn requests(device: &str, frame: &Frame, cols: &Columns, data: &DeviceColumns, anomalies: &[Anomaly]) -> Result<Vec<u8>> {
+pub fn requests(
+    device: &str,
+    frame: &Frame,
+    cols: &Columns,
+    data: &DeviceColumns,
+    anomalies: &[Anomaly],
+) -> Result<Vec<u8>> {
     let rate = |n: u64, c: usize| if cols.seconds[c] > 0.0 { n as f64 / cols.seconds[c] } else { 0.0 };
     let max = (0..cols.len()).map(|c| rate(data.requests[c], c)).fold(0.0, f64::max);
     let (top, ticks) = linear_ticks(max * 1.35);

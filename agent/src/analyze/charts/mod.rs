@@ -163,8 +163,28 @@ pub fn chart<'a, 'b>(area: &'a Area<'b>, frame: &Frame, y: YAxis) -> Result<Char
 /// Tick positions on whole clock units (1 s ... 1 day), about 6-10 per chart.
 pub fn time_ticks(t0: f64, t1: f64) -> (Vec<f64>, f64) {
     const STEPS: [f64; 22] = [
-        1.0, 2.0, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0, 7200.0, 10_800.0, 21_600.0, 43_200.0,
-        86_400.0, 172_800.0, 604_800.0, 2_592_000.0, 31_536_000.0,
+        1.0,
+        2.0,
+        5.0,
+        10.0,
+        15.0,
+        30.0,
+        60.0,
+        120.0,
+        300.0,
+        600.0,
+        900.0,
+        1800.0,
+        3600.0,
+        7200.0,
+        10_800.0,
+        21_600.0,
+        43_200.0,
+        86_400.0,
+        172_800.0,
+        604_800.0,
+        2_592_000.0,
+        31_536_000.0,
     ];
     let span = t1 - t0;
     let step = STEPS.iter().copied().find(|s| span / s <= 9.0).unwrap_or(31_536_000.0);
@@ -190,7 +210,11 @@ fn time_label(t: f64, step: f64, span: f64) -> String {
 
 fn time_desc(t0: f64, t1: f64) -> String {
     let (a, b) = (super::units::utc(t0), super::units::utc(t1));
-    if a[..10] == b[..10] { format!("time (UTC) on {}", &a[..10]) } else { format!("time (UTC), {} to {}", &a[..10], &b[..10]) }
+    if a[..10] == b[..10] {
+        format!("time (UTC) on {}", &a[..10])
+    } else {
+        format!("time (UTC), {} to {}", &a[..10], &b[..10])
+    }
 }
 
 /// 0-based linear ticks on a 1-2-5 step, and the axis top a little above the data maximum.
@@ -226,7 +250,8 @@ pub fn draw_overlay(chart: &mut Chart, frame: &Frame, anomalies: &[Anomaly], ban
         let min_w = (frame.t1 - frame.t0) * 4.0 / chart.plotting_area().dim_in_pixel().0.max(1) as f64;
         let rects = anomalies.iter().map(|a| {
             let mid = (a.start + a.end) / 2.0;
-            let (s, e) = if a.end - a.start < min_w { (mid - min_w / 2.0, mid + min_w / 2.0) } else { (a.start, a.end) };
+            let (s, e) =
+                if a.end - a.start < min_w { (mid - min_w / 2.0, mid + min_w / 2.0) } else { (a.start, a.end) };
             Rectangle::new([(s, band_lo), (e, y_hi)], fill.filled())
         });
         chart.draw_series(rects).map_err(draw_err)?;
@@ -234,7 +259,9 @@ pub fn draw_overlay(chart: &mut Chart, frame: &Frame, anomalies: &[Anomaly], ban
     }
     let events: Vec<&Event> = frame.events.iter().filter(|e| e.ts >= frame.t0 && e.ts <= frame.t1).collect();
     for e in &events {
-        chart.draw_series(LineSeries::new([(e.ts, y_lo), (e.ts, y_hi)], EVENT_COLOR.stroke_width(2))).map_err(draw_err)?;
+        chart
+            .draw_series(LineSeries::new([(e.ts, y_lo), (e.ts, y_hi)], EVENT_COLOR.stroke_width(2)))
+            .map_err(draw_err)?;
     }
     if !events.is_empty() {
         legend.push((format!("app events ({})", events.len()), Mark::Marker(EVENT_COLOR)));

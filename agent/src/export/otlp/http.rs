@@ -72,8 +72,11 @@ impl HttpTransport {
             Request::post(self.url.clone()).body(Full::new(Bytes::from(body))).expect("valid request parts");
         *request.headers_mut() = self.headers.clone();
         let exchange = async {
-            let resp =
-                self.client.request(request).await.map_err(|e| SendError::retry("transport", crate::error::chain(&e), None))?;
+            let resp = self
+                .client
+                .request(request)
+                .await
+                .map_err(|e| SendError::retry("transport", crate::error::chain(&e), None))?;
             let status = resp.status();
             let retry_after = resp.headers().get(RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(parse_retry_after);
             let body = Limited::new(resp.into_body(), MAX_RESPONSE_BYTES)
