@@ -59,6 +59,15 @@ impl Sink {
         }
     }
 
+    /// A failure after a line was written (a segment seal), which must not make the caller
+    /// write the line again.
+    fn take_deferred_error(&mut self) -> Option<Error> {
+        match self {
+            Sink::File { .. } => None,
+            Sink::Segments(w) => w.take_seal_error(),
+        }
+    }
+
     fn unflushed(&self) -> u32 {
         match self {
             Sink::File { log } => log.unflushed(),
@@ -175,6 +184,10 @@ fn writer_loop(
                         tracing::info!("JSONL writes resumed");
                     }
                     stats.writable.store(true, Ordering::Relaxed);
+                    if let Some(e) = sink.take_deferred_error() {
+                        stats.write_failures.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(error = %crate::error::chain(&e), "cannot seal a JSONL segment; will retry before the next line");
+                    }
                 }
                 Err(e) => {
                     stats.write_failures.fetch_add(1, Ordering::Relaxed);
