@@ -10,12 +10,14 @@
 //! - [`export`]: OTLP and Prometheus.
 //! - [`k8s`]: cgroup -> pod attribution.
 //! - [`analyze`]: offline charts, percentiles, anomalies.
+//! - [`prereq`]: the rule for tests whose prerequisites (root, devices, Docker) are missing.
 
 pub mod analyze;
 pub mod cli;
 pub mod devices;
 pub mod error;
 pub mod histogram;
+pub mod prereq;
 pub mod snapshot;
 pub mod writer;
 

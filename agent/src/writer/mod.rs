@@ -30,8 +30,11 @@ const MAX_PENDING_LINES: usize = 16_384;
 const MAX_PENDING_BYTES: usize = 64 << 20;
 
 pub enum Sink {
-    File { log: MmapLog },
-    Segments(SegmentWriter),
+    File {
+        log: MmapLog,
+    },
+    /// Boxed: a segment writer is several times the size of a single file's state.
+    Segments(Box<SegmentWriter>),
 }
 
 impl Sink {
@@ -49,7 +52,7 @@ impl Sink {
         if !rec.sealed.is_empty() || !rec.deleted.is_empty() {
             tracing::info!(sealed = rec.sealed.len(), deleted = rec.deleted.len(), "recovered staging segments");
         }
-        Ok(Sink::Segments(w))
+        Ok(Sink::Segments(Box::new(w)))
     }
 
     fn append(&mut self, line: &[u8]) -> Result<()> {

@@ -45,7 +45,7 @@ pub struct SegmentWriter {
     next_seq: u64,
     current: Option<Open>,
     /// A seal that failed after its line was written (see [`SegmentWriter::append`]).
-    seal_error: Option<Error>,
+    seal_error: Option<Box<Error>>,
 }
 
 /// What start-up recovery did with leftover staging files.
@@ -99,17 +99,17 @@ impl SegmentWriter {
         let cur = self.current.as_mut().expect("just started");
         let log = cur.log.as_mut().expect("an open segment has its log");
         log.append(line)?;
-        if log.len() >= self.cfg.max_bytes || cur.opened.elapsed() >= self.cfg.max_age {
-            if let Err(e) = self.seal() {
-                self.seal_error = Some(e);
-            }
+        if (log.len() >= self.cfg.max_bytes || cur.opened.elapsed() >= self.cfg.max_age)
+            && let Err(e) = self.seal()
+        {
+            self.seal_error = Some(Box::new(e));
         }
         Ok(())
     }
 
     /// The error of a seal that failed after its line was written, once.
     pub fn take_seal_error(&mut self) -> Option<Error> {
-        self.seal_error.take()
+        self.seal_error.take().map(|e| *e)
     }
 
     /// Seals the current segment if it is older than the age limit (called between appends
