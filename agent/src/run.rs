@@ -132,22 +132,34 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             failures_seen = failures;
         }
         let started = Instant::now();
-        let collected = collector.collect()?;
-        let mut snapshot = collected.snapshot;
+        let collected = match collector.collect() {
+            Ok(c) => c,
+            Err(e) => {
+                // Nothing is lost: the kernel's counts are cumulative and the next interval
+                // covers this one. Counted in losses.map_read_failures; persistent failures make
+                // /readyz unready through the snapshot age.
+                tracing::warn!(error = %crate::error::chain(&e), "cannot read the kernel maps; retrying at the next interval");
+                if stop {
+                    break;
+                }
+                continue;
+            }
+        };
+        let mut interval = collected.interval;
         if let Some(a) = attribution.as_mut() {
-            snapshot.pods = a.attribute(&collected.cgroups);
+            interval.pods = a.attribute_series(&collected.cgroups);
         }
         if let Some(w) = &writer {
-            let line = serde_json::to_vec(&snapshot).context("cannot encode a snapshot")?;
+            let line = serde_json::to_vec(&interval.snapshot()).context("cannot encode a snapshot")?;
             w.send(line);
             let written = w.stats.bytes_written.load(Ordering::Relaxed);
             health.add_jsonl_bytes(written - bytes_reported);
             bytes_reported = written;
             health.set_output_writable(w.stats.writable.load(Ordering::Relaxed));
         }
-        exporters.publish(&snapshot);
+        exporters.publish(&interval);
         health.record_snapshot(collected.build_time);
-        live.render(&snapshot);
+        live.render(&interval);
         tracing::debug!(
             build_us = collected.build_time.as_micros() as u64,
             total_us = started.elapsed().as_micros() as u64,

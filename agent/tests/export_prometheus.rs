@@ -76,7 +76,7 @@ async fn metrics_readyz_and_healthz() {
 
     let snaps: Vec<_> = (0..5).map(snapshot).collect();
     for s in &snaps {
-        exporters.publish(s);
+        exporters.publish(&interval(s.seq.unwrap()));
     }
     let (status, headers, body) = get(addr, "/metrics", false).await;
     assert_eq!(status, 200);

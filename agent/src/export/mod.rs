@@ -1,7 +1,7 @@
 //! OTLP and Prometheus exporters (issue 4): the same kernel numbers as the JSONL snapshots.
 //!
-//! The run loop calls [`Exporters::publish`] with every snapshot it writes to JSONL. `publish`
-//! adds the snapshot's interval deltas to exact running totals ([`model::Totals`]); `/metrics`
+//! The run loop calls [`Exporters::publish`] with every interval it writes to JSONL (the
+//! collector's [`Interval`] model, not the JSONL text). `publish` adds the interval's deltas to exact running totals ([`model::Totals`]); `/metrics`
 //! renders those totals on each scrape, and OTLP batches are built from them and queued for the
 //! sender task ([`otlp`]). Nothing on the collection side ever waits for the network.
 //!
@@ -29,7 +29,7 @@ use tokio::task::JoinHandle;
 
 use self::config::{ExportConfig, OtlpConfig, Temporality, Vars};
 use self::model::{AgentCounters, Collected, ExportCounters, Totals};
-use crate::snapshot::Snapshot;
+use crate::interval::Interval;
 use crate::{Error, Result};
 
 /// Facts `/readyz` is built from, updated by the run loop.
@@ -273,10 +273,10 @@ impl Exporters {
         Ok(Exporters { shared, export_each_snapshot, stop, sender, ticker, server, metrics_addr })
     }
 
-    /// Hands one snapshot (the same that is written to JSONL) to every exporter. Never blocks
-    /// on the network: it adds to the totals and, when exporting per snapshot, queues a batch.
-    pub fn publish(&self, snapshot: &Snapshot) {
-        self.shared.state.lock().unwrap().totals.add(snapshot);
+    /// Hands one interval (the same that is written to JSONL) to every exporter. Never blocks
+    /// on the network: it adds to the totals and, when exporting per interval, queues a batch.
+    pub fn publish(&self, interval: &Interval) {
+        self.shared.state.lock().unwrap().totals.add(interval);
         if self.export_each_snapshot {
             self.shared.collect_otlp();
         }

@@ -265,7 +265,16 @@ impl Attribution {
         self.attribute_at(deltas, Instant::now())
     }
 
+    /// [`Attribution::attribute`] as the interval model's series (what the run loop uses).
+    pub fn attribute_series(&mut self, deltas: &[CgroupDelta]) -> Vec<crate::interval::PodSeries> {
+        self.series_at(deltas, Instant::now())
+    }
+
     fn attribute_at(&mut self, deltas: &[CgroupDelta], now: Instant) -> Vec<PodStats> {
+        self.series_at(deltas, now).iter().map(crate::interval::PodSeries::stats).collect()
+    }
+
+    fn series_at(&mut self, deltas: &[CgroupDelta], now: Instant) -> Vec<crate::interval::PodSeries> {
         if deltas.is_empty() {
             return Vec::new();
         }
@@ -312,7 +321,7 @@ impl Attribution {
             };
             agg.add(labels, d);
         }
-        agg.finish(self.max_pods)
+        agg.finish_series(self.max_pods)
     }
 }
 
