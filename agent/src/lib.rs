@@ -8,7 +8,7 @@
 //! - [`btf`], [`tracefs`], [`loader`]: find kernel layouts, load and attach the eBPF programs.
 //! - [`devices`], [`collector`]: name devices, read the kernel maps, turn them into intervals.
 //! - [`writer`]: crash-safe mmap JSONL (single file and sealed segments).
-//! - [`export`]: OTLP and Prometheus.
+//! - [`export`]: OTLP and Prometheus; [`supervise`]: background tasks whose end is a failure.
 //! - [`k8s`]: cgroup -> pod attribution.
 //! - [`analyze`]: offline charts, percentiles, anomalies.
 //! - [`prereq`]: the rule for tests whose prerequisites (root, devices, Docker) are missing.
@@ -38,6 +38,8 @@ pub mod live;
 pub mod loader;
 #[cfg(feature = "ebpf")]
 pub mod run;
+#[cfg(feature = "ebpf")]
+pub mod supervise;
 #[cfg(feature = "ebpf")]
 pub mod tracefs;
 

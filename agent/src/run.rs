@@ -92,7 +92,11 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         (Some(plan), Some(source)) => {
             let root = plan.root_for(source).to_path_buf();
             tracing::info!(source = source.as_str(), cgroup_root = %root.display(), "per-pod attribution");
-            Some(k8s::Attribution::start(root, source, node.clone(), args.max_pods)?)
+            let a = k8s::Attribution::start(root, source, node.clone(), args.max_pods)?;
+            if let Some(watcher) = a.watcher() {
+                health.tasks.watch("pod-watcher", watcher);
+            }
+            Some(a)
         }
         _ => None,
     };
@@ -122,10 +126,18 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     loop {
         let stop = tokio::select! {
             _ = ticker.tick() => false,
+            failure = health.tasks.failed() => {
+                // JSONL goes on (it needs none of the background tasks); /readyz carries the
+                // reason so that the orchestrator sees the agent is degraded.
+                tracing::error!(%failure, "continuing without it; the agent reports unready");
+                continue;
+            }
             _ = sigint.recv() => { tracing::info!("SIGINT: final snapshot and exit"); true }
             _ = sigterm.recv() => { tracing::info!("SIGTERM: final snapshot and exit"); true }
             _ = sleep_until(deadline) => { tracing::info!("duration reached: final snapshot and exit"); true }
         };
+        // Watched tasks (the pod watcher) are checked once per interval.
+        health.tasks.poll();
         if let Some(w) = &writer {
             let failures = w.stats.write_failures.load(Ordering::Relaxed);
             collector.add_write_failures(failures - failures_seen);
@@ -155,7 +167,12 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             let written = w.stats.bytes_written.load(Ordering::Relaxed);
             health.add_jsonl_bytes(written - bytes_reported);
             bytes_reported = written;
-            health.set_output_writable(w.stats.writable.load(Ordering::Relaxed));
+            // The writer is a thread of its own, supervised here: if it died, nothing is written.
+            let alive = !w.stopped();
+            if !alive {
+                tracing::error!("the JSONL writer thread stopped; snapshots are not written");
+            }
+            health.set_output_writable(alive && w.stats.writable.load(Ordering::Relaxed));
         }
         exporters.publish(&interval);
         health.record_snapshot(collected.build_time);
@@ -170,6 +187,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
     }
 
+    health.tasks.stopping();
     if let Some(w) = writer {
         w.close().context("cannot finish the JSONL output")?;
     }

@@ -223,12 +223,16 @@ impl Attribution {
                         reason = %e,
                         "no Kubernetes API configuration (not in a pod, no KUBECONFIG); pods are reported by cgroup and pod UID only"
                     );
-                    return;
+                    // Stays parked: for the supervisor, the watcher ending means it failed.
+                    return std::future::pending().await;
                 }
             };
             match Client::try_from(config) {
                 Ok(client) => pods::run_watcher(client, node_name, writer).await,
-                Err(e) => tracing::warn!(error = %e, "cannot build a Kubernetes client; pods are reported by cgroup and pod UID only"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot build a Kubernetes client; pods are reported by cgroup and pod UID only");
+                    std::future::pending().await
+                }
             }
         }));
         Ok(me)
@@ -249,6 +253,11 @@ impl Attribution {
         let mut cgroups = CgroupIndex::new(cgroup_root, ScanLimits::default());
         cgroups.scan()?;
         Ok(Attribution { cgroups, pods: PodDirectory::default(), max_pods, watcher: None, warned_above_pods: false })
+    }
+
+    /// The pod watcher task, for supervision (it runs until this is dropped).
+    pub fn watcher(&self) -> Option<tokio::task::AbortHandle> {
+        self.watcher.as_ref().map(|h| h.abort_handle())
     }
 
     /// The reflector store of this node's pods, when a watcher runs (empty until it syncs).

@@ -143,6 +143,12 @@ impl Writer {
         let _ = self.tx.send(Msg::Line(line));
     }
 
+    /// The writer thread ended before [`Writer::close`] (it only does so by panicking): lines sent
+    /// now are lost, so the run loop must report the output as not writable.
+    pub fn stopped(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| t.is_finished())
+    }
+
     /// Writes what is queued, then truncates/seals, and waits for the thread.
     pub fn close(mut self) -> Result<()> {
         let _ = self.tx.send(Msg::Close);
