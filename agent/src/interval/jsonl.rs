@@ -91,3 +91,59 @@ impl PodSeries {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::interval::{Depth, OpInterval, PodLabels};
+
+    /// The exact line for a small interval: the seed's keys and shapes, devices with
+    /// completions in `latency_histogram`, every gauge in `inflight`, µs sums from the ns sums.
+    #[test]
+    fn renders_the_snapshot_contract_byte_for_byte() {
+        let mut slots = [0u64; crate::histogram::HIST_SLOTS];
+        slots[4] = 2;
+        let h = Hist::new(slots, 40_500);
+        let mut iv = Interval::empty(1_759_414_800.123, 5.0, "n1", 3, "btf");
+        iv.devices.push(DeviceInterval {
+            id: 7 << 20,
+            name: "loop0".into(),
+            ops: vec![OpInterval { op: "read", count: 2, bytes: 8192, device_time: h, queue_time: h, size: h }],
+            depth: Some(Depth { count: 1, peak: 4, sysfs: None }),
+        });
+        iv.devices.push(DeviceInterval {
+            id: 8 << 20,
+            name: "sda".into(),
+            ops: vec![],
+            depth: Some(Depth { count: 0, peak: 0, sysfs: Some(0) }),
+        });
+        iv.pods.push(PodSeries {
+            labels: PodLabels { cgroup: Some("system.slice".into()), ..Default::default() },
+            device_id: 7 << 20,
+            device_name: "loop0".into(),
+            op: "read",
+            count: 2,
+            bytes: 8192,
+            device_time: h,
+        });
+        let line = serde_json::to_string(&iv.snapshot()).unwrap();
+        let b = r#"[{"slot":4,"count":2,"bucket_low":16,"bucket_high":31}]"#;
+        let t = format!(r#"{{"sum_ns":40500,"sum_us":40.5,"buckets":{b}}}"#);
+        let zero = r#"{"start_insert_failed":0,"complete_without_start":0,"stale_evicted":0,"hist_update_failed":0,"device_map_full":0,"cgroup_map_full":0,"recursion_misses":0,"inflight_resync":0,"write_failures":0,"requeued":0,"partial_completion":0,"map_read_failures":0}"#;
+        let expected = format!(
+            concat!(
+                r#"{{"schema_version":1,"timestamp":1759414800.123,"iso_timestamp":"2025-10-02T14:20:00.123000+00:00","interval_s":5.0,"node":"n1","seq":3,"#,
+                r#""latency_histogram":[{{"device_id":7340032,"device_name":"loop0","total":2,"sum_us":40.5,"sum_ns":40500,"buckets":{b}}}],"#,
+                r#""inflight":[{{"device_id":7340032,"device_name":"loop0","count":1,"peak":4}},{{"device_id":8388608,"device_name":"sda","count":0,"peak":0,"sysfs_count":0}}],"#,
+                r#""ops":[{{"device_id":7340032,"device_name":"loop0","op":"read","count":2,"bytes":8192,"device_time":{t},"queue_time":{t},"size":{{"buckets":{b}}}}}],"#,
+                r#""pods":[{{"cgroup":"system.slice","device_id":7340032,"device_name":"loop0","op":"read","count":2,"bytes":8192,"device_time":{t}}}],"#,
+                r#""losses":{z},"losses_total":{z},"agent":{{"version":"{v}","attach":"btf"}}}}"#
+            ),
+            b = b,
+            t = t,
+            z = zero,
+            v = env!("CARGO_PKG_VERSION")
+        );
+        assert_eq!(line, expected);
+    }
+}
