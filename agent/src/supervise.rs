@@ -83,8 +83,8 @@ impl Supervisor {
         self.tasks.lock().unwrap().push((name, handle));
     }
 
-    /// Aborts the task `name`; `false` when there is none. (Shutdown uses it; so do the tests
-    /// that kill a task to see the failure reported.)
+    /// Aborts the task `name` (an operator's or a test's way to kill it; before
+    /// [`Supervisor::stopping`] that is a failure like any other end); `false` when there is none.
     pub fn abort(&self, name: &'static str) -> bool {
         let tasks = self.tasks.lock().unwrap();
         let found: Vec<_> = tasks.iter().filter(|(n, _)| *n == name).collect();
