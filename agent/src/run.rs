@@ -122,6 +122,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let deadline = args.duration.map(|d| tokio::time::Instant::now() + Duration::from_secs_f64(d));
     let mut failures_seen = 0u64;
     let mut bytes_reported = 0u64;
+    let mut writer_dead = false;
 
     loop {
         let stop = tokio::select! {
@@ -169,9 +170,10 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             bytes_reported = written;
             // The writer is a thread of its own, supervised here: if it died, nothing is written.
             let alive = !w.stopped();
-            if !alive {
+            if !alive && !writer_dead {
                 tracing::error!("the JSONL writer thread stopped; snapshots are not written");
             }
+            writer_dead = !alive;
             health.set_output_writable(alive && w.stats.writable.load(Ordering::Relaxed));
         }
         exporters.publish(&interval);
