@@ -1,0 +1,184 @@
+//! The exactness checks on one cell's JSONL, against what the workload did and what the kernel
+//! counted (`/proc/diskstats`). Each check returns the first failure as one line.
+
+use serde_json::Value;
+
+use crate::device::DiskStats;
+
+/// What one cell expects.
+pub struct Expected<'a> {
+    pub dev: &'a str,
+    /// The `--attach` mode asked for.
+    pub mode: &'a str,
+    pub writes: u64,
+    pub reads: u64,
+    /// The kernel's counts over the agent's lifetime.
+    pub disk: DiskStats,
+}
+
+/// What the agent reported, for the pass line.
+#[derive(Debug, Default)]
+pub struct Observed {
+    pub snapshots: usize,
+    pub attach: String,
+    /// `agent.path`, or the devices' `path`, when the agent reports one.
+    pub path: Option<String>,
+    pub reads: u64,
+    pub read_bytes: u64,
+    pub writes: u64,
+    pub write_bytes: u64,
+}
+
+fn u(v: &Value, key: &str) -> Result<u64, String> {
+    v.get(key).and_then(Value::as_u64).ok_or_else(|| format!("missing or non-integer `{key}`"))
+}
+
+fn bucket_sum(h: &Value, what: &str) -> Result<u64, String> {
+    let b = h.get("buckets").and_then(Value::as_array).ok_or_else(|| format!("{what}: no `buckets` array"))?;
+    b.iter().map(|b| u(b, "count").map_err(|e| format!("{what}: {e}"))).sum()
+}
+
+/// Parses every line (each must be one valid JSON object; the file must end with a newline) and
+/// runs every check; `Ok` carries what was seen.
+pub fn check(jsonl: &str, exp: &Expected) -> Result<Observed, String> {
+    if jsonl.is_empty() {
+        return Err("no snapshot in the JSONL".into());
+    }
+    if !jsonl.ends_with('\n') {
+        return Err("the JSONL does not end with a newline (torn last line)".into());
+    }
+    let mut obs = Observed::default();
+    let mut last: Option<Value> = None;
+    for (i, line) in jsonl.lines().enumerate() {
+        let snap: Value =
+            serde_json::from_str(line).map_err(|e| format!("JSONL line {} is not valid JSON: {e}", i + 1))?;
+        if !snap.is_object() {
+            return Err(format!("JSONL line {} is not an object", i + 1));
+        }
+        check_snapshot(&snap, exp, &mut obs).map_err(|e| format!("snapshot {}: {e}", i + 1))?;
+        obs.snapshots += 1;
+        last = Some(snap);
+    }
+    let last = last.expect("non-empty");
+    let agent = last.get("agent").ok_or("the last snapshot has no `agent` object")?;
+    obs.attach = agent.get("attach").and_then(Value::as_str).ok_or("`agent.attach` is missing")?.to_string();
+    obs.path = agent.get("path").map(|p| p.as_str().map(str::to_string).unwrap_or_else(|| p.to_string()));
+    match (exp.mode, obs.attach.as_str()) {
+        ("auto", "btf" | "tracepoint") => {}
+        (m, a) if m == a => {}
+        (m, a) => return Err(format!("asked for --attach {m}, the snapshot says agent.attach={a}")),
+    }
+    // In-flight back to 0 once the workload is done.
+    let inflight = last
+        .get("inflight")
+        .and_then(Value::as_array)
+        .and_then(|a| a.iter().find(|e| e.get("device_name").and_then(Value::as_str) == Some(exp.dev)))
+        .ok_or_else(|| format!("the last snapshot has no inflight entry for {}", exp.dev))?;
+    let depth = u(inflight, "count")?;
+    if depth != 0 {
+        return Err(format!("in-flight count {depth} in the last snapshot, not 0"));
+    }
+    let d = &exp.disk;
+    for (op, got, want, kernel) in
+        [("write", obs.writes, exp.writes, d.writes), ("read", obs.reads, exp.reads, d.reads)]
+    {
+        if kernel != want {
+            return Err(format!(
+                "/proc/diskstats counted {kernel} {op}s, the workload did {want} (other I/O on the device?)"
+            ));
+        }
+        if got != kernel {
+            return Err(format!("agent counted {got} {op}s, /proc/diskstats {kernel}"));
+        }
+    }
+    for (op, got, sectors) in [("write", obs.write_bytes, d.write_sectors), ("read", obs.read_bytes, d.read_sectors)] {
+        if got != sectors * 512 {
+            return Err(format!("agent counted {got} {op} bytes, /proc/diskstats {}", sectors * 512));
+        }
+    }
+    Ok(obs)
+}
+
+fn check_snapshot(snap: &Value, exp: &Expected, obs: &mut Observed) -> Result<(), String> {
+    let mut dev_total = 0u64;
+    for e in snap.get("ops").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default() {
+        let name = e.get("device_name").and_then(Value::as_str).ok_or("ops entry without device_name")?;
+        if name != exp.dev {
+            return Err(format!("ops entry for {name}, outside --devices {}", exp.dev));
+        }
+        let op = e.get("op").and_then(Value::as_str).ok_or("ops entry without op")?;
+        let (count, bytes) = (u(e, "count")?, u(e, "bytes")?);
+        for h in ["device_time", "queue_time", "size"] {
+            let what = format!("ops[{name},{op}].{h}");
+            let hist = e.get(h).ok_or_else(|| format!("{what} missing"))?;
+            let sum = bucket_sum(hist, &what)?;
+            if sum != count {
+                return Err(format!("{what} buckets sum to {sum}, count is {count}"));
+            }
+        }
+        dev_total += count;
+        match op {
+            "read" => (obs.reads, obs.read_bytes) = (obs.reads + count, obs.read_bytes + bytes),
+            "write" => (obs.writes, obs.write_bytes) = (obs.writes + count, obs.write_bytes + bytes),
+            _ => {}
+        }
+    }
+    for h in snap.get("latency_histogram").and_then(Value::as_array).ok_or("no latency_histogram array")? {
+        if h.get("device_name").and_then(Value::as_str) != Some(exp.dev) {
+            continue;
+        }
+        let (total, sum) = (u(h, "total")?, bucket_sum(h, "latency_histogram")?);
+        if sum != total {
+            return Err(format!("latency_histogram buckets sum to {sum}, total is {total}"));
+        }
+        if total != dev_total {
+            return Err(format!("latency_histogram total {total} != sum of ops counts {dev_total}"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snap(writes: u64, inflight: u64, attach: &str) -> String {
+        let b = |n: u64| serde_json::json!([{"slot": 3, "count": n, "bucket_low": 8, "bucket_high": 15}]);
+        let hist = |n: u64| serde_json::json!({"sum_ns": 1, "sum_us": 0.001, "buckets": b(n)});
+        serde_json::json!({
+            "timestamp": 1.0, "iso_timestamp": "x", "interval_s": 0.5,
+            "latency_histogram": [{"device_id": 1, "device_name": "vda", "total": writes, "buckets": b(writes)}],
+            "inflight": [{"device_id": 1, "device_name": "vda", "count": inflight}],
+            "ops": [{"device_id": 1, "device_name": "vda", "op": "write", "count": writes, "bytes": writes * 4096,
+                     "device_time": hist(writes), "queue_time": hist(writes), "size": {"buckets": b(writes)}}],
+            "agent": {"version": "0", "attach": attach}
+        })
+        .to_string()
+    }
+
+    fn exp(mode: &str, writes: u64) -> Expected<'_> {
+        Expected {
+            dev: "vda",
+            mode,
+            writes,
+            reads: 0,
+            disk: DiskStats { reads: 0, read_sectors: 0, writes, write_sectors: writes * 8 },
+        }
+    }
+
+    #[test]
+    fn exact_counts_pass_and_each_defect_fails() {
+        let good = format!("{}\n{}\n", snap(2, 1, "btf"), snap(3, 0, "btf"));
+        let obs = check(&good, &exp("auto", 5)).unwrap();
+        assert_eq!((obs.writes, obs.write_bytes, obs.snapshots, obs.attach.as_str()), (5, 20480, 2, "btf"));
+        assert!(check(&good, &exp("auto", 6)).unwrap_err().contains("agent counted 5 writes"));
+        assert!(check(&good, &exp("tracepoint", 5)).unwrap_err().contains("agent.attach=btf"));
+        assert!(check(good.trim_end(), &exp("auto", 5)).unwrap_err().contains("newline"));
+        let busy = format!("{}\n", snap(5, 1, "btf"));
+        assert!(check(&busy, &exp("auto", 5)).unwrap_err().contains("in-flight count 1"));
+        let torn = format!("{}\n{{\"timestamp\":\n", snap(5, 0, "btf"));
+        assert!(check(&torn, &exp("auto", 5)).unwrap_err().contains("not valid JSON"));
+        let skewed = snap(5, 0, "btf").replacen("\"total\":5", "\"total\":4", 1);
+        assert!(check(&format!("{skewed}\n"), &exp("auto", 5)).unwrap_err().contains("latency_histogram"));
+    }
+}
