@@ -14,6 +14,10 @@ pub struct Expected<'a> {
     pub reads: u64,
     /// The kernel's counts over the agent's lifetime.
     pub disk: DiskStats,
+    /// Whether the block layer stamps this device's requests (`io_start_time_ns`, RQF_STATS):
+    /// true when writeback throttling is on (`queue/wbt_lat_usec` > 0), which sets
+    /// QUEUE_FLAG_STATS through its blk-stat callback.
+    pub stamps: bool,
 }
 
 /// What the agent reported, for the pass line.
@@ -21,8 +25,14 @@ pub struct Expected<'a> {
 pub struct Observed {
     pub snapshots: usize,
     pub attach: String,
-    /// `agent.path`, or the devices' `path`, when the agent reports one.
-    pub path: Option<String>,
+    /// `agent.path.fast` and `.flags` of the last snapshot.
+    pub fast: String,
+    pub flags: String,
+    /// Sums over every snapshot of `agent.path.fast_completions` / `.flag_disagreements`.
+    pub fast_completions: u64,
+    pub flag_disagreements: u64,
+    /// Completions of the device, every op.
+    pub completions: u64,
     pub reads: u64,
     pub read_bytes: u64,
     pub writes: u64,
@@ -62,7 +72,6 @@ pub fn check(jsonl: &str, exp: &Expected) -> Result<Observed, String> {
     let last = last.expect("non-empty");
     let agent = last.get("agent").ok_or("the last snapshot has no `agent` object")?;
     obs.attach = agent.get("attach").and_then(Value::as_str).ok_or("`agent.attach` is missing")?.to_string();
-    obs.path = agent.get("path").map(|p| p.as_str().map(str::to_string).unwrap_or_else(|| p.to_string()));
     match (exp.mode, obs.attach.as_str()) {
         ("auto", "btf" | "tracepoint") => {}
         (m, a) if m == a => {}
@@ -96,10 +105,32 @@ pub fn check(jsonl: &str, exp: &Expected) -> Result<Observed, String> {
             return Err(format!("agent counted {got} {op} bytes, /proc/diskstats {}", sectors * 512));
         }
     }
+    let path = agent.get("path").ok_or("the snapshot does not say which path counted (no `agent.path`)")?;
+    obs.fast = path.get("fast").and_then(Value::as_str).ok_or("`agent.path.fast` is missing")?.to_string();
+    obs.flags = path.get("flags").and_then(Value::as_str).unwrap_or("-").to_string();
+    if obs.flag_disagreements != 0 {
+        return Err(format!(
+            "{} completions where QUEUE_FLAG_STATS, RQF_STATS and io_start_time_ns disagreed",
+            obs.flag_disagreements
+        ));
+    }
+    if obs.fast_completions > obs.completions {
+        return Err(format!("{} fast-path completions of {} completions", obs.fast_completions, obs.completions));
+    }
+    if exp.stamps && exp.mode != "tracepoint" && (obs.fast != "on" || obs.fast_completions == 0) {
+        return Err(format!(
+            "the block layer stamps {} (wbt on) but the fast path was not taken: path.fast={} ({}/{} completions)",
+            exp.dev, obs.fast, obs.fast_completions, obs.completions
+        ));
+    }
     Ok(obs)
 }
 
 fn check_snapshot(snap: &Value, exp: &Expected, obs: &mut Observed) -> Result<(), String> {
+    if let Some(path) = snap.get("agent").and_then(|a| a.get("path")) {
+        obs.fast_completions += u(path, "fast_completions").map_err(|e| format!("agent.path: {e}"))?;
+        obs.flag_disagreements += u(path, "flag_disagreements").map_err(|e| format!("agent.path: {e}"))?;
+    }
     let mut dev_total = 0u64;
     for e in snap.get("ops").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default() {
         let name = e.get("device_name").and_then(Value::as_str).ok_or("ops entry without device_name")?;
@@ -117,6 +148,7 @@ fn check_snapshot(snap: &Value, exp: &Expected, obs: &mut Observed) -> Result<()
             }
         }
         dev_total += count;
+        obs.completions += count;
         match op {
             "read" => (obs.reads, obs.read_bytes) = (obs.reads + count, obs.read_bytes + bytes),
             "write" => (obs.writes, obs.write_bytes) = (obs.writes + count, obs.write_bytes + bytes),
@@ -151,7 +183,8 @@ mod tests {
             "inflight": [{"device_id": 1, "device_name": "vda", "count": inflight}],
             "ops": [{"device_id": 1, "device_name": "vda", "op": "write", "count": writes, "bytes": writes * 4096,
                      "device_time": hist(writes), "queue_time": hist(writes), "size": {"buckets": b(writes)}}],
-            "agent": {"version": "0", "attach": attach}
+            "agent": {"version": "0", "attach": attach,
+                      "path": {"fast": "on", "flags": "btf", "fast_completions": writes, "flag_disagreements": 0}}
         })
         .to_string()
     }
@@ -163,6 +196,7 @@ mod tests {
             writes,
             reads: 0,
             disk: DiskStats { reads: 0, read_sectors: 0, writes, write_sectors: writes * 8 },
+            stamps: true,
         }
     }
 
@@ -171,6 +205,7 @@ mod tests {
         let good = format!("{}\n{}\n", snap(2, 1, "btf"), snap(3, 0, "btf"));
         let obs = check(&good, &exp("auto", 5)).unwrap();
         assert_eq!((obs.writes, obs.write_bytes, obs.snapshots, obs.attach.as_str()), (5, 20480, 2, "btf"));
+        assert_eq!((obs.fast.as_str(), obs.fast_completions, obs.completions), ("on", 5, 5));
         assert!(check(&good, &exp("auto", 6)).unwrap_err().contains("agent counted 5 writes"));
         assert!(check(&good, &exp("tracepoint", 5)).unwrap_err().contains("agent.attach=btf"));
         assert!(check(good.trim_end(), &exp("auto", 5)).unwrap_err().contains("newline"));
@@ -178,6 +213,13 @@ mod tests {
         assert!(check(&busy, &exp("auto", 5)).unwrap_err().contains("in-flight count 1"));
         let torn = format!("{}\n{{\"timestamp\":\n", snap(5, 0, "btf"));
         assert!(check(&torn, &exp("auto", 5)).unwrap_err().contains("not valid JSON"));
+        let slow = good.replace("\"fast\":\"on\"", "\"fast\":\"unavailable\"");
+        assert!(check(&slow, &exp("auto", 5)).unwrap_err().contains("fast path was not taken"));
+        assert!(check(&slow, &Expected { stamps: false, ..exp("auto", 5) }).is_ok());
+        let disagree = good.replace("\"flag_disagreements\":0", "\"flag_disagreements\":1");
+        assert!(check(&disagree, &exp("auto", 5)).unwrap_err().contains("disagreed"));
+        let nopath = format!("{}\n", snap(5, 0, "btf").replace("\"path\":", "\"x\":"));
+        assert!(check(&nopath, &exp("auto", 5)).unwrap_err().contains("agent.path"));
         let skewed = snap(5, 0, "btf").replacen("\"total\":5", "\"total\":4", 1);
         assert!(check(&format!("{skewed}\n"), &exp("auto", 5)).unwrap_err().contains("latency_histogram"));
     }

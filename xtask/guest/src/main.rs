@@ -75,31 +75,39 @@ fn cell(plan: &Plan, mode: &str, kind: &str) -> (Result<String, String>, Vec<Str
     };
     // The agent arms its depth gauge 50 ms after attaching (agent-ebpf: arming time).
     thread::sleep(Duration::from_millis(300));
-    let io = workload::run(&dev, plan.writes, plan.reads);
+    let io = workload::run(&dev, plan.writes, plan.reads, plan.threads, plan.per_thread);
     // Let one interval pass so the device also gets its dense slot (the other code path).
     thread::sleep(Duration::from_millis(700));
     let stopped = agent.stop(Duration::from_secs(30));
     let log = agent.stderr_lines();
     let result = (|| {
-        io?;
+        let counts = io?;
         let status = stopped?;
         if !status.success() {
             return Err(format!("agent exited with {status} after SIGTERM (want 0): {}", agent.error_line()));
         }
         let after = DiskStats::read(&dev)?;
         let jsonl = fs::read_to_string(&agent.output).map_err(|e| format!("{}: {e}", agent.output))?;
+        let wbt = fs::read_to_string(format!("/sys/block/{dev}/queue/wbt_lat_usec"))
+            .ok()
+            .and_then(|s| s.trim().parse::<i64>().ok())
+            .unwrap_or(0);
         let exp = Expected {
             dev: &dev,
             mode,
-            writes: u64::from(plan.writes),
-            reads: u64::from(plan.reads),
+            writes: counts.writes,
+            reads: counts.reads,
             disk: after.delta(before),
+            stamps: wbt > 0,
         };
         let o = check::check(&jsonl, &exp)?;
         Ok(format!(
-            "{dev}: attach={} path={} writes={} reads={} bytes={}/{} snapshots={}",
+            "{dev}: attach={} path={}/{} fast={}/{} wbt={wbt} writes={} reads={} bytes={}/{} snapshots={}",
             o.attach,
-            o.path.as_deref().unwrap_or("-"),
+            o.fast,
+            o.flags,
+            o.fast_completions,
+            o.completions,
             o.writes,
             o.reads,
             o.write_bytes,

@@ -14,6 +14,11 @@ pub struct Plan {
     pub writes: u32,
     /// 4 KiB O_DIRECT reads per cell.
     pub reads: u32,
+    /// Threads of the concurrent phase, and requests per thread (alternating write, read).
+    #[serde(default)]
+    pub threads: u32,
+    #[serde(default)]
+    pub per_thread: u32,
     /// Echo every agent stderr line, not only those of failing cells.
     pub verbose: bool,
     /// Extra arguments appended to `blkio-agent run`.

@@ -47,6 +47,12 @@ pub struct Opts {
     /// 4 KiB O_DIRECT reads per cell.
     #[arg(long, default_value_t = 96)]
     pub reads: u32,
+    /// Threads of the concurrent phase (each alternates 4 KiB O_DIRECT writes and reads).
+    #[arg(long, default_value_t = 4)]
+    pub threads: u32,
+    /// Requests per thread in the concurrent phase.
+    #[arg(long, default_value_t = 32)]
+    pub per_thread: u32,
     /// Echo the whole serial console and every agent log line.
     #[arg(long, short)]
     pub verbose: bool,
@@ -121,6 +127,8 @@ pub fn kernels(opts: Opts) -> anyhow::Result<()> {
         devices: devices.clone(),
         writes: opts.writes,
         reads: opts.reads,
+        threads: opts.threads,
+        per_thread: opts.per_thread,
         verbose: opts.verbose,
         agent_args: opts.agent_args.clone(),
     };
