@@ -53,13 +53,16 @@ pub struct Kernel {
     pub note: Option<String>,
 }
 
+/// `$BLKIO_KERNELS_CACHE`, else `~/.cache/blkio-agent/kernels` (reused by every later run).
 pub fn cache_root() -> anyhow::Result<PathBuf> {
     if let Some(dir) = std::env::var_os("BLKIO_KERNELS_CACHE") {
         return Ok(PathBuf::from(dir));
     }
-    let base = match std::env::var_os("XDG_CACHE_HOME") {
-        Some(d) => PathBuf::from(d),
-        None => PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?).join(".cache"),
+    let base = match (std::env::var_os("XDG_CACHE_HOME"), std::env::var_os("HOME")) {
+        (Some(d), _) => PathBuf::from(d),
+        (None, Some(home)) => PathBuf::from(home).join(".cache"),
+        // No home (some CI runners): keep the cache beside the build.
+        (None, None) => return Ok(crate::setup::workspace_root().join("target/kernels-cache")),
     };
     Ok(base.join("blkio-agent/kernels"))
 }

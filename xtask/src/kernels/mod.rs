@@ -61,6 +61,18 @@ pub struct Opts {
     pub agent_args: Vec<String>,
 }
 
+impl Opts {
+    /// The whole matrix with the default workload (what `cargo xtask test` runs).
+    pub fn all() -> Opts {
+        #[derive(clap::Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            opts: Opts,
+        }
+        <Defaults as clap::Parser>::parse_from(["kernels"]).opts
+    }
+}
+
 /// One cell of the matrix.
 pub struct Cell {
     pub kernel: String,
@@ -272,4 +284,18 @@ fn boot_kernel(
         out.console.display()
     );
     Ok(cells)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_run_everything() {
+        let o = Opts::all();
+        assert!(o.kernel.is_empty() && o.mode.is_empty() && o.device.is_empty() && o.agent.is_none());
+        assert_eq!((o.writes, o.reads, o.threads, o.per_thread, o.jobs), (64, 96, 4, 32, 1));
+        assert_eq!(pick(&[], MODES, "mode").unwrap(), ["auto", "btf", "tracepoint"]);
+        assert!(pick(&["kprobe".into()], MODES, "mode").unwrap_err().to_string().contains("one of auto, btf"));
+    }
 }
