@@ -21,7 +21,7 @@ use crate::{
     error::Result,
     loader::{Probes, program_stats},
     snapshot::{
-        AgentInfo, DeviceHistogram, DeviceInflight, Losses, OpStats, SCHEMA_VERSION, SizeHistogram, Snapshot,
+        AgentInfo, DeviceHistogram, DeviceInflight, Losses, OpStats, PathInfo, SCHEMA_VERSION, SizeHistogram, Snapshot,
         TimeHistogram, buckets_from_slots, iso_timestamp,
     },
 };
@@ -109,6 +109,8 @@ pub struct Collector {
     last: Instant,
     pending_resync: u64,
     pending_write_failures: u64,
+    /// The path in effect, as of the last read of the counters.
+    path: PathInfo,
 }
 
 impl Collector {
@@ -147,6 +149,7 @@ impl Collector {
             last: Instant::now(),
             pending_resync: 0,
             pending_write_failures: 0,
+            path: PathInfo { fast: String::new(), flags: None, fast_completions: 0, flag_disagreements: 0 },
         })
     }
 
@@ -217,7 +220,11 @@ impl Collector {
             pods: Vec::new(),
             losses: Some(losses),
             losses_total: Some(self.totals),
-            agent: Some(AgentInfo { version: env!("CARGO_PKG_VERSION").into(), attach: self.attach_mode().into() }),
+            agent: Some(AgentInfo {
+                version: env!("CARGO_PKG_VERSION").into(),
+                attach: self.attach_mode().into(),
+                path: Some(self.path.clone()),
+            }),
         };
         self.seq += 1;
         Ok(Collected { snapshot, cgroups, build_time: started.elapsed() })
@@ -418,7 +425,19 @@ impl Collector {
             requeued: d(c::EVENT_REQUEUED),
             partial_completion: d(c::EVENT_PARTIAL_COMPLETION),
         };
+        let (fast_completions, flag_disagreements) = (d(c::EVENT_FAST_COMPLETION), d(c::SELFTEST_DISAGREE));
         self.prev_counters = cur;
+        // The flag self-test (loader::fastpath): may turn the fast path on.
+        let (agree, disagree) = (cur[c::SELFTEST_AGREE as usize], cur[c::SELFTEST_DISAGREE as usize]);
+        if let Some(since) = self.probes.fast.update(agree, disagree, crate::loader::monotonic_ns()) {
+            self.control.set(c::CONTROL_FAST_SINCE, since, 0).map_err(map_err("CONTROL"))?;
+        }
+        self.path = PathInfo {
+            fast: self.probes.fast.state.as_str().into(),
+            flags: self.probes.fast.flags_from.map(|f| f.as_str().into()),
+            fast_completions,
+            flag_disagreements,
+        };
         self.prev_recursion = recursion;
         let t = &mut self.totals;
         t.start_insert_failed += losses.start_insert_failed;
