@@ -72,6 +72,31 @@ impl Agent {
         }
     }
 
+    /// Polls the JSONL until a snapshot's `agent.path.fast` is no longer `verifying` and returns
+    /// it (`none` without `agent.path`, `timeout` if it stays undecided). The file is mmap-backed
+    /// and grown ahead of its data, so only complete lines before the first NUL are read.
+    pub fn wait_path_decided(&self, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let bytes = fs::read(&self.output).unwrap_or_default();
+            let data = &bytes[..bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len())];
+            let text = String::from_utf8_lossy(data);
+            let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+            if let Some(last) = complete.lines().last() {
+                let v: serde_json::Value = serde_json::from_str(last).unwrap_or_default();
+                match v.pointer("/agent/path/fast").and_then(|f| f.as_str()) {
+                    Some("verifying") => {}
+                    Some(f) => return f.to_string(),
+                    None => return "none".into(),
+                }
+            }
+            if Instant::now() > deadline {
+                return "timeout".into();
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

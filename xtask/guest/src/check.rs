@@ -18,6 +18,9 @@ pub struct Expected<'a> {
     /// true when writeback throttling is on (`queue/wbt_lat_usec` > 0), which sets
     /// QUEUE_FLAG_STATS through its blk-stat callback.
     pub stamps: bool,
+    /// Completions issued after the agent reported its path decision: all of them must take
+    /// the fast path where the block layer stamps requests.
+    pub fast_min: u64,
 }
 
 /// What the agent reported, for the pass line.
@@ -37,6 +40,20 @@ pub struct Observed {
     pub read_bytes: u64,
     pub writes: u64,
     pub write_bytes: u64,
+}
+
+/// The non-zero `losses_total` counters of the last complete snapshot, as `k=v ...` (empty
+/// when all are zero or the JSONL has none): context for a failing cell.
+pub fn losses_note(jsonl: &str) -> String {
+    let Some(last) = jsonl.lines().rev().find_map(|l| serde_json::from_str::<Value>(l).ok()) else {
+        return String::new();
+    };
+    let Some(losses) = last.get("losses_total").and_then(Value::as_object) else { return String::new() };
+    losses
+        .iter()
+        .filter_map(|(k, v)| v.as_u64().filter(|n| *n > 0).map(|n| format!("{k}={n}")))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn u(v: &Value, key: &str) -> Result<u64, String> {
@@ -117,10 +134,11 @@ pub fn check(jsonl: &str, exp: &Expected) -> Result<Observed, String> {
     if obs.fast_completions > obs.completions {
         return Err(format!("{} fast-path completions of {} completions", obs.fast_completions, obs.completions));
     }
-    if exp.stamps && exp.mode != "tracepoint" && (obs.fast != "on" || obs.fast_completions == 0) {
+    if exp.stamps && exp.mode != "tracepoint" && (obs.fast != "on" || obs.fast_completions < exp.fast_min) {
         return Err(format!(
-            "the block layer stamps {} (wbt on) but the fast path was not taken: path.fast={} ({}/{} completions)",
-            exp.dev, obs.fast, obs.fast_completions, obs.completions
+            "the block layer stamps {} (wbt on) but the fast path was not taken: path.fast={}, {}/{} completions \
+             on it, {} issued after the decision",
+            exp.dev, obs.fast, obs.fast_completions, obs.completions, exp.fast_min
         ));
     }
     Ok(obs)
@@ -197,7 +215,15 @@ mod tests {
             reads: 0,
             disk: DiskStats { reads: 0, read_sectors: 0, writes, write_sectors: writes * 8 },
             stamps: true,
+            fast_min: writes,
         }
+    }
+
+    #[test]
+    fn losses_are_summarized() {
+        let line = r#"{"losses_total": {"complete_without_start": 2, "requeued": 0, "stale_evicted": 1}}"#;
+        assert_eq!(losses_note(&format!("{line}\n")), "complete_without_start=2 stale_evicted=1");
+        assert_eq!(losses_note(""), "");
     }
 
     #[test]

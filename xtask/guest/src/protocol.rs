@@ -21,10 +21,12 @@ pub struct CellResult {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    /// `uname -r` of the guest and whether it has `/sys/kernel/btf/vmlinux`.
+    /// `uname -r` of the guest, whether it has `/sys/kernel/btf/vmlinux`, and which of the names
+    /// the agent cares about its BTF has (`name=yes|no`, space-separated).
     Kernel {
         release: String,
         btf: bool,
+        facts: String,
     },
     /// A cell starts.
     Cell {
@@ -49,8 +51,8 @@ fn one_line(s: &str) -> String {
 impl Event {
     pub fn to_line(&self) -> String {
         match self {
-            Event::Kernel { release, btf } => {
-                format!("{KERNEL}\t{}\t{}", one_line(release), if *btf { "btf" } else { "no-btf" })
+            Event::Kernel { release, btf, facts } => {
+                format!("{KERNEL}\t{}\t{}\t{}", one_line(release), if *btf { "btf" } else { "no-btf" }, one_line(facts))
             }
             Event::Cell { mode, device } => format!("{CELL}\t{mode}\t{device}"),
             Event::AgentLog { mode, device, line } => format!("{AGENT_LOG}\t{mode}\t{device}\t{}", one_line(line)),
@@ -74,7 +76,7 @@ impl Event {
         let tag = f.next()?;
         let mut next = || f.next().map(str::to_string);
         Some(match tag {
-            KERNEL => Event::Kernel { release: next()?, btf: next()? == "btf" },
+            KERNEL => Event::Kernel { release: next()?, btf: next()? == "btf", facts: next().unwrap_or_default() },
             CELL => Event::Cell { mode: next()?, device: next()? },
             AGENT_LOG => Event::AgentLog { mode: next()?, device: next()?, line: next().unwrap_or_default() },
             RESULT => {
@@ -99,7 +101,7 @@ mod tests {
     #[test]
     fn lines_round_trip_and_noise_is_ignored() {
         let events = [
-            Event::Kernel { release: "6.1.0-40-cloud-amd64".into(), btf: true },
+            Event::Kernel { release: "6.1.0-40-cloud-amd64".into(), btf: true, facts: "rq_disk=no".into() },
             Event::Cell { mode: "btf".into(), device: "nvme".into() },
             Event::AgentLog { mode: "auto".into(), device: "virtio".into(), line: "a\tb\nc".into() },
             Event::Result(CellResult {

@@ -73,6 +73,16 @@ impl Opts {
     }
 }
 
+/// One booted kernel's cells.
+pub struct KernelRun {
+    /// Into the fetched kernels.
+    pub index: usize,
+    pub cells: Vec<Cell>,
+    /// The guest's BTF facts (`name=yes|no ...`), when it got that far.
+    pub facts: Option<String>,
+    pub elapsed: Duration,
+}
+
 /// One cell of the matrix.
 pub struct Cell {
     pub kernel: String,
@@ -147,15 +157,18 @@ pub fn kernels(opts: Opts) -> anyhow::Result<()> {
     let work_root = workspace_root().join("target/kernels");
     // Boot time + per cell: agent start under TCG (BTF parse, verifier), workload, stop.
     let timeout = Duration::from_secs(90 + 60 * (modes.len() * devices.len()) as u64);
-    let cells: Mutex<Vec<(usize, Vec<Cell>, Duration)>> = Mutex::new(Vec::new());
+    let runs: Mutex<Vec<KernelRun>> = Mutex::new(Vec::new());
     let next = Mutex::new(0usize);
-    let run_one = |i: usize| -> Vec<Cell> {
+    let run_one = |i: usize| -> KernelRun {
         let k = &kernels[i];
         let label = format!("{} {}", k.series, k.release);
-        match boot_kernel(k, &plan, &agent, &guest, &work_root.join(&k.release), timeout, opts.verbose, &label) {
-            Ok(c) => c,
-            Err(e) => all_failed(k, &modes, &devices, &format!("{e:#}")),
-        }
+        let t = Instant::now();
+        let (cells, facts) =
+            match boot_kernel(k, &plan, &agent, &guest, &work_root.join(&k.release), timeout, opts.verbose, &label) {
+                Ok(r) => r,
+                Err(e) => (all_failed(k, &modes, &devices, &format!("{e:#}")), None),
+            };
+        KernelRun { index: i, cells, facts, elapsed: t.elapsed() }
     };
     thread::scope(|s| {
         for _ in 0..opts.jobs.clamp(1, kernels.len().max(1)) {
@@ -170,28 +183,22 @@ pub fn kernels(opts: Opts) -> anyhow::Result<()> {
                     if i >= kernels.len() {
                         break;
                     }
-                    let t = Instant::now();
-                    let c = run_one(i);
-                    cells.lock().expect("lock").push((i, c, t.elapsed()));
+                    let r = run_one(i);
+                    runs.lock().expect("lock").push(r);
                 }
             });
         }
     });
-    let mut cells = cells.into_inner().expect("lock");
-    cells.sort_by_key(|c| c.0);
-    let timings: Vec<(String, Duration)> = cells.iter().map(|(i, _, d)| (kernels[*i].release.clone(), *d)).collect();
-    let all: Vec<Cell> = cells.into_iter().flat_map(|c| c.1).collect();
-    let table = report::render(&kernels, &all, &modes, &devices);
+    let mut runs = runs.into_inner().expect("lock");
+    runs.sort_by_key(|r| r.index);
     let total = started.elapsed();
+    let table = report::render(&kernels, &runs, &modes, &devices, fetched, total, opts.jobs);
     println!("{table}");
-    for (k, d) in &timings {
-        println!("{k}: {:.0} s", d.as_secs_f64());
-    }
-    println!("fetch {:.0} s, total {:.0} s", fetched.as_secs_f64(), total.as_secs_f64());
     let _ = std::fs::write(work_root.join("matrix.md"), &table);
-    let failed = all.iter().filter(|c| !c.pass).count();
+    let cells = runs.iter().flat_map(|r| &r.cells);
+    let (failed, all) = (cells.clone().filter(|c| !c.pass).count(), cells.count());
     if failed > 0 {
-        bail!("{failed} of {} kernel-matrix cells failed (console logs under {})", all.len(), work_root.display());
+        bail!("{failed} of {all} kernel-matrix cells failed (console logs under {})", work_root.display());
     }
     Ok(())
 }
@@ -236,10 +243,10 @@ fn boot_kernel(
     timeout: Duration,
     verbose: bool,
     label: &str,
-) -> anyhow::Result<Vec<Cell>> {
+) -> anyhow::Result<(Vec<Cell>, Option<String>)> {
     std::fs::create_dir_all(work)?;
     let mods = modules::resolve(&k.modules, &plan.devices)?;
-    let initrd = work.join("initramfs.cpio");
+    let initrd = work.join(format!("initramfs.cpio.{}", std::process::id()));
     initramfs::write(
         &initrd,
         &initramfs::Contents { agent, guest, plan_json: serde_json::to_string(plan)?, modules: &mods },
@@ -258,7 +265,9 @@ fn boot_kernel(
         timeout,
         verbose,
         label,
-    })?;
+    });
+    let _ = std::fs::remove_file(&initrd);
+    let out = out?;
     if let Some(r) = &out.release
         && r != &k.release
     {
@@ -283,7 +292,7 @@ fn boot_kernel(
         out.elapsed.as_secs_f64(),
         out.console.display()
     );
-    Ok(cells)
+    Ok((cells, out.facts))
 }
 
 #[cfg(test)]

@@ -34,6 +34,8 @@ pub struct Boot<'a> {
 pub struct Outcome {
     pub release: Option<String>,
     pub btf: Option<bool>,
+    /// The guest's BTF facts (`name=yes|no ...`).
+    pub facts: Option<String>,
     pub results: Vec<CellResult>,
     /// Set when the guest did not reach its last cell: why (timeout, panic, qemu error).
     pub aborted: Option<String>,
@@ -41,9 +43,10 @@ pub struct Outcome {
     pub elapsed: Duration,
 }
 
-/// 64 MiB sparse raw image.
+/// 64 MiB sparse raw image, named per process: two runs of the matrix in one worktree (two
+/// developers, or a developer and CI) must not share an image (qemu locks it).
 fn disk(work: &Path, name: &str) -> anyhow::Result<PathBuf> {
-    let p = work.join(name);
+    let p = work.join(format!("{name}.{}", std::process::id()));
     let f = fs::File::create(&p)?;
     f.set_len(64 << 20)?;
     Ok(p)
@@ -67,8 +70,10 @@ pub fn boot(b: &Boot) -> anyhow::Result<Outcome> {
         // Several I/O queue pairs: the guest uses one per CPU.
         cmd.args(["-device", "nvme,serial=blkio0001,drive=nv0,max_ioqpairs=4"]);
     }
+    // Written under a per-process name, renamed to console.log when the boot ends.
     let console_path = b.work.join("console.log");
-    let mut console = fs::File::create(&console_path)?;
+    let console_tmp = b.work.join(format!("console.log.{}", std::process::id()));
+    let mut console = fs::File::create(&console_tmp)?;
     let start = Instant::now();
     let mut child = cmd
         .stdin(Stdio::null())
@@ -96,6 +101,7 @@ pub fn boot(b: &Boot) -> anyhow::Result<Outcome> {
     let mut out = Outcome {
         release: None,
         btf: None,
+        facts: None,
         results: Vec::new(),
         aborted: None,
         console: console_path,
@@ -123,7 +129,9 @@ pub fn boot(b: &Boot) -> anyhow::Result<Outcome> {
                     }
                 }
                 match Event::parse(&line) {
-                    Some(Event::Kernel { release, btf }) => (out.release, out.btf) = (Some(release), Some(btf)),
+                    Some(Event::Kernel { release, btf, facts }) => {
+                        (out.release, out.btf, out.facts) = (Some(release), Some(btf), Some(facts))
+                    }
                     Some(Event::Result(r)) => {
                         if !b.verbose {
                             eprintln!("[{}] {} {} {}", b.label, r.mode, r.device, if r.pass { "pass" } else { "FAIL" });
@@ -163,6 +171,11 @@ pub fn boot(b: &Boot) -> anyhow::Result<Outcome> {
     }
     let status = child.wait()?;
     let _ = reader.join();
+    drop(console);
+    fs::rename(&console_tmp, &out.console)?;
+    for img in ["virtio.img", "nvme.img"] {
+        let _ = fs::remove_file(b.work.join(format!("{img}.{}", std::process::id())));
+    }
     let qemu_err = err_reader.join().unwrap_or_default();
     out.elapsed = start.elapsed();
     if !done && out.aborted.is_none() {
