@@ -24,7 +24,7 @@
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use blkio_agent_common::{
     CONTROL_ARMED_NS, CONTROL_FAST_SINCE, EVENT_FAST_COMPLETION, EVENT_PARTIAL_COMPLETION, EVENT_REQUEUED,
-    SELFTEST_AGREE, SELFTEST_DISAGREE, gauge_counts_end, gauge_counts_issue, log2_slot,
+    SELFTEST_AGREE, SELFTEST_DISAGREE, gauge_counts_end, gauge_counts_issue, log2_slot, request_bytes,
 };
 
 use crate::{
@@ -208,8 +208,7 @@ pub fn complete(rq: Rq, nr_bytes: u32, remaining: u32, cgroup_id: u64) -> bool {
     let dev = Device::of(rq.dev());
     let device_ns = now.saturating_sub(issued);
     let queue_ns = if allocated != 0 && allocated <= issued { issued - allocated } else { 0 };
-    // `stats_sectors` is a u16 of 512-byte sectors (`blk_rq_stats_sectors`), so bytes fit in u32.
-    let bytes = u32::from(load::<u16>(rq.0, conf!(rq_stats_sectors))) << 9;
+    let bytes = request_bytes(load::<u16>(rq.0, conf!(rq_stats_sectors)), remaining);
     if gauge_counts_end(control(CONTROL_ARMED_NS), allocated, issued) {
         inflight_add(dev, -1);
     }
@@ -226,9 +225,12 @@ pub fn complete(rq: Rq, nr_bytes: u32, remaining: u32, cgroup_id: u64) -> bool {
 /// `__blk_mq_requeue_request()` fires the tracepoint for requests the driver never started in
 /// this dispatch too (`queue_rq` refused them before `blk_mq_start_request()`), and their
 /// `RQF_STATS` and `io_start_time_ns` are still those of an earlier start, already counted down
-/// at that earlier requeue. So, like the kernel (`blk_mq_request_started()`), only a request whose
-/// state is still `MQ_RQ_IN_FLIGHT` is counted down: without that, each such requeue lowered the
-/// gauge by one for good (found with fio at QD16 on a loop device).
+/// at that earlier requeue (their state is `MQ_RQ_IDLE`). So, like the kernel
+/// (`blk_mq_request_started()`: state `!= MQ_RQ_IDLE`), only a started request is counted down:
+/// without that, each such requeue lowered the gauge by one for good (found with fio at QD16 on a
+/// loop device). Started includes `MQ_RQ_COMPLETE`: a command the driver retries (SCSI's
+/// `scsi_io_completion` -> `blk_mq_requeue_request` after a zero-byte `blk_update_request`) is
+/// requeued from there, and must be counted down too or each retry leaks one.
 /// <https://elixir.bootlin.com/linux/v6.18/source/block/blk-mq.c> (`__blk_mq_requeue_request`)
 #[inline(always)]
 pub fn requeue(rq: Rq) -> bool {
@@ -243,7 +245,7 @@ pub fn requeue(rq: Rq) -> bool {
     if !gauge_counts_end(control(CONTROL_FAST_SINCE), allocated, issued) {
         return false;
     }
-    let started = u64::from(load::<u32>(rq.0, conf!(rq_state))) == conf!(mq_rq_in_flight);
+    let started = u64::from(load::<u32>(rq.0, conf!(rq_state))) != conf!(mq_rq_idle);
     if started && gauge_counts_end(control(CONTROL_ARMED_NS), allocated, issued) {
         inflight_add(Device::of(rq.dev()), -1);
     }

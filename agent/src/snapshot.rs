@@ -188,7 +188,8 @@ pub struct PathInfo {
     /// Where the stats flag values came from: `btf` or `kernel-table`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flags: Option<String>,
-    /// Completions of the interval counted by the fast path; the others used the start map.
+    /// Completions of the interval (all devices, before `--devices` filtering) counted by the fast
+    /// path; the others used the start map.
     pub fast_completions: u64,
     /// Completions whose `QUEUE_FLAG_STATS`, `RQF_STATS` and `io_start_time_ns` disagreed.
     pub flag_disagreements: u64,

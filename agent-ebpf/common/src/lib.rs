@@ -145,6 +145,20 @@ pub fn gauge_counts_end(armed: u64, allocated: u64, issued: u64) -> bool {
 pub const CONTROL_FAST_SINCE: u32 = 2;
 pub const CONTROL_SLOTS: u32 = 3;
 
+/// Size of the request at issue, in bytes, from `stats_sectors` (its sectors at
+/// `blk_mq_start_request`, kept in an `unsigned short`: only the low 16 bits of the sector count,
+/// so a discard of 32 MiB or more wraps) and `remaining` (`__data_len` now, which is the whole
+/// size unless earlier pieces completed). The size is the smallest sector count not below
+/// `remaining` whose low 16 bits are `stats_sectors`: exact for any size as long as less than
+/// 32 MiB completed in earlier pieces (blk-mq drivers complete whole requests).
+#[inline(always)]
+pub fn request_bytes(stats_sectors: u16, remaining: u32) -> u32 {
+    let rem = u64::from(remaining) >> 9;
+    let sectors = rem + (u64::from(stats_sectors).wrapping_sub(rem) & 0xffff);
+    // `__data_len` is a u32 of bytes, so the size at issue fits; saturate rather than wrap anyway.
+    (sectors << 9).min(u64::from(u32::MAX)) as u32
+}
+
 /// Everything the programs need to know about the running kernel, filled in by userspace from
 /// BTF (or tracefs) and written as the one `CONFIG` global before loading: struct offsets,
 /// `enum req_op` values, flag masks, and which features are on. All fields are `u64` so the
@@ -186,8 +200,9 @@ pub struct Config {
     /// 1 when both masks above come from BTF enumerators (6.8+/6.11+), 0 when from the
     /// kernel-version table (they are `#define`s there) and so confirmed by the self-test.
     pub stats_flags_from_btf: u64,
+    /// `request.state` and `MQ_RQ_IDLE` (`enum mq_rq_state`).
     pub rq_state: u64,
-    pub mq_rq_in_flight: u64,
+    pub mq_rq_idle: u64,
     // ---- attribution ----
     /// 1: record the submitting task's cgroup in the start map (attribution by task).
     pub attribute_cgroups: u64,
@@ -241,7 +256,7 @@ impl Config {
         rqf_stats_mask: 0,
         stats_flags_from_btf: 0,
         rq_state: 0,
-        mq_rq_in_flight: 1,
+        mq_rq_idle: 0,
         attribute_cgroups: 0,
         bio_cgroup: 0,
         rq_bio: 0,
@@ -511,6 +526,17 @@ mod tests {
         assert!(!gauge_counts_issue(0, 5, || 5) && !gauge_counts_end(0, 5, 5), "nothing counts before arming");
         assert!(gauge_counts_issue(armed, armed, || 0) && gauge_counts_end(armed, armed, 0));
         assert!(!gauge_counts_issue(armed, armed - 1, || 0) && !gauge_counts_end(armed, armed - 1, armed + 1));
+    }
+
+    #[test]
+    fn request_bytes_undo_the_u16_sector_wrap() {
+        let sectors = |b: u32| ((b >> 9) & 0xffff) as u16;
+        for size in [512u32, 4096, 1 << 20, (32 << 20) - 512, 32 << 20, (32 << 20) + 4096, 1 << 30, !511] {
+            assert_eq!(request_bytes(sectors(size), size), size, "whole completion of {size}");
+        }
+        // Completed in pieces: the last piece still gives the size at issue.
+        assert_eq!(request_bytes(sectors(1 << 20), 4096), 1 << 20);
+        assert_eq!(request_bytes(sectors(64 << 20), (64 << 20) - (16 << 20)), 64 << 20);
     }
 
     #[test]

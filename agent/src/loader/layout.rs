@@ -127,9 +127,9 @@ pub struct FastLayout {
     pub flags_from: FlagSource,
     pub req_op_drv_in: u32,
     pub req_op_drv_out: u32,
-    /// `request.state` and `MQ_RQ_IN_FLIGHT`: a requeue counts down only a started request.
+    /// `request.state` and `MQ_RQ_IDLE`: a requeue counts down only a started request.
     pub rq_state: u64,
-    pub mq_rq_in_flight: u32,
+    pub mq_rq_idle: u32,
 }
 
 impl FastLayout {
@@ -155,7 +155,7 @@ impl FastLayout {
             req_op_drv_in: e("REQ_OP_DRV_IN")? as u32,
             req_op_drv_out: e("REQ_OP_DRV_OUT")? as u32,
             rq_state: m("request", "state")?,
-            mq_rq_in_flight: e("MQ_RQ_IN_FLIGHT")? as u32,
+            mq_rq_idle: e("MQ_RQ_IDLE")? as u32,
         };
         Some(l)
     }
@@ -266,7 +266,7 @@ impl BtfLayout {
             c.req_op_drv_in = u64::from(f.req_op_drv_in);
             c.req_op_drv_out = u64::from(f.req_op_drv_out);
             c.rq_state = f.rq_state;
-            c.mq_rq_in_flight = u64::from(f.mq_rq_in_flight);
+            c.mq_rq_idle = u64::from(f.mq_rq_idle);
         }
         c
     }
@@ -401,7 +401,7 @@ mod tests {
         let f = FastLayout::from_btf(&build(true), Some((6, 18))).expect("6.18-like layout");
         assert_eq!((f.rq_io_start_time, f.rqf_stats_mask, f.queue_flag_stats_mask), (112, 1 << 11, 1 << 7));
         assert_eq!((f.rq_stats_sectors, f.q_queue_flags, f.req_op_drv_out), (122, 32, 35));
-        assert_eq!((f.rq_state, f.mq_rq_in_flight, f.flags_from), (32, 1, FlagSource::Btf));
+        assert_eq!((f.rq_state, f.mq_rq_idle, f.flags_from), (32, 0, FlagSource::Btf));
         // RQF_STATS only a #define: the table's value, for kernels it covers, marked for the self-test.
         let f = FastLayout::from_btf(&build(false), Some((6, 1))).expect("6.1: RQF_STATS from the table");
         assert_eq!(
