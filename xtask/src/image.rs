@@ -161,7 +161,7 @@ fn git_revision(root: &Path) -> Option<String> {
 }
 
 /// Now as RFC 3339 UTC (`org.opencontainers.image.created`), without a date crate.
-fn rfc3339_now() -> String {
+pub fn rfc3339_now() -> String {
     let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
     let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     // Days since 1970-01-01 to a civil date (H. Hinnant's algorithm).

@@ -4,7 +4,7 @@
 //! resolved from that suite's package lists, then `dpkg-deb -x` into a cache reused by later runs.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     fs,
     path::{Path, PathBuf},
     process::Command,
@@ -129,8 +129,12 @@ impl Apt {
         }
         // Only the Packages indices: no translations, no AppStream metadata.
         c.args(["-o", "Acquire::Languages=none", "-o", "Acquire::IndexTargets::deb::DEP-11::DefaultEnabled=false"]);
-        // The cache is in root's home, which the `_apt` sandbox user cannot write.
-        c.args(["-o", "APT::Sandbox::User=root", "-q"]);
+        // The cache is in root's home, which the `_apt` sandbox user cannot write (a non-root
+        // apt drops no privileges anyway).
+        if crate::setup::is_root() {
+            c.args(["-o", "APT::Sandbox::User=root"]);
+        }
+        c.arg("-q");
         c
     }
 
@@ -165,12 +169,20 @@ impl Apt {
         Ok(String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect())
     }
 
-    fn version(&self, pkg: &str) -> anyhow::Result<String> {
-        let out = self.cmd("apt-cache").args(["show", "--no-all-versions", pkg]).output()?;
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .find_map(|l| l.strip_prefix("Version: ").map(str::to_string))
-            .with_context(|| format!("apt-cache show {pkg}: no Version"))
+    /// `Package` -> `Version` (the candidate) for `pkgs`, in one `apt-cache show`.
+    fn versions(&self, pkgs: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+        if pkgs.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let out = self.cmd("apt-cache").args(["show", "--no-all-versions"]).args(pkgs).output()?;
+        let mut map = BTreeMap::new();
+        for stanza in String::from_utf8_lossy(&out.stdout).split("\n\n") {
+            let field = |k: &str| stanza.lines().find_map(|l| l.strip_prefix(k).map(str::to_string));
+            if let (Some(p), Some(v)) = (field("Package: "), field("Version: ")) {
+                map.insert(p, v);
+            }
+        }
+        Ok(map)
     }
 }
 
@@ -203,13 +215,18 @@ pub fn fetch(cache: &Path, series: &'static Series) -> anyhow::Result<Kernel> {
     apt.update(series.suite)?;
     let names = apt.pkgnames()?;
     // Every cloud kernel has a (signed) `linux-image-<release>` package.
-    let mut releases: Vec<(String, String)> = names
+    let images: Vec<String> = names
         .iter()
         .filter_map(|n| n.strip_prefix("linux-image-"))
         .filter(|r| r.ends_with("-cloud-amd64") && r.starts_with(|c: char| c.is_ascii_digit()))
         .filter(|r| series.prefix.is_none_or(|p| r.starts_with(p)))
-        .map(|r| Ok((r.to_string(), apt.version(&format!("linux-image-{r}"))?)))
-        .collect::<anyhow::Result<_>>()?;
+        .map(|r| format!("linux-image-{r}"))
+        .collect();
+    let versions = apt.versions(&images)?;
+    let mut releases: Vec<(String, String)> = images
+        .iter()
+        .filter_map(|p| Some((p.strip_prefix("linux-image-")?.to_string(), versions.get(p)?.clone())))
+        .collect();
     releases.sort_by(|a, b| {
         if version_gt(&a.1, &b.1) {
             std::cmp::Ordering::Less

@@ -11,6 +11,7 @@ mod report;
 
 use std::{
     path::{Path, PathBuf},
+    process::Command,
     sync::Mutex,
     thread,
     time::{Duration, Instant},
@@ -56,6 +57,10 @@ pub struct Opts {
     /// Echo the whole serial console and every agent log line.
     #[arg(long, short)]
     pub verbose: bool,
+    /// Write the result into docs/kernels.md and the README's kernel-support table (between their
+    /// `kernel-matrix` markers), with the command, the date and the machine.
+    #[arg(long)]
+    pub record: bool,
     /// Extra arguments for `blkio-agent run` in every cell (e.g. `--agent-arg=--attribute-pods`).
     #[arg(long = "agent-arg", allow_hyphen_values = true)]
     pub agent_args: Vec<String>,
@@ -195,11 +200,35 @@ pub fn kernels(opts: Opts) -> anyhow::Result<()> {
     let table = report::render(&kernels, &runs, &modes, &devices, fetched, total, opts.jobs);
     println!("{table}");
     let _ = std::fs::write(work_root.join("matrix.md"), &table);
+    if opts.record {
+        record(&table, &report::summary(&kernels, &runs, &modes, &devices))?;
+    }
     let cells = runs.iter().flat_map(|r| &r.cells);
     let (failed, all) = (cells.clone().filter(|c| !c.pass).count(), cells.count());
     if failed > 0 {
         bail!("{failed} of {all} kernel-matrix cells failed (console logs under {})", work_root.display());
     }
+    Ok(())
+}
+
+/// The measured matrix into the docs, stamped with how and where it ran.
+fn record(table: &str, summary: &str) -> anyhow::Result<()> {
+    let root = workspace_root();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let uname = |flag: &str| {
+        Command::new("uname").arg(flag).output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let cpus = thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let stamp = format!(
+        "Command: `cargo xtask {}`, {} UTC, on a {cpus}-vCPU host running {} (guests: qemu TCG, 2 vCPUs, 1 GiB each).\n\n",
+        args.join(" "),
+        crate::image::rfc3339_now().replace('T', " ").trim_end_matches('Z'),
+        uname("-r").unwrap_or_default()
+    );
+    report::replace_marked(&root.join("docs/kernels.md"), "kernel-matrix", &format!("{stamp}{table}"))?;
+    let readme = format!("{summary}\n{stamp}");
+    report::replace_marked(&root.join("README.md"), "kernel-matrix", &readme)?;
+    eprintln!("xtask: kernels: recorded in docs/kernels.md and README.md");
     Ok(())
 }
 
