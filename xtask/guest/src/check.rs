@@ -36,6 +36,8 @@ pub struct Observed {
     pub flag_disagreements: u64,
     /// Completions of the device, every op.
     pub completions: u64,
+    /// Completions the agent missed and reported as losses (classic tracepoints only).
+    pub lost: u64,
     pub reads: u64,
     pub read_bytes: u64,
     pub writes: u64,
@@ -55,6 +57,18 @@ pub fn losses_note(jsonl: &str) -> String {
         .collect::<Vec<_>>()
         .join(" ")
 }
+
+/// The `losses_total` counters that stand for a completion the agent did not count: a program
+/// run the kernel skipped, an issue without its completion (evicted when the key is reused, or
+/// reset by the idle resync), a completion without its issue, a failed insert.
+///
+/// CLASSIC_LOSS: classic tracepoint programs run through `trace_call_bpf()`, which skips a
+/// program while another BPF program runs on the same CPU (`bpf_prog_active`): a completion
+/// interrupt arriving during the issue program loses that completion. Kernels from 6.7 count it
+/// in the program's `recursion_misses`; older ones count nothing, and the agent sees the stale
+/// start entry. tp_btf programs are guarded per program, so the BTF mode does not lose them.
+const LOSS_KINDS: &[&str] =
+    &["recursion_misses", "stale_evicted", "inflight_resync", "complete_without_start", "start_insert_failed"];
 
 fn u(v: &Value, key: &str) -> Result<u64, String> {
     v.get(key).and_then(Value::as_u64).ok_or_else(|| format!("missing or non-integer `{key}`"))
@@ -104,23 +118,49 @@ pub fn check(jsonl: &str, exp: &Expected) -> Result<Observed, String> {
     if depth != 0 {
         return Err(format!("in-flight count {depth} in the last snapshot, not 0"));
     }
+    let losses = |k: &str| last.get("losses_total").and_then(|l| l.get(k)).and_then(Value::as_u64).unwrap_or(0);
     let d = &exp.disk;
-    for (op, got, want, kernel) in
-        [("write", obs.writes, exp.writes, d.writes), ("read", obs.reads, exp.reads, d.reads)]
+    let mut short = [0u64; 2];
+    for (i, (op, got, want, kernel)) in
+        [("write", obs.writes, exp.writes, d.writes), ("read", obs.reads, exp.reads, d.reads)].into_iter().enumerate()
     {
         if kernel != want {
             return Err(format!(
                 "/proc/diskstats counted {kernel} {op}s, the workload did {want} (other I/O on the device?)"
             ));
         }
-        if got != kernel {
+        // Classic tracepoints may lose completions (see CLASSIC_LOSS); anything else is exact.
+        if got > kernel || (got < kernel && obs.attach != "tracepoint") {
             return Err(format!("agent counted {got} {op}s, /proc/diskstats {kernel}"));
         }
+        short[i] = kernel - got;
     }
-    for (op, got, sectors) in [("write", obs.write_bytes, d.write_sectors), ("read", obs.read_bytes, d.read_sectors)] {
-        if got != sectors * 512 {
+    for (i, (op, got, sectors)) in
+        [("write", obs.write_bytes, d.write_sectors), ("read", obs.read_bytes, d.read_sectors)].into_iter().enumerate()
+    {
+        // Every request of the workload is 4 KiB, so each lost completion is 4096 bytes.
+        if got + short[i] * 4096 != sectors * 512 {
             return Err(format!("agent counted {got} {op} bytes, /proc/diskstats {}", sectors * 512));
         }
+    }
+    let lost = short[0] + short[1];
+    let reported: u64 = LOSS_KINDS.iter().map(|k| losses(k)).sum();
+    if obs.attach == "tracepoint" {
+        if lost > reported {
+            return Err(format!(
+                "agent missed {lost} completions ({} writes, {} reads) but reported only {reported} losses \
+                 ({})",
+                short[0],
+                short[1],
+                LOSS_KINDS.iter().map(|k| format!("{k}={}", losses(k))).collect::<Vec<_>>().join(" ")
+            ));
+        }
+        obs.lost = lost;
+    } else if reported > 0 {
+        return Err(format!(
+            "counts exact but BTF mode reported losses: {}",
+            LOSS_KINDS.iter().map(|k| format!("{k}={}", losses(k))).collect::<Vec<_>>().join(" ")
+        ));
     }
     let path = agent.get("path").ok_or("the snapshot does not say which path counted (no `agent.path`)")?;
     obs.fast = path.get("fast").and_then(Value::as_str).ok_or("`agent.path.fast` is missing")?.to_string();
@@ -246,6 +286,20 @@ mod tests {
         assert!(check(&disagree, &exp("auto", 5)).unwrap_err().contains("disagreed"));
         let nopath = format!("{}\n", snap(5, 0, "btf").replace("\"path\":", "\"x\":"));
         assert!(check(&nopath, &exp("auto", 5)).unwrap_err().contains("agent.path"));
+        // Classic tracepoints: a shortfall passes only when the agent reported at least as many losses.
+        let tp = |misses: u64| {
+            let mut v: Value = serde_json::from_str(&snap(4, 0, "tracepoint")).unwrap();
+            v["losses_total"] = serde_json::json!({ "recursion_misses": misses });
+            format!("{v}\n")
+        };
+        let e = Expected {
+            disk: DiskStats { writes: 5, write_sectors: 40, ..DiskStats::default() },
+            ..exp("tracepoint", 5)
+        };
+        assert_eq!(check(&tp(1), &e).unwrap().lost, 1);
+        assert!(check(&tp(0), &e).unwrap_err().contains("reported only 0 losses"));
+        let btf_loss = tp(1).replace("\"attach\":\"tracepoint\"", "\"attach\":\"btf\"");
+        assert!(check(&btf_loss, &exp("auto", 4)).unwrap_err().contains("BTF mode reported losses"));
         let skewed = snap(5, 0, "btf").replacen("\"total\":5", "\"total\":4", 1);
         assert!(check(&format!("{skewed}\n"), &exp("auto", 5)).unwrap_err().contains("latency_histogram"));
     }

@@ -103,7 +103,9 @@ fn cell(plan: &Plan, mode: &str, kind: &str) -> (Result<String, String>, Vec<Str
     // slot, so the two rounds use both of the agent's map layouts.
     let decided = agent.wait_path_decided(Duration::from_secs(6));
     let round2 = workload::run(&dev, plan.writes, plan.reads, plan.threads, plan.per_thread);
-    thread::sleep(Duration::from_millis(600));
+    // Classic tracepoints can lose completions (check.rs: CLASSIC_LOSS): give the agent's idle
+    // resync (two idle intervals) time to return its gauge to 0 and count them.
+    thread::sleep(Duration::from_millis(if mode == "tracepoint" { 1800 } else { 600 }));
     let stopped = agent.stop(Duration::from_secs(30));
     let log = agent.stderr_lines();
     let result = (|| {
@@ -142,7 +144,8 @@ fn cell(plan: &Plan, mode: &str, kind: &str) -> (Result<String, String>, Vec<Str
             o.write_bytes,
             o.read_bytes,
             o.snapshots,
-        ) + &losses)
+        ) + &if o.lost > 0 { format!(" lost={} (reported as losses)", o.lost) } else { String::new() }
+            + &losses)
     })();
     (result, log)
 }
