@@ -22,7 +22,9 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 /// have no CO-RE relocations). aya 0.14 parses all of vmlinux BTF in `EbpfLoader::new()` (about
 /// 16 MB of heap); `.btf(None)` drops that copy at once, before the next parse.
 fn loader(config: &Config, attribute: bool) -> EbpfLoader<'_> {
+    super::memory_mark("before EbpfLoader::new");
     let mut loader = EbpfLoader::new();
+    super::memory_mark("after EbpfLoader::new (aya's own vmlinux parse)");
     loader.btf(None).override_global("CONFIG", config, true);
     if !attribute {
         // Preallocated (older kernels refuse anything else for tracing programs): one entry when
@@ -39,8 +41,10 @@ pub(super) fn load_btf(
     version: Option<(u32, u32)>,
     attribution: Option<CgroupSource>,
 ) -> Result<Probes> {
+    super::memory_mark("start");
     let btf = Btf::from_file(vmlinux)?;
     let layout = BtfLayout::from_btf(&btf, version)?;
+    super::memory_mark("after our BTF parse");
     // Freed before aya parses the same file: the parses never hold memory at once.
     drop(btf);
     tracing::debug!(?layout, "kernel layout from BTF");
@@ -69,8 +73,10 @@ pub(super) fn load_btf(
         .load(EBPF_OBJECT)
         .map_err(|e| Error::bpf("cannot load the eBPF object", e))?;
     // `BtfTracePoint::load` looks up the `btf_trace_*` typedef ids in aya's own parse.
+    super::memory_mark("after load");
     let aya_btf = aya::Btf::parse_file(vmlinux, Endianness::default())
         .map_err(|e| Error::bpf(format!("cannot parse {}", vmlinux.display()), e))?;
+    super::memory_mark("after aya parse for attach ids");
     let mut programs = Vec::new();
     for hook in HOOKS.iter() {
         // With the kernel's stamps queue time starts at allocation on both paths: no insert hook.
@@ -102,6 +108,7 @@ pub(super) fn load_btf(
     let fast_since_now = fast.state == super::fastpath::FastState::On;
     arm(&mut ebpf, fast_since_now)?;
     release_freed_memory();
+    super::memory_mark("attached");
     Ok(Probes { ebpf, mode: Attached::Btf, programs, cgroup_source, fast })
 }
 

@@ -126,6 +126,22 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Probes> {
     }
 }
 
+/// Logs the process's resident memory now and at its peak (`VmRSS`, `VmHWM`) at debug level: where
+/// the startup peak comes from (the BTF parses) is otherwise invisible.
+pub(crate) fn memory_mark(phase: &str) {
+    if !tracing::enabled!(tracing::Level::DEBUG) {
+        return;
+    }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kb = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().trim_end_matches(" kB").parse::<u64>().ok())
+    };
+    tracing::debug!(phase, rss_kb = kb("VmRSS:"), peak_kb = kb("VmHWM:"), "memory");
+}
+
 fn tracepoint_attribution(wanted: Option<CgroupSource>) -> Option<CgroupSource> {
     if wanted == Some(CgroupSource::Bio) {
         tracing::warn!("attribution by bio needs BTF tracepoints; using the submitting task's cgroup");
