@@ -21,7 +21,10 @@ pub use fastpath::FastPath;
 pub use layout::{BtfLayout, FastLayout, FlagSource, TracepointLayout};
 pub use progstats::{ProgramStats, program_stats};
 
-use crate::{cli::AttachMode, error::Result};
+use crate::{
+    cli::AttachMode,
+    error::{Error, Result},
+};
 
 /// Which attach mode is in effect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,6 +113,10 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Probes> {
     let version = release.as_deref().and_then(caps::kernel_version);
     let vmlinux = btf_path(opts.sys_root);
     match opts.mode {
+        AttachMode::Btf if !vmlinux.exists() => Err(Error::Other(format!(
+            "--attach btf needs kernel BTF at {} (a kernel built with CONFIG_DEBUG_INFO_BTF=y); use --attach auto or tracepoint",
+            vmlinux.display()
+        ))),
         AttachMode::Btf => attach::load_btf(&vmlinux, version, opts.attribution),
         AttachMode::Tracepoint => attach::load_tracepoints(tracepoint_attribution(opts.attribution)),
         AttachMode::Auto if !vmlinux.exists() => {
