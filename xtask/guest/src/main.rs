@@ -102,6 +102,9 @@ fn cell(plan: &Plan, mode: &str, kind: &str) -> (Result<String, String>, Vec<Str
     // workload again, all of it on the decided path. The wait also gives the device its dense
     // slot, so the two rounds use both of the agent's map layouts.
     let decided = agent.wait_path_decided(Duration::from_secs(6));
+    // Only requests allocated 50 ms after the switch take the fast path (the agent arms it ahead,
+    // like its depth gauge), so round 2 starts well after that.
+    thread::sleep(Duration::from_millis(200));
     let round2 = workload::run(&dev, plan.writes, plan.reads, plan.threads, plan.per_thread);
     // Classic tracepoints can lose completions (check.rs: CLASSIC_LOSS): give the agent's idle
     // resync (two idle intervals) time to return its gauge to 0 and count them.
