@@ -84,21 +84,22 @@ impl FlagSource {
 
 /// Values of the two stats flags on kernels that only `#define` them, by release range
 /// `[from, until)`, read from the kernel sources:
-/// - `RQF_STATS` is `(1 << 17)` from its introduction through v6.7, in include/linux/blkdev.h
+/// - `RQF_STATS` is `(1 << 17)` in every release from 5.0 through v6.7, in include/linux/blkdev.h
 ///   (<https://elixir.bootlin.com/linux/v5.10/source/include/linux/blkdev.h>) and, from 5.16,
 ///   include/linux/blk-mq.h (<https://elixir.bootlin.com/linux/v6.1/source/include/linux/blk-mq.h>,
 ///   <https://elixir.bootlin.com/linux/v6.6/source/include/linux/blk-mq.h>); 6.8 made it
 ///   `1 << __RQF_STATS`, in BTF.
-/// - `QUEUE_FLAG_STATS` is `20` in include/linux/blkdev.h from 4.13 through v6.10
+/// - `QUEUE_FLAG_STATS` is `20` in include/linux/blkdev.h in every release from 5.0 through v6.10
 ///   (<https://elixir.bootlin.com/linux/v5.10/source/include/linux/blkdev.h>,
 ///   <https://elixir.bootlin.com/linux/v6.8/source/include/linux/blkdev.h>); 6.11 made the queue
 ///   flags an enum, in BTF.
 ///
-/// A kernel outside these ranges without the enumerators gets no fast path. Distribution kernels
-/// could in principle patch these; the self-test catches that.
+/// (Older releases are left out: BTF tracepoints need 5.5 anyway.) A kernel outside these ranges
+/// without the enumerators gets no fast path. A distribution kernel could patch these values; the
+/// self-test catches that.
 pub const STATS_FLAG_TABLE: [TableFlag; 2] = [
-    TableFlag { name: "RQF_STATS", from: (4, 11), until: (6, 8), bit: 17 },
-    TableFlag { name: "QUEUE_FLAG_STATS", from: (4, 13), until: (6, 11), bit: 20 },
+    TableFlag { name: "RQF_STATS", from: (5, 0), until: (6, 8), bit: 17 },
+    TableFlag { name: "QUEUE_FLAG_STATS", from: (5, 0), until: (6, 11), bit: 20 },
 ];
 
 /// A flag's bit number for kernel releases `from <= major.minor < until`.
