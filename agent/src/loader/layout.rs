@@ -418,6 +418,39 @@ mod tests {
     }
 
     #[test]
+    fn config_follows_the_layout_and_the_attribution_source() {
+        use crate::loader::CgroupSource;
+        let mut l = BtfLayout::from_btf(&kernel_like(false, true), Some((5, 10))).unwrap();
+        let c = l.config(None);
+        assert_eq!((c.rq_disk, c.rq_cmd_flags, c.req_op_secure_erase, c.fast_layout), (88, 24, 5, 0));
+        assert_eq!((c.attribute_cgroups, c.bio_cgroup), (0, 0));
+        assert_eq!(BtfLayout::from_btf(&kernel_like(false, false), None).unwrap().config(None).rq_disk, u64::MAX);
+        l.fast = Some(FastLayout {
+            rq_rq_flags: 28,
+            rq_start_time: 104,
+            rq_io_start_time: 112,
+            rq_stats_sectors: 122,
+            q_queue_flags: 32,
+            queue_flag_stats_mask: 1 << 20,
+            rqf_stats_mask: 1 << 17,
+            flags_from: FlagSource::KernelTable,
+            req_op_drv_in: 34,
+            req_op_drv_out: 35,
+            rq_state: 32,
+            mq_rq_idle: 0,
+        });
+        let c = l.config(Some(CgroupSource::Bio));
+        assert_eq!(
+            (c.fast_layout, c.stats_flags_from_btf, c.rqf_stats_mask, c.queue_flag_stats_mask),
+            (1, 0, 1 << 17, 1 << 20)
+        );
+        assert_eq!(c.bio_cgroup, 0, "no bio->bi_blkg in this layout: nothing to follow");
+        let c = l.config(Some(CgroupSource::Task));
+        assert_eq!((c.fast_layout, c.attribute_cgroups), (0, 1), "attribution by task keeps the start map");
+        assert_eq!(core::mem::size_of::<Config>() % 8, 0);
+    }
+
+    #[test]
     fn layout_of_a_pre_5_11_kernel() {
         let l = BtfLayout::from_btf(&kernel_like(true, true), Some((5, 10))).unwrap();
         assert_eq!(l.rq_disk, Some(88));
