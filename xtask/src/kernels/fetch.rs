@@ -67,25 +67,47 @@ pub fn cache_root() -> anyhow::Result<PathBuf> {
     Ok(base.join("blkio-agent/kernels"))
 }
 
-/// The archive and security URIs of the host's own Debian sources (deb822), or Debian's defaults.
-fn mirror_uris() -> (String, String) {
-    let mut archive = "http://deb.debian.org/debian".to_string();
-    let mut security = "http://deb.debian.org/debian-security".to_string();
-    if let Ok(text) = fs::read_to_string(HOST_SOURCES) {
-        for stanza in text.split("\n\n") {
-            let field = |k: &str| {
-                stanza.lines().find_map(|l| l.strip_prefix(k).map(|v| v.trim().to_string())).filter(|v| !v.is_empty())
-            };
-            let (Some(uris), Some(suites)) = (field("URIs:"), field("Suites:")) else { continue };
-            let uri = uris.split_whitespace().next().unwrap_or_default().to_string();
-            if suites.split_whitespace().any(|s| s.ends_with("-security")) {
-                security = uri;
-            } else {
-                archive = uri;
-            }
+/// The archive and security URIs of the host's own Debian sources (deb822).
+fn mirror_uris() -> anyhow::Result<(String, String)> {
+    let text = fs::read_to_string(HOST_SOURCES).with_context(|| {
+        format!(
+            "cannot read {HOST_SOURCES} (the Debian mirror the kernels come from); fix: restore the Debian apt sources"
+        )
+    })?;
+    let (mut archive, mut security) = (None, None);
+    for stanza in text.split("\n\n") {
+        let field = |k: &str| {
+            stanza.lines().find_map(|l| l.strip_prefix(k).map(|v| v.trim().to_string())).filter(|v| !v.is_empty())
+        };
+        let (Some(uris), Some(suites)) = (field("URIs:"), field("Suites:")) else { continue };
+        let uri = uris.split_whitespace().next().unwrap_or_default().to_string();
+        if suites.split_whitespace().any(|s| s.ends_with("-security")) {
+            security = Some(uri);
+        } else {
+            archive = Some(uri);
         }
     }
-    (archive, security)
+    match (archive, security) {
+        (Some(a), Some(s)) => Ok((a, s)),
+        _ => bail!("{HOST_SOURCES} has no archive and security URIs; fix: restore the Debian apt sources"),
+    }
+}
+
+/// An apt error line without URLs and addresses: the mirror is the host's own, and a 404 just
+/// means the mirror does not carry that package file.
+fn apt_error(stderr: &str) -> String {
+    let Some(line) = stderr.lines().find(|l| l.starts_with("E:") || l.starts_with("W:")) else {
+        return "(apt printed no error)".into();
+    };
+    if line.contains(" 404 ") || line.contains("404  Not Found") {
+        return "the mirror does not have that .deb (HTTP 404)".into();
+    }
+    let words: Vec<&str> = line.split_whitespace().filter(|w| !w.contains("://")).collect();
+    let text = words.join(" ");
+    match text.find("[IP:") {
+        Some(i) => text[..i].trim_end().to_string(),
+        None => text,
+    }
 }
 
 struct Apt {
@@ -104,7 +126,7 @@ impl Apt {
         if !Path::new(KEYRING).is_file() {
             bail!("{KEYRING} is missing (it verifies the Debian suites); fix: apt-get install debian-archive-keyring");
         }
-        let (archive, security) = mirror_uris();
+        let (archive, security) = mirror_uris()?;
         let s = series.suite;
         let mut list = format!("deb [signed-by={KEYRING}] {archive} {s} main\n");
         if series.stable {
@@ -150,11 +172,10 @@ impl Apt {
         let out = self.cmd("apt-get").arg("update").output().context("cannot run apt-get (install apt)")?;
         let stderr = String::from_utf8_lossy(&out.stderr);
         if !out.status.success() || stderr.lines().any(|l| l.starts_with("E:") || l.starts_with("W: GPG")) {
-            let first = stderr.lines().find(|l| l.starts_with("E:") || l.starts_with("W:")).unwrap_or("(no message)");
             bail!(
-                "cannot fetch the {suite} package lists from the Debian mirror ({first}); fix: check the network \
-                 to {} (or set BLKIO_KERNELS_CACHE to a cache that already holds the kernels)",
-                mirror_uris().0
+                "cannot fetch the {suite} package lists from the Debian mirror of {HOST_SOURCES} ({}); fix: check \
+                 the network to that mirror (or set BLKIO_KERNELS_CACHE to a cache that already holds the kernels)",
+                apt_error(&stderr)
             );
         }
         fs::write(stamp, "")?;
@@ -278,10 +299,8 @@ fn download_and_extract(apt: &Apt, dir: &Path, pkgs: &[String]) -> anyhow::Resul
     eprintln!("xtask: kernels: apt-get download {}", pkgs.join(" "));
     let out = apt.cmd("apt-get").current_dir(&dl).arg("download").args(pkgs).output()?;
     if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let first = stderr.lines().find(|l| l.starts_with("E:")).unwrap_or("apt-get download failed").to_string();
         let _ = fs::remove_dir_all(&dl);
-        bail!("{first}");
+        bail!("{}", apt_error(&String::from_utf8_lossy(&out.stderr)));
     }
     let root = dl.join("root");
     for deb in fs::read_dir(&dl)?.filter_map(|e| e.ok().map(|e| e.path())) {
@@ -294,4 +313,18 @@ fn download_and_extract(apt: &Apt, dir: &Path, pkgs: &[String]) -> anyhow::Resul
     let _ = fs::remove_dir_all(dir);
     fs::rename(&dl, dir)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn apt_errors_name_no_host() {
+        let e = "E: Failed to fetch http://m.example/debian/pool/x.deb  404  Not Found [IP: 192.0.2.1 80]\n";
+        assert_eq!(apt_error(e), "the mirror does not have that .deb (HTTP 404)");
+        let e =
+            "W: Failed to fetch http://m.example/dists/sid/InRelease  Temporary failure resolving 'm.example' [IP: 1]";
+        assert_eq!(apt_error(e), "W: Failed to fetch Temporary failure resolving 'm.example'");
+    }
 }
