@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use aya::{
-    Ebpf, EbpfLoader, Endianness,
+    Ebpf, EbpfLoader,
     programs::{BtfTracePoint, ProgramError, TracePoint},
 };
 use blkio_agent_common::{ARM_LEAD_NS, CONTROL_ARMED_NS, CONTROL_FAST_SINCE, Config, MAX_CGROUP_KEYS};
@@ -72,11 +72,9 @@ pub(super) fn load_btf(
     let mut ebpf = loader(&config, cgroup_source.is_some())
         .load(EBPF_OBJECT)
         .map_err(|e| Error::bpf("cannot load the eBPF object", e))?;
-    // `BtfTracePoint::load` looks up the `btf_trace_*` typedef ids in aya's own parse.
     super::memory_mark("after load");
-    let aya_btf = aya::Btf::parse_file(vmlinux, Endianness::default())
-        .map_err(|e| Error::bpf(format!("cannot parse {}", vmlinux.display()), e))?;
-    super::memory_mark("after aya parse for attach ids");
+    let aya_btf = attach_btf(&layout.attach_ids)?;
+    super::memory_mark("after the attach-id table");
     let mut programs = Vec::new();
     for hook in HOOKS.iter() {
         // With the kernel's stamps queue time starts at allocation on both paths: no insert hook.
@@ -141,6 +139,19 @@ pub(super) fn load_tracepoints(attribution: Option<CgroupSource>) -> Result<Prob
     }
     arm(&mut ebpf, false)?;
     Ok(Probes { ebpf, mode: Attached::Tracepoint, programs, cgroup_source: attribution, fast: FastPath::unavailable() })
+}
+
+/// What `BtfTracePoint::load` reads from the BTF it is given: only
+/// `id_by_type_name_kind("btf_trace_<tp>", Typedef)`, the vmlinux type id that becomes the
+/// program's `attach_btf_id`. aya 0.14 offers no other way to pass that id, and a second full parse
+/// of vmlinux is about 20 MB of heap; so aya parses a small BTF blob instead that has those
+/// typedefs at their vmlinux ids (found by our own reader) and pointer placeholders in between.
+fn attach_btf(ids: &[(&'static str, u32)]) -> Result<aya::Btf> {
+    let named: Vec<(String, u32)> = ids.iter().map(|&(tp, id)| (format!("btf_trace_{tp}"), id)).collect();
+    let blob = crate::btf::typedefs_at(&named);
+    let btf = aya::Btf::parse(&blob, aya::Endianness::default())
+        .map_err(|e| Error::bpf("cannot build the tp_btf attach ids", e))?;
+    Ok(btf)
 }
 
 /// One line for a program the kernel refused: the mode, the program, and the verifier's own

@@ -35,6 +35,8 @@ pub struct BtfLayout {
     pub fast: Option<FastLayout>,
     /// What attribution by bio needs; `None` without `CONFIG_BLK_CGROUP` (no `bio->bi_blkg`).
     pub bio_cgroup: Option<BioCgroupLayout>,
+    /// vmlinux type id of each hook's `btf_trace_<tracepoint>` typedef (the `tp_btf` attach id).
+    pub attach_ids: Vec<(&'static str, u32)>,
 }
 
 /// `rq->bio->bi_blkg->blkcg->css.cgroup->kn->id` (see `agent-ebpf/src/fast.rs`, `bio_cgroup`).
@@ -174,12 +176,16 @@ impl BtfLayout {
         let op_bits = btf.enum_value("__REQ_FAILFAST_DEV")?;
         let op = |name: &str| btf.enum_value(name).map(|v| v as u32);
         let mut legacy_q_arg = Vec::new();
+        let mut attach_ids = Vec::new();
         for hook in HOOKS.iter() {
             let args = match btf.tracepoint_args(hook.tracepoint) {
                 Ok(args) => args,
                 Err(_) if !hook.required => continue,
                 Err(e) => return Err(e),
             };
+            if let Some(id) = btf.typedef_id(&format!("btf_trace_{}", hook.tracepoint)) {
+                attach_ids.push((hook.tracepoint, id));
+            }
             match args.position("struct request *") {
                 Some(0) => {}
                 Some(1) if hook.tracepoint != "block_rq_complete" => legacy_q_arg.push(hook.tracepoint),
@@ -219,6 +225,7 @@ impl BtfLayout {
             req_op_discard: op("REQ_OP_DISCARD")?,
             req_op_secure_erase: op("REQ_OP_SECURE_ERASE")?,
             legacy_q_arg,
+            attach_ids,
         })
     }
 }
