@@ -12,6 +12,7 @@
 #![no_std]
 #![no_main]
 #![feature(core_intrinsics)]
+#![feature(asm_experimental_arch)]
 #![allow(internal_features)]
 
 mod fast;
@@ -21,77 +22,26 @@ use aya_ebpf::{
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
-use blkio_agent_common::{OP_DISCARD, OP_FLUSH, OP_OTHER, OP_READ, OP_WRITE, RequestKey};
+use blkio_agent_common::{Config, OP_DISCARD, OP_FLUSH, OP_OTHER, OP_READ, OP_WRITE, RequestKey};
 
-use crate::fast::{Rq, load};
+use crate::fast::Rq;
 
 use crate::state::{Completion, on_complete, on_insert, on_issue, on_requeue};
 
-/// Reads a global that userspace set with `EbpfLoader::override_global`. The volatile read
-/// keeps LLVM from folding the compile-time default into the code.
-macro_rules! global {
-    ($name:ident) => {
-        unsafe { core::ptr::read_volatile(&$name) }
+/// The kernel layout and feature switches, written by userspace as one global before loading
+/// (`EbpfLoader::override_global("CONFIG", ..)`). It lands in `.rodata`, which aya freezes, so
+/// the verifier sees every field as a constant.
+#[unsafe(no_mangle)]
+static CONFIG: Config = Config::DEFAULT;
+
+/// Reads a field of [`CONFIG`]. The volatile read keeps LLVM from folding the compile-time
+/// default into the code.
+macro_rules! conf {
+    ($field:ident) => {
+        unsafe { core::ptr::read_volatile(&raw const crate::CONFIG.$field) }
     };
 }
-pub(crate) use global;
-
-// ---- struct layout, from kernel BTF (BTF mode) ----
-#[unsafe(no_mangle)]
-static RQ_Q_OFF: u64 = 0;
-#[unsafe(no_mangle)]
-static RQ_CMD_FLAGS_OFF: u64 = 0;
-#[unsafe(no_mangle)]
-static RQ_DATA_LEN_OFF: u64 = 0;
-/// Offset of `rq_disk` in `struct request` on kernels before 5.17; `u64::MAX` when the disk is
-/// found through `rq->q->disk` instead.
-#[unsafe(no_mangle)]
-static RQ_DISK_OFF: u64 = u64::MAX;
-#[unsafe(no_mangle)]
-static Q_DISK_OFF: u64 = 0;
-#[unsafe(no_mangle)]
-static DISK_MAJOR_OFF: u64 = 0;
-#[unsafe(no_mangle)]
-static DISK_FIRST_MINOR_OFF: u64 = 0;
-/// `REQ_OP_MASK` and the `enum req_op` values, from BTF.
-#[unsafe(no_mangle)]
-static REQ_OP_MASK: u32 = 0xff;
-#[unsafe(no_mangle)]
-static REQ_OP_READ: u32 = 0;
-#[unsafe(no_mangle)]
-static REQ_OP_WRITE: u32 = 1;
-#[unsafe(no_mangle)]
-static REQ_OP_FLUSH: u32 = 2;
-#[unsafe(no_mangle)]
-static REQ_OP_DISCARD: u32 = 3;
-#[unsafe(no_mangle)]
-static REQ_OP_SECURE_ERASE: u32 = 5;
-
-// ---- classic tracepoint record offsets, from tracefs format files ----
-#[unsafe(no_mangle)]
-static TP_INSERT_DEV: u64 = 0;
-#[unsafe(no_mangle)]
-static TP_INSERT_SECTOR: u64 = 0;
-#[unsafe(no_mangle)]
-static TP_ISSUE_DEV: u64 = 0;
-#[unsafe(no_mangle)]
-static TP_ISSUE_SECTOR: u64 = 0;
-#[unsafe(no_mangle)]
-static TP_ISSUE_BYTES: u64 = 0;
-#[unsafe(no_mangle)]
-static TP_ISSUE_RWBS: u64 = 0;
-#[unsafe(no_mangle)]
-static TP_COMPLETE_DEV: u64 = 0;
-#[unsafe(no_mangle)]
-static TP_COMPLETE_SECTOR: u64 = 0;
-#[unsafe(no_mangle)]
-static TP_REQUEUE_DEV: u64 = 0;
-#[unsafe(no_mangle)]
-static TP_REQUEUE_SECTOR: u64 = 0;
-
-/// 1 when per-cgroup attribution is on (the submitting cgroup is recorded at insert/issue).
-#[unsafe(no_mangle)]
-static ATTRIBUTE_CGROUPS: u8 = 0;
+pub(crate) use conf;
 
 /// What the issue path needs to know about a request in BTF mode.
 struct RqInfo {
@@ -102,31 +52,19 @@ struct RqInfo {
 
 #[inline(always)]
 fn rq_info(rq: u64) -> RqInfo {
-    let disk: u64 = match global!(RQ_DISK_OFF) {
-        u64::MAX => load(load::<u64>(rq, global!(RQ_Q_OFF)), global!(Q_DISK_OFF)),
-        off => load(rq, off),
-    };
-    // A request without a disk (e.g. NVMe multipath's hidden paths before naming) reports 0:0.
-    let dev = if disk == 0 {
-        0
-    } else {
-        let major: u32 = load(disk, global!(DISK_MAJOR_OFF));
-        let minor: u32 = load(disk, global!(DISK_FIRST_MINOR_OFF));
-        (major << 20) | (minor & 0xfffff)
-    };
-    let cmd_flags: u32 = load(rq, global!(RQ_CMD_FLAGS_OFF));
-    RqInfo { dev, op: classify_req_op(cmd_flags & global!(REQ_OP_MASK)), bytes: load(rq, global!(RQ_DATA_LEN_OFF)) }
+    let r = Rq(rq);
+    RqInfo { dev: r.dev(), op: classify_req_op(r.raw_op()), bytes: r.data_len() }
 }
 
 #[inline(always)]
-pub(crate) fn classify_req_op(op: u32) -> u32 {
-    if op == global!(REQ_OP_READ) {
+pub(crate) fn classify_req_op(op: u64) -> u32 {
+    if op == conf!(req_op_read) {
         OP_READ
-    } else if op == global!(REQ_OP_WRITE) {
+    } else if op == conf!(req_op_write) {
         OP_WRITE
-    } else if op == global!(REQ_OP_FLUSH) {
+    } else if op == conf!(req_op_flush) {
         OP_FLUSH
-    } else if op == global!(REQ_OP_DISCARD) || op == global!(REQ_OP_SECURE_ERASE) {
+    } else if op == conf!(req_op_discard) || op == conf!(req_op_secure_erase) {
         OP_DISCARD
     } else {
         OP_OTHER
@@ -195,8 +133,9 @@ fn try_rq_issue_btf(rq: u64) -> Result<(), i64> {
         if fast::issue(r) {
             return Ok(());
         }
-        // Not stamped by the block layer (no blk-stat on this queue, or passthrough): track it in
-        // the start map. There is no insert hook in this mode; queueing starts at allocation.
+        // Not stamped by the block layer (no blk-stat on this queue, passthrough, or the fast path
+        // not on yet): track it in the start map. There is no insert hook when the kernel has the
+        // stamps; queueing starts at allocation on both paths.
         on_issue(btf_key(rq), r.dev(), classify_req_op(r.raw_op()), r.data_len(), r.start_time_ns());
         return Ok(());
     }
@@ -207,18 +146,22 @@ fn try_rq_issue_btf(rq: u64) -> Result<(), i64> {
 
 #[btf_tracepoint(function = "block_rq_requeue")]
 pub fn rq_requeue_btf(ctx: BtfTracePointContext) -> i32 {
-    let rq = ctx.arg::<u64>(0);
-    if fast::enabled() && fast::requeue(Rq(rq)) {
-        return 0;
-    }
-    on_requeue(btf_key(rq));
+    rq_requeue(ctx.arg::<u64>(0));
     0
 }
 
 #[btf_tracepoint(function = "block_rq_requeue")]
 pub fn rq_requeue_btf_q(ctx: BtfTracePointContext) -> i32 {
-    on_requeue(btf_key(ctx.arg::<u64>(1)));
+    rq_requeue(ctx.arg::<u64>(1));
     0
+}
+
+#[inline(always)]
+fn rq_requeue(rq: u64) {
+    if fast::enabled() && fast::requeue(Rq(rq)) {
+        return;
+    }
+    on_requeue(btf_key(rq));
 }
 
 /// `block_rq_complete(struct request *rq, blk_status_t error, unsigned int nr_bytes)`.
@@ -235,7 +178,8 @@ fn try_rq_complete_btf(ctx: BtfTracePointContext) -> Result<(), i64> {
     let rq: u64 = ctx.arg(0);
     let nr_bytes: u32 = ctx.arg(2);
     let r = Rq(rq);
-    let (remaining, op) = (r.data_len(), classify_req_op(r.raw_op()));
+    let remaining = r.data_len();
+    let op = classify_req_op(r.raw_op());
     // A zero-byte completion of a request that is not a flush is the end of a PREFLUSH/FUA
     // sequence (`blk_flush_complete_seq`, REQ_FSEQ_DONE): the data part already completed and
     // was counted, or it had no data and the flush request itself was counted. Not device I/O.
@@ -245,7 +189,7 @@ fn try_rq_complete_btf(ctx: BtfTracePointContext) -> Result<(), i64> {
     let final_bytes = nr_bytes >= remaining;
     // Only the completion that ends the request is attributed (and only it reads the bio).
     let cgroup_id = if final_bytes { fast::bio_cgroup(r) } else { 0 };
-    if fast::enabled() && fast::complete(r, nr_bytes, remaining, op, cgroup_id) {
+    if fast::enabled() && fast::complete(r, nr_bytes, remaining, cgroup_id) {
         return Ok(());
     }
     let completion = if final_bytes { Completion::Final } else { Completion::Partial };
@@ -264,7 +208,7 @@ fn tp_key(ctx: &TracePointContext, dev_off: u64, sector_off: u64) -> Result<(Req
 
 #[tracepoint(category = "block", name = "block_rq_insert")]
 pub fn rq_insert_tp(ctx: TracePointContext) -> i32 {
-    if let Ok((key, _)) = tp_key(&ctx, global!(TP_INSERT_DEV), global!(TP_INSERT_SECTOR)) {
+    if let Ok((key, _)) = tp_key(&ctx, conf!(tp_insert_dev), conf!(tp_insert_sector)) {
         on_insert(key);
     }
     0
@@ -278,8 +222,8 @@ pub fn rq_issue_tp(ctx: TracePointContext) -> i32 {
 
 #[inline(always)]
 fn try_rq_issue_tp(ctx: &TracePointContext) -> Result<(), i64> {
-    let (key, dev) = tp_key(ctx, global!(TP_ISSUE_DEV), global!(TP_ISSUE_SECTOR))?;
-    let (bytes_off, rwbs_off) = (global!(TP_ISSUE_BYTES) as usize, global!(TP_ISSUE_RWBS) as usize);
+    let (key, dev) = tp_key(ctx, conf!(tp_issue_dev), conf!(tp_issue_sector))?;
+    let (bytes_off, rwbs_off) = (conf!(tp_issue_bytes) as usize, conf!(tp_issue_rwbs) as usize);
     let bytes: u32 = unsafe { ctx.read_at(bytes_off) }?;
     let rwbs: [u8; 8] = unsafe { ctx.read_at(rwbs_off) }?;
     on_issue(key, dev, classify_rwbs(&rwbs), bytes, 0);
@@ -288,7 +232,7 @@ fn try_rq_issue_tp(ctx: &TracePointContext) -> Result<(), i64> {
 
 #[tracepoint(category = "block", name = "block_rq_requeue")]
 pub fn rq_requeue_tp(ctx: TracePointContext) -> i32 {
-    if let Ok((key, _)) = tp_key(&ctx, global!(TP_REQUEUE_DEV), global!(TP_REQUEUE_SECTOR)) {
+    if let Ok((key, _)) = tp_key(&ctx, conf!(tp_requeue_dev), conf!(tp_requeue_sector)) {
         on_requeue(key);
     }
     0
@@ -298,7 +242,7 @@ pub fn rq_requeue_tp(ctx: TracePointContext) -> i32 {
 /// (true for blk-mq drivers, which complete whole requests).
 #[tracepoint(category = "block", name = "block_rq_complete")]
 pub fn rq_complete_tp(ctx: TracePointContext) -> i32 {
-    if let Ok((key, _)) = tp_key(&ctx, global!(TP_COMPLETE_DEV), global!(TP_COMPLETE_SECTOR)) {
+    if let Ok((key, _)) = tp_key(&ctx, conf!(tp_complete_dev), conf!(tp_complete_sector)) {
         on_complete(key, Completion::Final, 0);
     }
     0

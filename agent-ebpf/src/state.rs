@@ -14,17 +14,14 @@ use blkio_agent_common::{
     DeviceHists, DeviceInflight, EVENT_PARTIAL_COMPLETION, EVENT_REQUEUED, HistKey, LOSS_CGROUP_MAP_FULL,
     LOSS_COMPLETE_WITHOUT_START, LOSS_DEVICE_MAP_FULL, LOSS_HIST_UPDATE_FAILED, LOSS_STALE_EVICTED,
     LOSS_START_INSERT_FAILED, MAX_CGROUP_KEYS, MAX_DENSE_DEVICES, MAX_DEVICES, MAX_HIST_KEYS, MAX_INFLIGHT_REQUESTS,
-    OpHist, RequestKey, RequestStart, device_index_match, device_index_pos, log2_slot,
+    OP_COUNT, OpHist, RequestKey, RequestStart, device_index_match, device_index_pos, log2_slot,
 };
 
-use crate::{ATTRIBUTE_CGROUPS, global};
+use crate::conf;
 
 /// Requests between insert/issue and completion.
 #[map]
 static REQUESTS: HashMap<RequestKey, RequestStart> = HashMap::with_max_entries(MAX_INFLIGHT_REQUESTS, 0);
-
-/// include/uapi/linux/bpf.h
-const BPF_F_NO_PREALLOC: u32 = 1;
 
 /// Device -> dense slot (`blkio_agent_common::device_index_*`). Userspace gives each device it
 /// has seen a slot and writes it here; until then (and for devices beyond `MAX_DENSE_DEVICES`)
@@ -49,13 +46,14 @@ static HISTS: HashMap<HistKey, OpHist> = HashMap::with_max_entries(MAX_HIST_KEYS
 #[map]
 static INFLIGHT: HashMap<u32, DeviceInflight> = HashMap::with_max_entries(MAX_DEVICES, 0);
 
-/// Per-(cgroup, device, op) statistics, only filled when attribution is on. Not preallocated, so
-/// it costs nothing otherwise; an element is allocated once per new (cgroup, device, op) and a
-/// failed allocation is counted as `cgroup_map_full`. (The request map above stays
-/// preallocated: on-demand allocation in tracepoint context can fail under bursts, measured
-/// here as lost requests.)
+/// Per-(cgroup, device, op) statistics, only filled when attribution is on. Preallocated, like
+/// every hash map here: kernels before 6.1 refuse run-time allocated hash maps in tracepoint and
+/// kprobe programs ("trace type programs with run-time allocated hash maps are unsafe",
+/// <https://elixir.bootlin.com/linux/v5.10/source/kernel/bpf/verifier.c>, `check_map_prog_compatibility`), and
+/// on-demand allocation in tracepoint context can fail under bursts. The loader shrinks it to one
+/// entry when attribution is off, so it costs nothing then. A full map is `cgroup_map_full`.
 #[map]
-static CGROUPS: HashMap<CgroupKey, CgroupStats> = HashMap::with_max_entries(MAX_CGROUP_KEYS, BPF_F_NO_PREALLOC);
+static CGROUPS: HashMap<CgroupKey, CgroupStats> = HashMap::with_max_entries(MAX_CGROUP_KEYS, 0);
 
 /// Loss and event counters (`LOSS_*`, `EVENT_*`), all in one per-CPU element: userspace reads
 /// them with one lookup.
@@ -88,7 +86,7 @@ pub(crate) fn count(slot: u32) {
 
 #[inline(always)]
 fn submitter_cgroup() -> u64 {
-    if global!(ATTRIBUTE_CGROUPS) != 0 { unsafe { bpf_get_current_cgroup_id() } } else { 0 }
+    if conf!(attribute_cgroups) != 0 { unsafe { bpf_get_current_cgroup_id() } } else { 0 }
 }
 
 pub fn on_insert(key: RequestKey) {
@@ -232,14 +230,50 @@ fn dense_slot(dev: u32) -> Option<u32> {
     None
 }
 
+/// This CPU's statistics of `op` in dense slot `slot`.
+#[inline(always)]
+fn dense_op(slot: u32, op: u64) -> Option<*mut OpHist> {
+    let p = DENSE_HISTS.get_ptr_mut(slot)?;
+    if op >= OP_COUNT as u64 {
+        return None;
+    }
+    Some(unsafe { bounded_index(p.cast::<OpHist>(), op) })
+}
+
+/// `base.add(i)` for `i < OP_COUNT`, with the bound checked in the register that indexes.
+///
+/// The Rust check above is the real one; this repeats it where the verifier can see it. Left to
+/// LLVM, the check and the index used two reloads of a spilled `op`, and 6.1's verifier did not
+/// carry the bound from one to the other ("R0 unbounded memory access" in record_hist). In asm the
+/// compare, the multiply and the add are on one register, so every verifier sees `i <= 4` there.
+/// An `i` out of range (which the caller already excluded) yields `base`.
+#[inline(always)]
+unsafe fn bounded_index(base: *mut OpHist, i: u64) -> *mut OpHist {
+    const _: () = assert!(OP_COUNT == 5 && core::mem::size_of::<OpHist>() == 416);
+    let mut p = base as u64;
+    let mut i = i;
+    unsafe {
+        core::arch::asm!(
+            "if {i} > 4 goto +2",
+            "{i} *= 416",
+            "{p} += {i}",
+            p = inout(reg) p,
+            i = inout(reg) i,
+            options(pure, nomem, nostack),
+        );
+    }
+    let _ = i;
+    p as *mut OpHist
+}
+
 #[inline(always)]
 pub(crate) fn record_hist(dev: Device, op: u32, bytes: u32, device_ns: u64, queue_ns: u64, device_slot: usize) {
-    let qs = log2_slot(queue_ns / 1000);
-    let ss = log2_slot(bytes as u64);
     if dev.slot != NO_SLOT {
-        let p = DENSE_HISTS.get_ptr_mut(dev.slot);
-        if let Some(h) = p.and_then(|p| unsafe { (*p).ops.get_mut(op as usize) }) {
+        if let Some(h) = dense_op(dev.slot, u64::from(op)) {
+            let qs = log2_slot(queue_ns / 1000);
+            let ss = log2_slot(bytes as u64);
             // This CPU's own copy; tracing programs do not nest on one CPU, so plain adds are exact.
+            let h = unsafe { &mut *h };
             h.count += 1;
             h.device_ns += device_ns;
             h.queue_ns += queue_ns;
@@ -250,6 +284,8 @@ pub(crate) fn record_hist(dev: Device, op: u32, bytes: u32, device_ns: u64, queu
             return;
         }
     }
+    let qs = log2_slot(queue_ns / 1000);
+    let ss = log2_slot(bytes as u64);
     let key = HistKey { dev: dev.id, op };
     let p = match HISTS.get_ptr_mut(&key) {
         Some(p) => p,

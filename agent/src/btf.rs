@@ -257,6 +257,15 @@ impl Btf {
             .ok_or_else(|| Error::BtfMissing(format!("enumerator {name}")))
     }
 
+    /// The type id of the typedef `name` (e.g. `btf_trace_block_rq_issue`): what the kernel wants as
+    /// a `tp_btf` program's `attach_btf_id`.
+    pub fn typedef_id(&self, name: &str) -> Option<u32> {
+        self.types
+            .iter()
+            .position(|t| matches!(*t, Type::Typedef { name: n, .. } if self.name(n) == name))
+            .map(|i| i as u32)
+    }
+
     /// Arguments of tracepoint `tp` as a `tp_btf` program sees them, from the
     /// `btf_trace_<tp>` typedef (a pointer to `void (*)(void *__data, args...)`).
     pub fn tracepoint_args(&self, tp: &str) -> Result<TracepointArgs> {
@@ -288,6 +297,36 @@ impl Btf {
             _ => "?".into(),
         }
     }
+}
+
+/// A BTF blob in which each `(name, id)` is a typedef (to `void`) with type id `id`, and every other
+/// id up to the largest is a placeholder pointer: enough for a BTF consumer that looks a typedef's
+/// id up by name (aya's `BtfTracePoint::load`) without parsing all of vmlinux again.
+pub fn typedefs_at(typedefs: &[(String, u32)]) -> Vec<u8> {
+    let max = typedefs.iter().map(|t| t.1).max().unwrap_or(0);
+    let mut strings = vec![0u8];
+    let mut names = std::collections::HashMap::new();
+    for (name, id) in typedefs {
+        names.insert(*id, strings.len() as u32);
+        strings.extend_from_slice(name.as_bytes());
+        strings.push(0);
+    }
+    let mut types = Vec::with_capacity(12 * max as usize);
+    for id in 1..=max {
+        let (name, kind) = names.get(&id).map_or((0, KIND_PTR), |&n| (n, KIND_TYPEDEF));
+        for v in [name, kind << 24, 0] {
+            types.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    let mut out = Vec::with_capacity(24 + types.len() + strings.len());
+    out.extend_from_slice(&BTF_MAGIC.to_le_bytes());
+    out.extend_from_slice(&[1, 0]); // version 1, no flags
+    for v in [24u32, 0, types.len() as u32, types.len() as u32, strings.len() as u32] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out.extend_from_slice(&types);
+    out.extend_from_slice(&strings);
+    out
 }
 
 #[cfg(test)]
@@ -435,6 +474,17 @@ pub(crate) mod tests {
         let args = btf.tracepoint_args("block_rq_complete").unwrap();
         assert_eq!(args.types, vec!["struct request *", "blk_status_t", "unsigned int"]);
         assert!(btf.tracepoint_args("block_rq_nope").is_err());
+    }
+
+    #[test]
+    fn typedefs_keep_their_ids() {
+        let want = [("btf_trace_block_rq_issue".to_string(), 7u32), ("btf_trace_block_rq_complete".to_string(), 3)];
+        let btf = Btf::parse(&typedefs_at(&want)).unwrap();
+        for (name, id) in &want {
+            assert_eq!(btf.typedef_id(name), Some(*id), "{name}");
+        }
+        assert_eq!(btf.types.len(), 8, "void + 7 types");
+        assert_eq!(btf.typedef_id("btf_trace_block_rq_insert"), None);
     }
 
     #[test]

@@ -153,6 +153,25 @@ pub struct AgentInfo {
     pub version: String,
     /// `btf` or `tracepoint`.
     pub attach: String,
+    /// Which path counted the interval's completions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathInfo>,
+}
+
+/// The fast path (the request's own block-layer stamps, no start map) and how it was decided.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PathInfo {
+    /// `on`, `verifying` (stats flags from the kernel-version table, self-test still counting),
+    /// `failed` (the self-test saw them disagree) or `unavailable`.
+    pub fast: String,
+    /// Where the stats flag values came from: `btf` or `kernel-table`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flags: Option<String>,
+    /// Completions of the interval (all devices, before `--devices` filtering) counted by the fast
+    /// path; the others used the start map.
+    pub fast_completions: u64,
+    /// Completions whose `QUEUE_FLAG_STATS`, `RQF_STATS` and `io_start_time_ns` disagreed.
+    pub flag_disagreements: u64,
 }
 
 /// Buckets of the non-empty slots of `slots`.
@@ -314,7 +333,16 @@ mod tests {
         });
         s.losses = Some(Losses::default());
         s.losses_total = Some(Losses::default().with("recursion_misses", 1));
-        s.agent = Some(AgentInfo { version: "0.1.0".into(), attach: "btf".into() });
+        s.agent = Some(AgentInfo {
+            version: "0.1.0".into(),
+            attach: "btf".into(),
+            path: Some(PathInfo {
+                fast: "on".into(),
+                flags: Some("btf".into()),
+                fast_completions: 3,
+                flag_disagreements: 0,
+            }),
+        });
         s
     }
 

@@ -89,7 +89,9 @@ fn tracepoint_mode_counts_a_known_workload_exactly() {
 fn running_kernel_btf_gives_a_layout() {
     let Some(_p) = privileged("running_kernel_btf_gives_a_layout") else { return };
     let btf = Btf::from_file(std::path::Path::new("/sys/kernel/btf/vmlinux")).expect("kernel BTF");
-    let l = BtfLayout::from_btf(&btf).expect("layout");
+    let version =
+        blkio_agent::loader::caps::running_release().as_deref().and_then(blkio_agent::loader::caps::kernel_version);
+    let l = BtfLayout::from_btf(&btf, version).expect("layout");
     // Distinct, plausible offsets inside struct request; REQ_OP_* as in include/linux/blk_types.h.
     let offs = [l.rq_q, l.rq_cmd_flags, l.rq_data_len];
     assert!(offs.iter().all(|&o| o < 512), "{l:?}");

@@ -154,7 +154,10 @@ fn pod_series_by_task_count_the_workload_exactly() {
         return;
     };
     let log = pod_series_count_the_workload_exactly(root, "task");
-    assert!(log.contains("fast_path=false attribution=\"task\""), "task attribution keeps a start map: {log}");
+    assert!(
+        log.contains("fast_path=\"unavailable\" attribution=\"task\""),
+        "task attribution keeps a start map: {log}"
+    );
 }
 
 /// The default where the io controller is usable: the block layer's own charge (`bi_blkg`),
@@ -164,7 +167,10 @@ fn pod_series_by_bio_count_the_workload_exactly_on_the_fast_path() {
     let Some(_p) = privileged("pod_series_by_bio_count_the_workload_exactly_on_the_fast_path") else { return };
     let Some(root) = io_mount().or_else(|| missing_prerequisite("pod_series_by_bio_count_the_workload_exactly_on_the_fast_path: needs an io controller hierarchy (v2 io or v1 blkio)".into())) else { return };
     let log = pod_series_count_the_workload_exactly(root, "bio");
-    assert!(log.contains("fast_path=true attribution=\"bio\""), "bio attribution keeps the fast path: {log}");
+    assert!(
+        log.contains("fast_path=\"on\" stats_flags=\"btf\" attribution=\"bio\""),
+        "bio attribution keeps the fast path: {log}"
+    );
 }
 
 /// Idle attribution entries leave the kernel map, so pods that come and go cannot fill it.

@@ -26,18 +26,7 @@ const HOST_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 pub fn build_image(tag: &str) -> anyhow::Result<()> {
     let root = workspace_root();
     ensure_docker()?;
-    ensure_musl_cc()?;
-
-    run(Command::new("cargo").current_dir(&root).args([
-        "build",
-        "--release",
-        "-p",
-        "blkio-agent",
-        "--target",
-        MUSL_TARGET,
-    ]))
-    .context("building the static binary (the musl target is installed by `cargo xtask setup`)")?;
-    let binary = root.join("target").join(MUSL_TARGET).join("release/blkio-agent");
+    let binary = build_static("blkio-agent", "blkio-agent")?;
     let stage = stage_context(&root, &binary)?;
 
     let version = env!("CARGO_PKG_VERSION");
@@ -74,6 +63,16 @@ pub fn build_image(tag: &str) -> anyhow::Result<()> {
     // The image must run as is: entrypoint found, static binary starts without a libc.
     run(Command::new("docker").args(["run", "--rm", "--network=none", tag, "--version"]))?;
     Ok(())
+}
+
+/// Builds `package` for the musl target (a static binary: the image, the kernel-matrix guests)
+/// and returns the path of its binary `bin`.
+pub fn build_static(package: &str, bin: &str) -> anyhow::Result<PathBuf> {
+    let root = workspace_root();
+    ensure_musl_cc()?;
+    run(Command::new("cargo").current_dir(&root).args(["build", "--release", "-p", package, "--target", MUSL_TARGET]))
+        .context("building the static binary (the musl target is installed by `cargo xtask setup`)")?;
+    Ok(root.join("target").join(MUSL_TARGET).join("release").join(bin))
 }
 
 /// Copies what the `prebuilt` stage reads to `target/image/` (the only part of target/ that
@@ -162,7 +161,7 @@ fn git_revision(root: &Path) -> Option<String> {
 }
 
 /// Now as RFC 3339 UTC (`org.opencontainers.image.created`), without a date crate.
-fn rfc3339_now() -> String {
+pub fn rfc3339_now() -> String {
     let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
     let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     // Days since 1970-01-01 to a civil date (H. Hinnant's algorithm).

@@ -5,6 +5,7 @@
 mod bench;
 mod e2e;
 mod image;
+mod kernels;
 mod setup;
 mod test;
 
@@ -40,6 +41,9 @@ enum Task {
     /// Overhead benchmark (issue 6): kernel ns/I/O vs biolatency, fio IOPS, snapshot cost, map
     /// memory; writes docs/performance.md (needs root, fio, bpftool, libbpf-tools).
     BenchOverhead(bench::Opts),
+    /// Kernel matrix (issue 11): boot the newest Debian cloud kernel of 5.10, 6.1, 6.12 and sid
+    /// under qemu and check every attach mode on virtio-blk, NVMe, null_blk and scsi_debug.
+    Kernels(kernels::Opts),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +55,7 @@ fn main() -> ExitCode {
         Task::Image { tag } => image::build_image(&tag),
         Task::E2e => e2e::kind_e2e(),
         Task::BenchOverhead(opts) => bench::bench_overhead(opts),
+        Task::Kernels(opts) => kernels::kernels(opts),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

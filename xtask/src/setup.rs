@@ -1,5 +1,5 @@
 //! Installs what building and testing need, idempotently: Debian packages (fio, bpftool,
-//! libbpf-tools, docker.io), the nightly's rust-src (eBPF build-std), the musl target (image),
+//! libbpf-tools, docker.io, qemu and busybox-static for the kernel matrix), the nightly's rust-src (eBPF build-std), the musl target (image),
 //! and bpf-linker linked against the nightly's own LLVM.
 
 use std::{
@@ -12,8 +12,21 @@ use anyhow::{Context as _, bail};
 
 /// Debian packages: fio (workloads), bpftool (program stats), libbpf-tools (biolatency for the
 /// overhead comparison), docker.io (image and docker-level e2e), e2fsprogs (mkfs for tests),
-/// musl-tools (`musl-gcc` for `ring` in the static image build).
-const APT_PACKAGES: &[&str] = &["fio", "bpftool", "libbpf-tools", "docker.io", "e2fsprogs", "musl-tools"];
+/// musl-tools (`musl-gcc` for `ring` in the static image build); for the kernel matrix
+/// (`cargo xtask kernels`): qemu-system-x86 (the guests), busybox-static (their userland),
+/// xz-utils and zstd (compressed modules).
+const APT_PACKAGES: &[&str] = &[
+    "fio",
+    "bpftool",
+    "libbpf-tools",
+    "docker.io",
+    "e2fsprogs",
+    "musl-tools",
+    "qemu-system-x86",
+    "busybox-static",
+    "xz-utils",
+    "zstd",
+];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 pub fn setup() -> anyhow::Result<()> {

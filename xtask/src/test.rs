@@ -1,4 +1,4 @@
-//! `cargo xtask test`: every test the project has, in one command.
+//! `cargo xtask test`: every test the project has, in one command, the kernel matrix last.
 
 use std::{
     process::{Command, Stdio},
@@ -7,7 +7,10 @@ use std::{
 
 use anyhow::bail;
 
-use crate::setup::{is_root, run, workspace_root};
+use crate::{
+    kernels,
+    setup::{is_root, run, workspace_root},
+};
 
 pub fn test_all() -> anyhow::Result<()> {
     let root = workspace_root();
@@ -32,7 +35,11 @@ pub fn test_all() -> anyhow::Result<()> {
     run(cargo().args(["test", "--all-targets"]).env("BLKIO_AGENT_SKIP_LOG", &skip_log))?;
     // The analyzer-only build (what `cargo install --path agent --no-default-features` gives).
     run(cargo().args(["test", "-p", "blkio-agent", "--no-default-features"]).env("BLKIO_AGENT_SKIP_LOG", &skip_log))?;
-    report_skips(&skip_log)
+    report_skips(&skip_log)?;
+    // The kernel matrix: every attach mode on every device kind of 5.10, 6.1, 6.12 and the newest
+    // Debian kernel, under qemu (no root needed on the host: the guests run as root).
+    eprintln!("xtask: $ cargo xtask kernels");
+    kernels::kernels(kernels::Opts::all())
 }
 
 /// Prints how many tests skipped for a missing prerequisite; any skip fails the run unless it

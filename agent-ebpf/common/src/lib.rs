@@ -5,6 +5,9 @@
 //! (they are, since both sides compile this one file).
 #![no_std]
 
+mod config;
+pub use config::Config;
+
 /// Number of log2 slots in every histogram. Slot `k` holds values `v` with `floor(log2(v)) == k`
 /// (slot 0 also holds 0); the last slot also holds everything larger.
 /// 32 µs-slots reach 2^32 µs (71 minutes); 32 byte-slots reach 4 GiB requests.
@@ -81,7 +84,14 @@ pub const LOSS_CGROUP_MAP_FULL: u32 = 5;
 /// and partial completions (the request stays in flight until its last bytes complete).
 pub const EVENT_REQUEUED: u32 = 6;
 pub const EVENT_PARTIAL_COMPLETION: u32 = 7;
-pub const COUNTER_SLOTS: u32 = 8;
+/// Completions counted from the request's own timestamps (the fast path, no start map).
+pub const EVENT_FAST_COMPLETION: u32 = 8;
+/// Flag self-test (see [`Config::stats_flags_from_btf`]): completions whose `QUEUE_FLAG_STATS`,
+/// `RQF_STATS` and `io_start_time_ns` agreed (counted only while the fast path is not yet on) and
+/// those that disagreed (always counted: one disagreement keeps or turns the fast path off).
+pub const SELFTEST_AGREE: u32 = 9;
+pub const SELFTEST_DISAGREE: u32 = 10;
+pub const COUNTER_SLOTS: u32 = 11;
 
 /// Index 0 of the `CONTROL` array: the interval epoch. Userspace increments it at each snapshot;
 /// programs use its parity to pick which of the two `peak` slots of [`DeviceInflight`] to raise.
@@ -118,7 +128,27 @@ pub fn gauge_counts_issue(armed: u64, allocated: u64, now: impl FnOnce() -> u64)
 pub fn gauge_counts_end(armed: u64, allocated: u64, issued: u64) -> bool {
     armed != 0 && if allocated != 0 { allocated >= armed } else { issued >= armed }
 }
-pub const CONTROL_SLOTS: u32 = 2;
+/// Index 2 of `CONTROL`: the fast path is taken for requests allocated from this
+/// `CLOCK_MONOTONIC` time on (0: not yet, or never). Decided like the depth gauge (by the
+/// request's allocation time, which issue and completion both read), so a request is handled by
+/// the fast path at both ends or at neither. Userspace writes it at arming when the stats flags
+/// come from BTF, and after the flag self-test passed when they come from the kernel-version table.
+pub const CONTROL_FAST_SINCE: u32 = 2;
+pub const CONTROL_SLOTS: u32 = 3;
+
+/// Size of the request at issue, in bytes, from `stats_sectors` (its sectors at
+/// `blk_mq_start_request`, kept in an `unsigned short`: only the low 16 bits of the sector count,
+/// so a discard of 32 MiB or more wraps) and `remaining` (`__data_len` now, which is the whole
+/// size unless earlier pieces completed). The size is the smallest sector count not below
+/// `remaining` whose low 16 bits are `stats_sectors`: exact for any size as long as less than
+/// 32 MiB completed in earlier pieces (blk-mq drivers complete whole requests).
+#[inline(always)]
+pub fn request_bytes(stats_sectors: u16, remaining: u32) -> u32 {
+    let rem = u64::from(remaining) >> 9;
+    let sectors = rem + (u64::from(stats_sectors).wrapping_sub(rem) & 0xffff);
+    // `__data_len` is a u32 of bytes, so the size at issue fits; saturate rather than wrap anyway.
+    (sectors << 9).min(u64::from(u32::MAX)) as u32
+}
 
 /// Key of the in-flight request map. In BTF mode `a` is the `struct request *` and `b` is 0;
 /// with classic tracepoints (no pointer in the record) it is `(sector, dev)`, which collides for
@@ -360,6 +390,17 @@ mod tests {
         assert!(!gauge_counts_issue(0, 5, || 5) && !gauge_counts_end(0, 5, 5), "nothing counts before arming");
         assert!(gauge_counts_issue(armed, armed, || 0) && gauge_counts_end(armed, armed, 0));
         assert!(!gauge_counts_issue(armed, armed - 1, || 0) && !gauge_counts_end(armed, armed - 1, armed + 1));
+    }
+
+    #[test]
+    fn request_bytes_undo_the_u16_sector_wrap() {
+        let sectors = |b: u32| ((b >> 9) & 0xffff) as u16;
+        for size in [512u32, 4096, 1 << 20, (32 << 20) - 512, 32 << 20, (32 << 20) + 4096, 1 << 30, !511] {
+            assert_eq!(request_bytes(sectors(size), size), size, "whole completion of {size}");
+        }
+        // Completed in pieces: the last piece still gives the size at issue.
+        assert_eq!(request_bytes(sectors(1 << 20), 4096), 1 << 20);
+        assert_eq!(request_bytes(sectors(64 << 20), (64 << 20) - (16 << 20)), 64 << 20);
     }
 
     #[test]

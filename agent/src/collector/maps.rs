@@ -45,6 +45,8 @@ pub trait MapControl {
     fn set_dense_inflight(&mut self, slot: u32, v: KernelInflight) -> Result<()>;
     fn set_fallback_inflight(&mut self, dev: u32, v: KernelInflight) -> Result<()>;
     fn remove_cgroup(&mut self, key: &CgroupKey) -> Result<()>;
+    /// `CONTROL[CONTROL_FAST_SINCE]`: requests allocated from then on take the fast path.
+    fn set_fast_since(&mut self, since_ns: u64) -> Result<()>;
 }
 
 /// The loaded programs' maps. Holds the programs too: dropping it detaches them.
@@ -154,5 +156,9 @@ impl MapControl for AyaMaps {
             Some(m) => m.remove(key).map_err(write_err("CGROUPS")),
             None => Ok(()),
         }
+    }
+
+    fn set_fast_since(&mut self, since_ns: u64) -> Result<()> {
+        self.control.set(blkio_agent_common::CONTROL_FAST_SINCE, since_ns, 0).map_err(write_err("CONTROL"))
     }
 }

@@ -35,8 +35,8 @@ use self::{
 use crate::{
     devices::{DeviceFilter, DeviceNames},
     error::Result,
-    interval::{Depth, DeviceInterval, Interval},
-    loader::Probes,
+    interval::{Depth, DeviceInterval, Interval, PathStatus},
+    loader::{FastPath, Probes},
     losses::{INFLIGHT_RESYNC, Losses, MAP_READ_FAILURES, WRITE_FAILURES},
 };
 
@@ -68,6 +68,10 @@ pub struct Collector<M = AyaMaps> {
     /// Agent-side counts for the next interval (write failures, failed reads).
     pending: Losses,
     totals: Losses,
+    /// The fast path's state; the collector feeds it the flag self-test counts.
+    fast: FastPath,
+    /// Cumulative fast-path completions and flag disagreements at the last read.
+    prev_path: (u64, u64),
 }
 
 impl Collector<AyaMaps> {
@@ -80,7 +84,10 @@ impl Collector<AyaMaps> {
         attribute: bool,
     ) -> Result<Self> {
         let attach = probes.mode.as_str();
-        Ok(Collector::with_maps(AyaMaps::take(probes, attribute)?, attach, names, filter, node))
+        let fast = probes.fast.clone();
+        let mut c = Collector::with_maps(AyaMaps::take(probes, attribute)?, attach, names, filter, node);
+        c.fast = fast;
+        Ok(c)
     }
 }
 
@@ -102,6 +109,8 @@ impl<M: MapRead + MapControl> Collector<M> {
             last: Instant::now(),
             pending: Losses::default(),
             totals: Losses::default(),
+            fast: FastPath::unavailable(),
+            prev_path: (0, 0),
         }
     }
 
@@ -153,6 +162,7 @@ impl<M: MapRead + MapControl> Collector<M> {
         let mut devices = read::devices(&ops, &mut self.names, &self.filter);
         let resynced = self.depths(ended_epoch, &raw.inflight, &completed, &mut devices);
         let cgroups = self.cgroup_deltas(raw.cgroups);
+        let path = self.path(&raw.counters);
         let mut losses = self.base.loss_deltas(&raw.counters, raw.recursion);
         losses.add_all(&std::mem::take(&mut self.pending));
         losses.add(INFLIGHT_RESYNC, resynced);
@@ -180,9 +190,30 @@ impl<M: MapRead + MapControl> Collector<M> {
             pods: Vec::new(),
             losses,
             losses_total: self.totals.clone(),
+            path: Some(path),
         };
         self.seq += 1;
         Ok(Collected { interval, cgroups, build_time: started.elapsed() })
+    }
+
+    /// Feeds the flag self-test (`loader::fastpath`), which may turn the fast path on, and
+    /// returns the path in effect with this interval's path counters.
+    fn path(&mut self, counters: &maps::Counters) -> PathStatus {
+        use blkio_agent_common::{EVENT_FAST_COMPLETION, SELFTEST_AGREE, SELFTEST_DISAGREE};
+        let (fast, disagree) = (counters[EVENT_FAST_COMPLETION as usize], counters[SELFTEST_DISAGREE as usize]);
+        let (prev_fast, prev_disagree) = std::mem::replace(&mut self.prev_path, (fast, disagree));
+        let now = crate::loader::monotonic_ns();
+        if let Some(since) = self.fast.update(counters[SELFTEST_AGREE as usize], disagree, now)
+            && let Err(e) = self.maps.set_fast_since(since)
+        {
+            tracing::warn!(error = %crate::error::chain(&e), "cannot turn the fast path on; staying on the start map");
+        }
+        PathStatus {
+            fast: self.fast.state.as_str(),
+            flags: self.fast.flags_from.map(|f| f.as_str()),
+            fast_completions: fast.wrapping_sub(prev_fast),
+            flag_disagreements: disagree.wrapping_sub(prev_disagree),
+        }
     }
 
     /// Depth and peak of every device with a gauge; returns the requests dropped by resyncs.

@@ -34,6 +34,7 @@ struct FakeMaps {
     epoch: u64,
     index: BTreeMap<u32, u64>,
     fail_reads: Cell<u32>,
+    fast_since: Option<u64>,
 }
 
 impl FakeMaps {
@@ -120,6 +121,10 @@ impl MapControl for FakeMaps {
     }
     fn remove_cgroup(&mut self, key: &CgroupKey) -> Result<()> {
         self.cgroups.remove(key);
+        Ok(())
+    }
+    fn set_fast_since(&mut self, since_ns: u64) -> Result<()> {
+        self.fast_since = Some(since_ns);
         Ok(())
     }
 }

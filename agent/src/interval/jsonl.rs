@@ -4,8 +4,8 @@ use super::{DeviceInterval, Hist, Interval, PodSeries};
 use crate::{
     histogram::ns_to_us,
     snapshot::{
-        AgentInfo, DeviceHistogram, DeviceInflight, OpStats, PodStats, SCHEMA_VERSION, SizeHistogram, Snapshot,
-        TimeHistogram, buckets_from_slots, iso_timestamp,
+        AgentInfo, DeviceHistogram, DeviceInflight, OpStats, PathInfo, PodStats, SCHEMA_VERSION, SizeHistogram,
+        Snapshot, TimeHistogram, buckets_from_slots, iso_timestamp,
     },
 };
 
@@ -38,7 +38,16 @@ impl Interval {
             pods: self.pods.iter().map(PodSeries::stats).collect(),
             losses: Some(self.losses.clone()),
             losses_total: Some(self.losses_total.clone()),
-            agent: Some(AgentInfo { version: env!("CARGO_PKG_VERSION").into(), attach: self.attach.into() }),
+            agent: Some(AgentInfo {
+                version: env!("CARGO_PKG_VERSION").into(),
+                attach: self.attach.into(),
+                path: self.path.as_ref().map(|p| PathInfo {
+                    fast: p.fast.into(),
+                    flags: p.flags.map(Into::into),
+                    fast_completions: p.fast_completions,
+                    flag_disagreements: p.flag_disagreements,
+                }),
+            }),
         }
     }
 }

@@ -138,6 +138,21 @@ pub struct Interval {
     /// This interval's counts, and the totals since start.
     pub losses: Losses,
     pub losses_total: Losses,
+    /// Whether the fast path (no start map) is in effect; `None` where the agent has no programs.
+    pub path: Option<PathStatus>,
+}
+
+/// The fast path's state (`loader::fastpath`) and this interval's path counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathStatus {
+    /// `on`, `verifying`, `failed` or `unavailable`.
+    pub fast: &'static str,
+    /// Where the stats flag values came from: `btf` or `kernel-table` (`None` when unavailable).
+    pub flags: Option<&'static str>,
+    /// Completions counted from the request's own timestamps, all devices.
+    pub fast_completions: u64,
+    /// Completions whose stats flags disagreed with `io_start_time_ns` (self-test).
+    pub flag_disagreements: u64,
 }
 
 impl Interval {
@@ -153,6 +168,7 @@ impl Interval {
             pods: Vec::new(),
             losses: Losses::default(),
             losses_total: Losses::default(),
+            path: None,
         }
     }
 }

@@ -135,7 +135,7 @@ pub fn snapshot(
         pods: vec![],
         losses: cur.then(Losses::default),
         losses_total: cur.then(Losses::default),
-        agent: cur.then(|| AgentInfo { version: "0.1.0".into(), attach: "btf".into() }),
+        agent: cur.then(|| AgentInfo { version: "0.1.0".into(), attach: "btf".into(), path: None }),
     }
 }
 
