@@ -54,6 +54,11 @@ pub struct AnalyzeArgs {
     /// the slowest handful of requests, which is noise).
     #[arg(long, value_name = "N", default_value_t = 20)]
     pub anomaly_min_requests: u64,
+
+    /// Anomalies shorter than this many seconds are not reported (one noisy short interval is
+    /// not a fault).
+    #[arg(long, value_name = "SECONDS", default_value_t = 1.0, value_parser = parse_duration)]
+    pub anomaly_min_duration: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -83,6 +88,13 @@ fn parse_factor(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v.is_finite() && v > 1.0 => Ok(v),
         _ => Err(format!("`{s}` is not a factor; use a number > 1, e.g. 4")),
+    }
+}
+
+fn parse_duration(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!("`{s}` is not a duration; use seconds >= 0, e.g. 1 or 0.5")),
     }
 }
 

@@ -8,6 +8,10 @@ use crate::snapshot::Snapshot;
 /// Slots the analyzer accepts: a log2 µs slot above 63 cannot come from a u64 latency.
 pub const SLOTS: usize = 64;
 
+/// Entries of `ops` per device and snapshot the analyzer accepts (the agent writes one per op
+/// kind; `Rec::ops_len` is a byte).
+const OPS_PER_DEVICE: usize = 64;
+
 /// How many bad lines are kept with their reason (all of them are counted).
 const SKIPPED_KEPT: usize = 1000;
 
@@ -60,8 +64,26 @@ pub struct Rec {
     pub slot_len: u8,
     pub inflight: u64,
     pub peak: u64,
-    /// Index into [`DeviceSeries::ops`], or `u32::MAX`.
-    pub ops: u32,
+    /// `op_recs[ops_off..ops_off + ops_len]` of the device hold this record's ops.
+    pub ops_off: u32,
+    pub ops_len: u8,
+}
+
+/// One op of one record (`ops[]` of the agent's schema): exact counts and sums, and its
+/// device-time and size buckets in [`DeviceSeries::slots`].
+#[derive(Debug, Clone, Copy)]
+pub struct OpRec {
+    /// Index into [`OPS`].
+    pub op: u8,
+    pub count: u64,
+    pub bytes: u64,
+    /// Exact sums of device time (issue -> complete) and queue time (insert -> issue), µs.
+    pub device_us: f64,
+    pub queue_us: f64,
+    pub dev_off: u32,
+    pub dev_len: u8,
+    pub size_off: u32,
+    pub size_len: u8,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -75,10 +97,11 @@ pub struct DeviceSeries {
     pub id: u64,
     pub name: String,
     pub recs: Vec<Rec>,
-    /// Non-empty buckets of all records, addressed by `Rec::slot_off/slot_len`.
+    /// Non-empty buckets of all records, addressed by `Rec::slot_off/slot_len` and by the
+    /// `OpRec` offsets.
     pub slots: Vec<SlotCount>,
-    /// Completions per op (in [`OPS`] order), addressed by `Rec::ops`.
-    pub ops: Vec<[u64; 5]>,
+    /// Per-op detail of all records, addressed by `Rec::ops_off/ops_len`.
+    pub op_recs: Vec<OpRec>,
 }
 
 impl DeviceSeries {
@@ -93,8 +116,38 @@ impl DeviceSeries {
         }
     }
 
-    pub fn rec_ops(&self, r: &Rec) -> Option<&[u64; 5]> {
-        self.ops.get(r.ops as usize)
+    /// The record's per-op detail (empty when the input has no `ops`: the seed's schema).
+    pub fn rec_op_detail(&self, r: &Rec) -> &[OpRec] {
+        &self.op_recs[r.ops_off as usize..r.ops_off as usize + r.ops_len as usize]
+    }
+
+    /// Completions per op in [`OPS`] order, when the input has `ops`.
+    pub fn rec_ops(&self, r: &Rec) -> Option<[u64; 5]> {
+        if r.ops_len == 0 {
+            return None;
+        }
+        let mut out = [0u64; 5];
+        for o in self.rec_op_detail(r) {
+            out[o.op as usize] += o.count;
+        }
+        Some(out)
+    }
+
+    /// Whether any record carries per-op detail.
+    pub fn has_ops(&self) -> bool {
+        !self.op_recs.is_empty()
+    }
+
+    pub fn op_slots(&self, o: &OpRec, acc: &mut [u64; SLOTS]) {
+        for s in &self.slots[o.dev_off as usize..o.dev_off as usize + o.dev_len as usize] {
+            acc[s.slot as usize] += s.count;
+        }
+    }
+
+    pub fn size_slots(&self, o: &OpRec, acc: &mut [u64; SLOTS]) {
+        for s in &self.slots[o.size_off as usize..o.size_off as usize + o.size_len as usize] {
+            acc[s.slot as usize] += s.count;
+        }
     }
 }
 
@@ -211,7 +264,8 @@ impl Dataset {
             slot_len: 0,
             inflight: NONE,
             peak: NONE,
-            ops: u32::MAX,
+            ops_off: 0,
+            ops_len: 0,
         };
 
         for h in &snap.latency_histogram {
@@ -240,15 +294,33 @@ impl Dataset {
         for o in &snap.ops {
             let Some(d) = node.device(o.device_id, &o.device_name, filter) else { continue };
             let dev = &mut node.devices[d];
-            let op = OPS.iter().position(|n| *n == o.op).unwrap_or(OPS.len() - 1);
-            let next = dev.ops.len() as u32;
+            let op = OPS.iter().position(|n| *n == o.op).unwrap_or(OPS.len() - 1) as u8;
+            let next = dev.op_recs.len() as u32;
             let rec = last_or_push(&mut dev.recs, origin, blank);
-            if rec.ops == u32::MAX {
-                rec.ops = next;
-                dev.ops.push([0; 5]);
+            if rec.ops_len == 0 {
+                rec.ops_off = next;
             }
-            let idx = rec.ops as usize;
-            dev.ops[idx][op] += o.count;
+            rec.ops_len += 1;
+            let mut push = |buckets: &[crate::snapshot::Bucket]| {
+                let off = dev.slots.len() as u32;
+                dev.slots.extend(
+                    buckets.iter().filter(|b| b.count > 0).map(|b| SlotCount { slot: b.slot as u8, count: b.count }),
+                );
+                (off, (dev.slots.len() as u32 - off) as u8)
+            };
+            let (dev_off, dev_len) = push(&o.device_time.buckets);
+            let (size_off, size_len) = push(&o.size.buckets);
+            dev.op_recs.push(OpRec {
+                op,
+                count: o.count,
+                bytes: o.bytes,
+                device_us: time_sum_us(&o.device_time),
+                queue_us: time_sum_us(&o.queue_time),
+                dev_off,
+                dev_len,
+                size_off,
+                size_len,
+            });
         }
     }
 
@@ -287,18 +359,20 @@ impl Dataset {
                 // Both sides applied the same filter, so only included devices arrive here.
                 let Some(d) = mine.device(src.id, &src.name, &Filter::default()) else { continue };
                 let dst = &mut mine.devices[d];
-                let (slot_base, ops_base) = (dst.slots.len() as u32, dst.ops.len() as u32);
+                let (slot_base, ops_base) = (dst.slots.len() as u32, dst.op_recs.len() as u32);
                 // Exact sizes: doubling here would leave up to half of the largest vectors unused.
                 dst.recs.reserve_exact(src.recs.len());
                 dst.slots.reserve_exact(src.slots.len());
-                dst.ops.reserve_exact(src.ops.len());
+                dst.op_recs.reserve_exact(src.op_recs.len());
                 dst.slots.extend(src.slots);
-                dst.ops.extend(src.ops);
+                dst.op_recs.extend(src.op_recs.into_iter().map(|mut o| {
+                    o.dev_off += slot_base;
+                    o.size_off += slot_base;
+                    o
+                }));
                 dst.recs.extend(src.recs.into_iter().map(|mut r| {
                     r.slot_off += slot_base;
-                    if r.ops != u32::MAX {
-                        r.ops += ops_base;
-                    }
+                    r.ops_off += ops_base;
                     r
                 }));
             }
@@ -327,6 +401,11 @@ impl Dataset {
         }
         self.nodes.retain(|n| !n.devices.is_empty() || !n.timeline.is_empty());
     }
+}
+
+/// The exact sum in µs: from `sum_ns` when present (no rounding), else `sum_us`.
+fn time_sum_us(h: &crate::snapshot::TimeHistogram) -> f64 {
+    if h.sum_ns > 0 { h.sum_ns as f64 / 1000.0 } else { h.sum_us }
 }
 
 fn last_or_push(recs: &mut Vec<Rec>, origin: u64, blank: Rec) -> &mut Rec {
@@ -364,6 +443,24 @@ fn validate(s: &Snapshot) -> Result<(), String> {
         }
         if h.sum_us.is_some_and(|v| !(v.is_finite() && v >= 0.0)) {
             return Err(format!("{}: sum_us is not a non-negative number", h.device_name));
+        }
+    }
+    let mut per_device: HashMap<(u64, &str), usize> = HashMap::new();
+    for o in &s.ops {
+        let n = per_device.entry((o.device_id, &o.device_name)).or_default();
+        *n += 1;
+        if *n > OPS_PER_DEVICE {
+            return Err(format!("{}: more than {OPS_PER_DEVICE} ops entries in one snapshot", o.device_name));
+        }
+        for (what, buckets) in [("device_time", &o.device_time.buckets), ("size", &o.size.buckets)] {
+            if buckets.len() > SLOTS || buckets.iter().any(|b| b.slot as usize >= SLOTS) {
+                return Err(format!("{} {}: {what} buckets outside slots 0..={}", o.device_name, o.op, SLOTS - 1));
+            }
+        }
+        for (what, h) in [("device_time", &o.device_time), ("queue_time", &o.queue_time)] {
+            if !(h.sum_us.is_finite() && h.sum_us >= 0.0) {
+                return Err(format!("{} {}: {what}.sum_us is not a non-negative number", o.device_name, o.op));
+            }
         }
     }
     Ok(())

@@ -73,7 +73,7 @@ pub fn render(a: &Analysis) -> String {
     let _ = writeln!(
         h,
         "<h2>Latency anomalies</h2>\n<p class=\"muted\">Rule: {}.</p>",
-        esc(&anomaly_rule(a.anomaly_factor, a.anomaly_min_requests))
+        esc(&anomaly_rule(a.anomaly_factor, a.anomaly_min_requests, a.anomaly_min_duration))
     );
     if anomalies.is_empty() {
         h.push_str("<p>None found.</p>\n");

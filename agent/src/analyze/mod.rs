@@ -45,6 +45,7 @@ pub struct Analysis {
     pub percentiles: Vec<f64>,
     pub anomaly_factor: f64,
     pub anomaly_min_requests: u64,
+    pub anomaly_min_duration: f64,
     pub output_dir: PathBuf,
 }
 
@@ -115,7 +116,11 @@ pub fn analyze(args: &AnalyzeArgs) -> Result<Analysis> {
         None => Vec::new(),
     };
 
-    let cfg = anomaly::Config { factor: args.anomaly_factor, min_requests: args.anomaly_min_requests };
+    let cfg = anomaly::Config {
+        factor: args.anomaly_factor,
+        min_requests: args.anomaly_min_requests,
+        min_duration_s: args.anomaly_min_duration,
+    };
     let mut picked: Vec<(usize, usize, DeviceStats)> = Vec::new();
     for (n, node) in ds.nodes.iter().enumerate() {
         for (d, dev) in node.devices.iter().enumerate() {
@@ -171,6 +176,7 @@ pub fn analyze(args: &AnalyzeArgs) -> Result<Analysis> {
         percentiles,
         anomaly_factor: args.anomaly_factor,
         anomaly_min_requests: args.anomaly_min_requests,
+        anomaly_min_duration: args.anomaly_min_duration,
         output_dir: args.output_dir.clone(),
     };
     let json = serde_json::to_vec_pretty(&summary::build(&analysis))

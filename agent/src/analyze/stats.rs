@@ -64,7 +64,22 @@ pub fn device_stats(node: &NodeData, dev: &DeviceSeries, percentiles: &[f64], cf
         one.fill(0);
         dev.add_into(r, &mut one);
         let p99 = if r.total > 0 { percentile(&one, 99.0).unwrap_or(f64::NAN) } else { f64::NAN };
-        points.push(anomaly::Point { ts: r.ts, dur: r.dur, requests: r.total, p99 });
+        let ops = dev.rec_op_detail(r);
+        let size = if ops.is_empty() || r.total == 0 {
+            f64::NAN
+        } else {
+            ops.iter().map(|o| o.bytes).sum::<u64>() as f64 / r.total as f64
+        };
+        // Little's law: the exact device-time sum over the interval is the mean number of
+        // requests in the device; without sums, the interval's peak is the best proxy.
+        let depth = if r.sum_us.is_finite() {
+            r.sum_us / 1e6 / r.dur
+        } else if r.peak != NONE {
+            r.peak as f64
+        } else {
+            f64::NAN
+        };
+        points.push(anomaly::Point { ts: r.ts, dur: r.dur, requests: r.total, p99, size, depth });
     }
     let mean_latency_us = match total {
         0 => None,

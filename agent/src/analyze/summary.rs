@@ -6,7 +6,7 @@ use serde::Serialize;
 use serde::ser::SerializeMap;
 
 use super::Analysis;
-use super::anomaly::{FLOOR_US, WINDOW};
+use super::anomaly::{FLOOR_US, LOAD_RATIO, WINDOW};
 use super::args::percentile_key;
 use super::dataset::OPS;
 use super::units::{grouped, human_us, utc};
@@ -74,9 +74,10 @@ impl Serialize for OrderedMap {
     }
 }
 
-pub fn anomaly_rule(factor: f64, min_requests: u64) -> String {
+pub fn anomaly_rule(factor: f64, min_requests: u64, min_duration_s: f64) -> String {
     format!(
-        "interval p99 >= {factor}x the median p99 of the previous {WINDOW} normal intervals (at least {min_requests} requests each) and >= {FLOOR_US} us above it; adjacent anomalous intervals merged"
+        "enters when an interval's p99 >= {factor}x the median p99 of the previous {WINDOW} normal intervals (each with >= {min_requests} requests) and >= {FLOOR_US} us above it; stays while p99 >= {:.2}x; reported when it lasts >= {min_duration_s} s; a load change ({LOAD_RATIO}x IOPS, {LOAD_RATIO}x request size, or {LOAD_RATIO}x depth at held IOPS) restarts the baseline instead of counting as a fault",
+        factor.sqrt()
     )
 }
 
@@ -132,7 +133,7 @@ pub fn build(a: &Analysis) -> Summary<'_> {
         duplicate_records: a.duplicates,
         inputs: a.inputs.iter().map(|p| p.display().to_string()).collect(),
         events: a.events.len(),
-        anomaly_rule: anomaly_rule(a.anomaly_factor, a.anomaly_min_requests),
+        anomaly_rule: anomaly_rule(a.anomaly_factor, a.anomaly_min_requests, a.anomaly_min_duration),
     }
 }
 
@@ -186,7 +187,7 @@ pub fn text(a: &Analysis) -> String {
 
     let anomalies: Vec<_> = a.devices.iter().flat_map(|d| d.stats.anomalies.iter().map(move |x| (d, x))).collect();
     if !anomalies.is_empty() {
-        let _ = writeln!(out, "\nLatency anomalies ({}):", anomaly_rule(a.anomaly_factor, a.anomaly_min_requests));
+        let _ = writeln!(out, "\nLatency anomalies ({}):", anomaly_rule(a.anomaly_factor, a.anomaly_min_requests, a.anomaly_min_duration));
         for (d, x) in anomalies {
             let _ = writeln!(
                 out,
