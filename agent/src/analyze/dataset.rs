@@ -196,6 +196,9 @@ pub struct Dataset {
     pub out_of_range: u64,
     /// Records dropped because the same (node, device, timestamp) was read twice.
     pub duplicates: u64,
+    /// Snapshots whose `timestamp` and `iso_timestamp` disagree: kept (by `timestamp`), flagged.
+    pub mismatches: Vec<Skip>,
+    pub mismatch_count: u64,
 }
 
 impl Dataset {
@@ -233,6 +236,12 @@ impl Dataset {
         if let Err(reason) = validate(&snap) {
             self.skip(file, line, reason);
             return;
+        }
+        if let Some(reason) = time_mismatch(&snap) {
+            self.mismatch_count += 1;
+            if self.mismatches.len() < SKIPPED_KEPT {
+                self.mismatches.push(Skip { file, line, reason });
+            }
         }
         if !filter.time_ok(snap.timestamp) {
             self.out_of_range += 1;
@@ -382,6 +391,8 @@ impl Dataset {
         self.snapshots += other.snapshots;
         self.out_of_range += other.out_of_range;
         self.duplicates += other.duplicates;
+        self.mismatches.extend(other.mismatches);
+        self.mismatch_count += other.mismatch_count;
     }
 
     /// Puts every series in time order and drops records read twice (same node, device and
@@ -389,6 +400,8 @@ impl Dataset {
     pub fn finalize(&mut self) {
         self.skipped.sort_by_key(|s| (s.file, s.line));
         self.skipped.truncate(SKIPPED_KEPT);
+        self.mismatches.sort_by_key(|s| (s.file, s.line));
+        self.mismatches.truncate(SKIPPED_KEPT);
         for node in &mut self.nodes {
             node.timeline.sort_by(|a, b| a.ts.total_cmp(&b.ts).then(a.origin.cmp(&b.origin)));
             node.timeline.dedup_by(|b, a| a.ts == b.ts);
@@ -400,6 +413,21 @@ impl Dataset {
             }
         }
         self.nodes.retain(|n| !n.devices.is_empty() || !n.timeline.is_empty());
+    }
+}
+
+/// `iso_timestamp` has microseconds, so anything over a millisecond apart is not rounding: one
+/// of the two was edited or corrupted (the analyzer goes by `timestamp`).
+fn time_mismatch(s: &Snapshot) -> Option<String> {
+    match super::args::parse_time(&s.iso_timestamp) {
+        Ok(t) if (t - s.timestamp).abs() <= 1e-3 => None,
+        Ok(t) => Some(format!(
+            "timestamp {} and iso_timestamp {} disagree by {:.3} s; using timestamp",
+            s.timestamp,
+            s.iso_timestamp,
+            t - s.timestamp
+        )),
+        Err(_) => Some(format!("iso_timestamp {:?} is not an ISO 8601 time; using timestamp", s.iso_timestamp)),
     }
 }
 
