@@ -42,7 +42,7 @@ pub fn op_series(per_op: &[[u64; SLOTS]; 5], all: &[u64; SLOTS]) -> Series {
         .map(|(i, name)| (name.to_string(), OP_COLORS[i], per_op[i]))
         .collect();
     if s.is_empty() && all.iter().any(|c| *c > 0) {
-        s.push(("all ops".into(), BLACK, *all));
+        s.push(("all ops".into(), RGBColor(0x2c, 0x7f, 0xb8), *all));
     }
     s
 }
