@@ -222,6 +222,16 @@ impl Dataset {
         }
         let snap: Snapshot = match serde_json::from_slice(text) {
             Ok(s) => s,
+            Err(_) if text[0] == b'[' => {
+                let reason = "a JSON array, not a snapshot object: JSONL is one object per line (convert with `jq -c '.[]'`)";
+                self.skip(file, line, reason.into());
+                return;
+            }
+            Err(_) if looks_pretty(text) => {
+                let reason = "looks like pretty-printed JSON; JSONL is one object per line (convert with `jq -c .`)";
+                self.skip(file, line, reason.into());
+                return;
+            }
             Err(e) => {
                 use serde_json::error::Category;
                 let what = match e.classify() {
@@ -414,6 +424,13 @@ impl Dataset {
         }
         self.nodes.retain(|n| !n.devices.is_empty() || !n.timeline.is_empty());
     }
+}
+
+/// A line of an indented JSON document: a lone brace or bracket, or `"key": value` without the
+/// enclosing object.
+fn looks_pretty(text: &[u8]) -> bool {
+    matches!(text, b"{" | b"}" | b"}," | b"]" | b"]," | b"[")
+        || (text[0] == b'"' && memchr::memmem::find(text, b"\":").is_some())
 }
 
 /// `iso_timestamp` has microseconds, so anything over a millisecond apart is not rounding: one

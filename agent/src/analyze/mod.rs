@@ -306,6 +306,16 @@ fn check_usable(ds: &Dataset, inputs: &[PathBuf], filter: &Filter, args: &Analyz
     if ds.snapshots == 0 {
         let msg = if ds.out_of_range > 0 {
             format!("all {} snapshots are outside --from/--to; widen the range or drop those flags", ds.out_of_range)
+        } else if let Some(first) = ds.skipped.first()
+            && (first.reason.starts_with("looks like pretty") || first.reason.starts_with("a JSON array"))
+        {
+            let file = inputs.get(first.file as usize).map_or_else(String::new, |p| p.display().to_string());
+            let what = first.reason.split(':').next().unwrap_or(&first.reason);
+            format!(
+                "no usable snapshot: {file} {}; JSONL is one object per line (convert with `jq -c {}`)",
+                if what.starts_with("looks") { "looks like pretty-printed JSON" } else { "is a JSON array" },
+                if what.starts_with("looks") { "." } else { "'.[]'" }
+            )
         } else if let Some(first) = ds.skipped.first() {
             let file = inputs.get(first.file as usize).map_or_else(String::new, |p| p.display().to_string());
             format!(

@@ -230,9 +230,12 @@ pub fn text(a: &Analysis) -> String {
     if a.timestamp_mismatches > 0 {
         let _ = writeln!(
             out,
-            "\n{} snapshot(s) have a timestamp and iso_timestamp that disagree (listed with the skipped lines); timestamp was used.",
+            "\n{} snapshot(s) have a timestamp and iso_timestamp that disagree; timestamp was used:",
             grouped(a.timestamp_mismatches)
         );
+        for m in a.mismatches.iter().take(5) {
+            let _ = writeln!(out, "  {}:{}: {}", a.file_name(m.file), m.line, m.reason);
+        }
     }
 
     let anomalies: Vec<_> = a.devices.iter().flat_map(|d| d.stats.anomalies.iter().map(move |x| (d, x))).collect();
