@@ -17,10 +17,19 @@ fn plan() -> Vec<(&'static str, usize, Vec<Io>, u64)> {
         (
             "qd1-randread",
             40,
-            vec![io_full("read", 150, 900, KIB4, 3), io_full("read", 400, 90, KIB4, 3), io_full("read", 3000, 10, KIB4, 3)],
+            vec![
+                io_full("read", 150, 900, KIB4, 3),
+                io_full("read", 400, 90, KIB4, 3),
+                io_full("read", 3000, 10, KIB4, 3),
+            ],
             1,
         ),
-        ("qd32-randwrite", 40, vec![io_full("write", 250, 27_000, KIB4, 20), io_full("write", 900, 3000, KIB4, 40)], 32),
+        (
+            "qd32-randwrite",
+            40,
+            vec![io_full("write", 250, 27_000, KIB4, 20), io_full("write", 900, 3000, KIB4, 40)],
+            32,
+        ),
         ("seq-1m-write", 40, vec![io_full("write", 2000, 1000, MIB, 100)], 8),
         ("idle", 20, vec![], 0),
     ]
@@ -97,7 +106,14 @@ fn phase_table_has_known_answers() {
         for (key, pct) in [("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p99.9", 99.9)] {
             let rank = (pct / 100.0 * (requests / n as u64) as f64).ceil() as u64;
             let mut seen = 0;
-            let holder = sorted.iter().find(|(_, c)| { seen += c; seen >= rank }).unwrap().0;
+            let holder = sorted
+                .iter()
+                .find(|(_, c)| {
+                    seen += c;
+                    seen >= rank
+                })
+                .unwrap()
+                .0;
             let slot = blkio_agent::histogram::log2_slot(holder) as u32;
             assert_in_slot(op["percentiles_us"][key].as_f64().unwrap(), slot, &format!("{label} {key}"));
         }

@@ -95,13 +95,23 @@ fn busy(i: usize, slow: bool) -> Vec<DevSample> {
 fn every_time_chart_has_the_same_plot_area() {
     let dir = tempfile::tempdir().unwrap();
     let lines: Vec<String> = (0..300)
-        .map(|i| line(&snapshot(Schema::Current, Some("n"), T0 + i as f64 + 1.0, 1.0, i as u64, &busy(i, (100..130).contains(&i)))))
+        .map(|i| {
+            line(&snapshot(
+                Schema::Current,
+                Some("n"),
+                T0 + i as f64 + 1.0,
+                1.0,
+                i as u64,
+                &busy(i, (100..130).contains(&i)),
+            ))
+        })
         .collect();
     let (_, out) = run_input(dir.path(), &lines, &[]);
     let mut ranges = Vec::new();
     for dev in ["nvme0n1", "sda"] {
         for kind in TIME_CHARTS {
-            ranges.push((format!("{dev}_{kind}"), Image::decode(&out.join(format!("{dev}_{kind}.png"))).plot_x_range()));
+            ranges
+                .push((format!("{dev}_{kind}"), Image::decode(&out.join(format!("{dev}_{kind}.png"))).plot_x_range()));
         }
     }
     let first = ranges[0].1;
@@ -125,7 +135,10 @@ fn a_single_seed_snapshot_shows_legend_entries_only_for_what_is_drawn() {
         let plot = img.colours(80..img.h - 80);
         for (colour, n) in legend.iter().filter(|(_, n)| **n >= 30) {
             entries += 1;
-            assert!(plot.get(colour).copied().unwrap_or(0) >= 10, "{c}: legend colour {colour:?} ({n} px) is not drawn");
+            assert!(
+                plot.get(colour).copied().unwrap_or(0) >= 10,
+                "{c}: legend colour {colour:?} ({n} px) is not drawn"
+            );
         }
     }
     // The heatmap's and percentile chart's p50/p90/p99.9 lines at least (p99 is black, so

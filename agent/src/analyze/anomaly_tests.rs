@@ -40,7 +40,14 @@ fn steady_noisy_load_at_short_intervals_has_no_anomalies() {
         .map(|i| {
             let n = noise(&mut s);
             let p99 = if n > 0.97 { 1600.0 } else { 200.0 * (1.0 + 2.0 * noise(&mut s)) };
-            Point { ts: 1000.0 + i as f64 * 0.2, dur: 0.2, requests: 20 + (n * 30.0) as u64, p99, size: 4096.0, depth: 0.3 }
+            Point {
+                ts: 1000.0 + i as f64 * 0.2,
+                dur: 0.2,
+                requests: 20 + (n * 30.0) as u64,
+                p99,
+                size: 4096.0,
+                depth: 0.3,
+            }
         })
         .collect();
     assert!(pts.iter().filter(|p| p.p99 >= 4.0 * 300.0).count() >= 2, "the input has spikes");

@@ -171,7 +171,8 @@ fn parse_iso(s: &str) -> Option<f64> {
         o => {
             let sign = if o.starts_with('-') { -1.0 } else { 1.0 };
             let digits: String = o[1..].chars().filter(|c| *c != ':').collect();
-            if digits.len() != 4 {
+            // Digits only before slicing: a multi-byte character would split mid-character.
+            if digits.len() != 4 || !digits.bytes().all(|c| c.is_ascii_digit()) {
                 return None;
             }
             let oh = two_digits(&digits[0..2])?;
@@ -212,7 +213,9 @@ mod tests {
         assert_eq!(parse_time("2025-10-02"), Ok(1_759_363_200.0));
         let t = parse_time("2025-10-02T14:20:00.250000+00:00").unwrap();
         assert!((t - 1_759_414_800.25).abs() < 1e-6);
-        for bad in ["yesterday", "2025-13-01", "2025-10-02T25:00", "2025-10-02T14:20:00+2", "inf"] {
+        for bad in
+            ["yesterday", "2025-13-01", "2025-10-02T25:00", "2025-10-02T14:20:00+2", "inf", "2025-10-02T14:20+1é1"]
+        {
             let err = parse_time(bad).unwrap_err();
             assert!(err.contains("ISO 8601"), "{bad}: {err}");
         }

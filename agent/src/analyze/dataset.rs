@@ -223,7 +223,8 @@ impl Dataset {
         let snap: Snapshot = match serde_json::from_slice(text) {
             Ok(s) => s,
             Err(_) if text[0] == b'[' => {
-                let reason = "a JSON array, not a snapshot object: JSONL is one object per line (convert with `jq -c '.[]'`)";
+                let reason =
+                    "a JSON array, not a snapshot object: JSONL is one object per line (convert with `jq -c '.[]'`)";
                 self.skip(file, line, reason.into());
                 return;
             }

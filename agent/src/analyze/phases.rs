@@ -7,9 +7,9 @@
 //! interval of idle time around each event.
 //!
 //! IOPS and MB/s are over the phase's *active seconds*: the intervals that completed I/O, with
-//! the first and last of them counted only for the share of the interval the workload ran
-//! (their completions at the phase's median rate), because a job rarely starts or stops on a
-//! snapshot boundary. That is what fio divides by (its runtime), so the rates line up.
+//! the first and last interval of each run of them counted only for the share the workload ran
+//! (their completions at the median rate), because a job rarely starts or stops on a snapshot
+//! boundary. That is what fio divides by (its runtime), so the rates line up.
 
 use crate::histogram::percentile;
 
@@ -77,12 +77,7 @@ pub fn device_phases(dev: &DeviceSeries, phases: &[Phase]) -> Vec<PhaseStats> {
     for r in &dev.recs {
         groups[phase_of(phases, r)].push(r);
     }
-    groups
-        .iter()
-        .zip(phases)
-        .filter(|(g, _)| !g.is_empty())
-        .map(|(g, p)| stats_of(dev, &p.label, g))
-        .collect()
+    groups.iter().zip(phases).filter(|(g, _)| !g.is_empty()).map(|(g, p)| stats_of(dev, &p.label, g)).collect()
 }
 
 /// The numbers of one group of records (a phase, or the whole recording).
@@ -168,25 +163,42 @@ impl Default for OpAcc {
     }
 }
 
-/// Seconds during which the records' I/O ran: every interval with completions, the first and
-/// last of them shortened to `completions / median rate` of the ones in between (at most their
-/// length). With fewer than three such intervals there is no rate to go by: whole intervals.
+/// Seconds during which the records' I/O ran. Consecutive intervals with completions form a
+/// run (an idle interval or missing snapshots end it); inside a run every interval counts
+/// whole, and its first and last intervals count `completions / rate` (at most their length),
+/// where `rate` is the median completions per second of the runs' inner intervals: a job starts
+/// and stops inside an interval, and a stray completion in an idle stretch is a blip, not a
+/// second of activity. Without inner intervals there is no rate to go by: whole intervals.
 pub fn active_seconds(recs: &[&Rec]) -> f64 {
-    let active: Vec<&&Rec> = recs.iter().filter(|r| r.total > 0).collect();
-    // `+ 0.0`: an empty float sum is -0.0, which would print as "-0.00".
-    let whole: f64 = active.iter().map(|r| r.dur).sum::<f64>() + 0.0;
-    if active.len() < 3 {
-        return whole;
+    let mut runs: Vec<Vec<&Rec>> = Vec::new();
+    let mut prev: Option<&Rec> = None;
+    for r in recs.iter().copied() {
+        let joined = prev.is_some_and(|p| p.total > 0 && r.ts - r.dur <= p.ts + 0.5 * r.dur.min(p.dur));
+        if r.total > 0 {
+            if !joined {
+                runs.push(Vec::new());
+            }
+            runs.last_mut().expect("pushed").push(r);
+        }
+        prev = Some(r);
     }
-    let mut rates: Vec<f64> = active[1..active.len() - 1].iter().map(|r| r.total as f64 / r.dur).collect();
+    let mut rates: Vec<f64> = runs
+        .iter()
+        .filter(|run| run.len() >= 3)
+        .flat_map(|run| run[1..run.len() - 1].iter().map(|r| r.total as f64 / r.dur))
+        .collect();
     rates.sort_by(f64::total_cmp);
-    let rate = rates[rates.len() / 2];
-    if !(rate > 0.0) {
-        return whole;
-    }
-    let edge = |r: &Rec| (r.total as f64 / rate).min(r.dur);
-    let (first, last) = (active[0], active[active.len() - 1]);
-    whole - first.dur - last.dur + edge(first) + edge(last)
+    let rate = rates.get(rates.len() / 2).copied().unwrap_or(f64::NAN);
+    let edge = |r: &Rec| if rate > 0.0 { (r.total as f64 / rate).min(r.dur) } else { r.dur };
+    // `+ 0.0`: an empty float sum is -0.0, which would print as "-0.00".
+    runs.iter()
+        .map(|run| match run.as_slice() {
+            [one] => edge(one),
+            [first, inner @ .., last] => edge(first) + inner.iter().map(|r| r.dur).sum::<f64>() + edge(last),
+            [] => 0.0,
+        })
+        .sum::<f64>()
+        + 0.0
 }
 
 #[cfg(test)]
@@ -217,6 +229,11 @@ mod tests {
         assert!((active_seconds(&refs) - 4.25).abs() < 1e-9, "{}", active_seconds(&refs));
         // Too few intervals for a rate: whole intervals.
         assert_eq!(active_seconds(&refs[..3]), 2.0);
+        // A stray completion in the idle time before the job is a blip, not a second.
+        let mut with_blip = vec![rec(-3.0, 0), rec(-2.0, 1)];
+        with_blip.extend(recs);
+        let refs: Vec<&Rec> = with_blip.iter().collect();
+        assert!((active_seconds(&refs) - 4.251).abs() < 1e-9, "{}", active_seconds(&refs));
     }
 
     #[test]

@@ -240,7 +240,11 @@ pub fn text(a: &Analysis) -> String {
 
     let anomalies: Vec<_> = a.devices.iter().flat_map(|d| d.stats.anomalies.iter().map(move |x| (d, x))).collect();
     if !anomalies.is_empty() {
-        let _ = writeln!(out, "\nLatency anomalies ({}):", anomaly_rule(a.anomaly_factor, a.anomaly_min_requests, a.anomaly_min_duration));
+        let _ = writeln!(
+            out,
+            "\nLatency anomalies ({}):",
+            anomaly_rule(a.anomaly_factor, a.anomaly_min_requests, a.anomaly_min_duration)
+        );
         for (d, x) in anomalies {
             let _ = writeln!(
                 out,
@@ -272,7 +276,6 @@ pub fn text(a: &Analysis) -> String {
         );
     }
     let charts: usize = a.devices.iter().filter_map(|d| d.charts.as_ref()).map(Vec::len).sum();
-    let _ =
-        writeln!(out, "\nWrote {} chart(s), summary.json and report.html to {}", charts, a.output_dir.display());
+    let _ = writeln!(out, "\nWrote {} chart(s), summary.json and report.html to {}", charts, a.output_dir.display());
     out
 }

@@ -6,7 +6,9 @@ use plotters::prelude::*;
 use super::super::dataset::{OPS, SLOTS};
 use super::super::units::{human_us, si};
 use super::lines::OP_COLORS;
-use super::{AXIS_DESC_PX, Axis, FAMILY, LABEL_PX, LEFT_AREA, Legend, MARGIN, Mark, X_LABEL_AREA, draw_err, draw_legend};
+use super::{
+    AXIS_DESC_PX, Axis, FAMILY, LABEL_PX, LEFT_AREA, Legend, MARGIN, Mark, X_LABEL_AREA, draw_err, draw_legend,
+};
 use super::{linear_ticks, render, titled};
 use crate::error::Result;
 use crate::histogram::bucket_low;
@@ -16,7 +18,12 @@ pub type Series = Vec<(String, RGBColor, [u64; SLOTS])>;
 
 pub fn latency_dist(device: &str, series: &Series) -> Result<Vec<u8>> {
     let label = |k: u32| if k == 0 { "0".to_string() } else { human_us(bucket_low(k) as f64) };
-    bars(&format!("{device}: latency distribution (all intervals)"), "device time (log2 bucket, lower edge)", series, &label)
+    bars(
+        &format!("{device}: latency distribution (all intervals)"),
+        "device time (log2 bucket, lower edge)",
+        series,
+        &label,
+    )
 }
 
 pub fn request_size(device: &str, series: &Series) -> Result<Vec<u8>> {

@@ -56,8 +56,12 @@ pub fn percentile_color(p: f64) -> RGBColor {
         (99.9, RGBColor(0x6a, 0x3d, 0x9a)),
         (99.99, RGBColor(0x80, 0x80, 0x80)),
     ];
-    const OTHER: [RGBColor; 4] =
-        [RGBColor(0x01, 0x66, 0x5e), RGBColor(0x80, 0x80, 0x00), RGBColor(0x35, 0x97, 0x8f), RGBColor(0xbf, 0x81, 0x2d)];
+    const OTHER: [RGBColor; 4] = [
+        RGBColor(0x01, 0x66, 0x5e),
+        RGBColor(0x80, 0x80, 0x00),
+        RGBColor(0x35, 0x97, 0x8f),
+        RGBColor(0xbf, 0x81, 0x2d),
+    ];
     match FIXED.iter().find(|(v, _)| (v - p).abs() < 1e-9) {
         Some((_, c)) => *c,
         // Other values: a colour from the value itself, so it too is stable across runs.
