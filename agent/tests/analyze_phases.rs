@@ -128,6 +128,8 @@ fn phase_table_has_known_answers() {
         assert!(run.stdout.contains(needle), "{needle} missing:\n{}", run.stdout);
     }
     assert!(s["latency_note"].as_str().unwrap().contains("clat"));
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(html.contains("per phase") && html.contains("qd32-randwrite") && html.contains("not fio&#39;s clat"));
 }
 
 #[test]

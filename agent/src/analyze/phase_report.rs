@@ -7,7 +7,7 @@ use serde::Serialize;
 use super::args::percentile_key;
 use super::phases::{OpRow, PHASE_PERCENTILES, PhaseStats};
 use super::summary::OrderedMap;
-use super::units::{grouped, human_us, utc};
+use super::units::{grouped, html_escape as esc, human_us, utc};
 
 /// Why the latency columns differ from fio's, printed under every phase table.
 pub const DEVICE_TIME_NOTE: &str = "Latency here is device time, not fio's clat: from the request's issue to the driver to its completion in the block layer. \
@@ -145,5 +145,31 @@ pub fn text(out: &mut String, name: &str, by_op: &PhaseStats, phases: &[PhaseSta
             let _ = writeln!(out, "  {:<32}  {} to {}", p.label, utc(p.start), &utc(p.end)[11..]);
         }
         write_table(out, &rows(phases, true));
+    }
+}
+
+/// The same tables for report.html.
+pub fn html(h: &mut String, name: &str, by_op: &PhaseStats, phases: &[PhaseStats]) {
+    let table = |h: &mut String, rows: &[Vec<String>]| {
+        h.push_str("<table>");
+        for (i, r) in rows.iter().enumerate() {
+            h.push_str("<tr>");
+            for (j, c) in r.iter().enumerate() {
+                let (tag, class) = (if i == 0 { "th" } else { "td" }, if j < 2 { " class=\"l\"" } else { "" });
+                let _ = write!(h, "<{tag}{class}>{}</{tag}>", esc(c));
+            }
+            h.push_str("</tr>\n");
+        }
+        h.push_str("</table>\n");
+    };
+    let _ = writeln!(h, "<h3>{}: per op (over the {:.1} s with I/O)</h3>", esc(name), by_op.active_s);
+    table(h, &rows(std::slice::from_ref(by_op), false));
+    if !phases.is_empty() {
+        let _ = writeln!(
+            h,
+            "<h3>{}: per phase</h3>\n<p class=\"muted\">Events are phase boundaries; a snapshot belongs to the phase holding the middle of its interval.</p>",
+            esc(name)
+        );
+        table(h, &rows(phases, true));
     }
 }
