@@ -179,3 +179,31 @@ fn phase_table_matches_fio_json() {
         assert!((mb - fio_bw).abs() <= 0.02 * fio_bw, "{label}: MB/s {mb} vs fio's {fio_bw} B/s");
     }
 }
+
+#[test]
+fn kill_9_of_the_single_file_writer_leaves_no_padding_and_restart_repairs() {
+    let _p = require("kill_9_of_the_single_file_writer_leaves_no_padding_and_restart_repairs", &[]);
+    let dev = LoopDev::new(16);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.jsonl");
+    let args = ["--interval", "0.02", "--flush-every", "1000", "--output", out.to_str().unwrap()];
+    for round in 0..3 {
+        let mut agent = Agent::start(&args);
+        dev.dd_write(50);
+        agent.wait_snapshots(5 + round * 7);
+        agent.signal(libc::SIGKILL);
+        let _ = agent.child.wait();
+        // Whatever the kill interrupted, the file holds no padding and its complete lines parse.
+        let data = std::fs::read(&out).unwrap();
+        assert!(memchr::memchr(0, &data).is_none(), "round {round}: NUL bytes after kill -9");
+        let whole = memchr::memrchr(b'\n', &data).map_or(0, |i| i + 1);
+        for l in data[..whole].split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            serde_json::from_slice::<Snapshot>(l).expect("a complete line parses");
+        }
+    }
+    // A clean start repairs what a kill left (a torn last line, if any) and appends after it.
+    let agent = Agent::start(&args);
+    agent.stop(libc::SIGTERM);
+    let snaps = read_jsonl(&out); // panics on NUL, a torn line or bad JSON
+    assert!(snaps.len() >= 5 + 12 + 19, "snapshots kept across kills: {}", snaps.len());
+}
