@@ -223,12 +223,16 @@ impl Attribution {
                         reason = %e,
                         "no Kubernetes API configuration (not in a pod, no KUBECONFIG); pods are reported by cgroup and pod UID only"
                     );
-                    return;
+                    // Stays parked: for the supervisor, the watcher ending means it failed.
+                    return std::future::pending().await;
                 }
             };
             match Client::try_from(config) {
                 Ok(client) => pods::run_watcher(client, node_name, writer).await,
-                Err(e) => tracing::warn!(error = %e, "cannot build a Kubernetes client; pods are reported by cgroup and pod UID only"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot build a Kubernetes client; pods are reported by cgroup and pod UID only");
+                    std::future::pending().await
+                }
             }
         }));
         Ok(me)
@@ -251,6 +255,11 @@ impl Attribution {
         Ok(Attribution { cgroups, pods: PodDirectory::default(), max_pods, watcher: None, warned_above_pods: false })
     }
 
+    /// The pod watcher task, for supervision (it runs until this is dropped).
+    pub fn watcher(&self) -> Option<tokio::task::AbortHandle> {
+        self.watcher.as_ref().map(|h| h.abort_handle())
+    }
+
     /// The reflector store of this node's pods, when a watcher runs (empty until it syncs).
     pub fn pod_store(&self) -> Option<&Store<Pod>> {
         self.pods.store()
@@ -265,7 +274,16 @@ impl Attribution {
         self.attribute_at(deltas, Instant::now())
     }
 
+    /// [`Attribution::attribute`] as the interval model's series (what the run loop uses).
+    pub fn attribute_series(&mut self, deltas: &[CgroupDelta]) -> Vec<crate::interval::PodSeries> {
+        self.series_at(deltas, Instant::now())
+    }
+
     fn attribute_at(&mut self, deltas: &[CgroupDelta], now: Instant) -> Vec<PodStats> {
+        self.series_at(deltas, now).iter().map(crate::interval::PodSeries::stats).collect()
+    }
+
+    fn series_at(&mut self, deltas: &[CgroupDelta], now: Instant) -> Vec<crate::interval::PodSeries> {
         if deltas.is_empty() {
             return Vec::new();
         }
@@ -312,7 +330,7 @@ impl Attribution {
             };
             agg.add(labels, d);
         }
-        agg.finish(self.max_pods)
+        agg.finish_series(self.max_pods)
     }
 }
 
