@@ -19,13 +19,19 @@ fn documented_query() -> String {
     section[start..start + section[start..].find("```").unwrap()].to_string()
 }
 
-fn python_with_duckdb() -> &'static str {
+/// python3 with the duckdb package, by the project's rule for prerequisites
+/// ([`blkio_agent::prereq`]): missing, the test fails naming the fix.
+fn python_with_duckdb(test: &str) -> Option<&'static str> {
     let ok = Command::new("python3").args(["-c", "import duckdb"]).output().is_ok_and(|o| o.status.success());
-    assert!(
-        ok,
-        "python3 with the duckdb package is needed: run `cargo xtask setup` (or `python3 -m pip install duckdb`)"
-    );
-    "python3"
+    let missing: Vec<String> = if ok {
+        vec![]
+    } else {
+        vec![
+            "needs python3 with the duckdb package: run `cargo xtask setup` (or `python3 -m pip install duckdb`)"
+                .into(),
+        ]
+    };
+    blkio_agent::prereq::require(test, &missing).then_some("python3")
 }
 
 /// `nodes` nodes × 3 sealed segments each (in one directory per node), plus a staging file
@@ -67,7 +73,7 @@ fn fleet(root: &Path, nodes: usize) {
 
 #[test]
 fn documented_duckdb_query_reproduces_the_per_node_p99() {
-    let python = python_with_duckdb();
+    let Some(python) = python_with_duckdb("documented_duckdb_query_reproduces_the_per_node_p99") else { return };
     let dir = tempfile::tempdir().unwrap();
     let segs = dir.path().join("segments");
     fleet(&segs, 8);

@@ -1,7 +1,7 @@
 //! Privileged end-to-end tests of what the analyzer reads, with the real agent on a loop
 //! device: the live `--output` file is clean for a concurrent reader during a 30 s run, and the
 //! per-phase table agrees with fio's own JSON output. Root, real devices, real tracepoints;
-//! a missing prerequisite fails the test (with the fix), it is never skipped.
+//! a missing prerequisite fails the test with the fix ([`blkio_agent::prereq`]).
 
 #![cfg(feature = "ebpf")] // the node agent; absent from the analyzer-only build
 
@@ -14,19 +14,25 @@ use std::time::{Duration, Instant};
 use blkio_agent::snapshot::Snapshot;
 use privileged_support::*;
 
-fn require(test: &str, tools: &[&str]) -> Privileged {
-    let p = privileged(test).unwrap_or_else(|| panic!("{test}: needs root, losetup and dd (run the tests as root)"));
-    for tool in tools {
-        let found =
-            Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().is_ok_and(|o| o.status.success());
-        assert!(found, "{test}: needs {tool}; install it with `cargo xtask setup` (or `apt-get install {tool}`)");
+/// Root, loop devices and `tools`, by the project's one rule ([`blkio_agent::prereq`]): missing
+/// ones fail the test unless skipping was explicitly allowed.
+fn require(test: &str, tools: &[&str]) -> Option<Privileged> {
+    let missing: Vec<String> = tools
+        .iter()
+        .filter(|t| {
+            !Command::new("sh").arg("-c").arg(format!("command -v {t}")).output().is_ok_and(|o| o.status.success())
+        })
+        .map(|t| format!("needs {t} (`cargo xtask setup` installs it)"))
+        .collect();
+    if !blkio_agent::prereq::require(test, &missing) {
+        return None;
     }
-    p
+    privileged(test)
 }
 
 #[test]
 fn live_output_file_is_clean_for_a_concurrent_reader() {
-    let _p = require("live_output_file_is_clean_for_a_concurrent_reader", &[]);
+    let Some(_p) = require("live_output_file_is_clean_for_a_concurrent_reader", &[]) else { return };
     let dev = LoopDev::new(32);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("live.jsonl");
@@ -93,7 +99,7 @@ fn now() -> f64 {
 
 #[test]
 fn phase_table_matches_fio_json() {
-    let _p = require("phase_table_matches_fio_json", &["fio"]);
+    let Some(_p) = require("phase_table_matches_fio_json", &["fio"]) else { return };
     let dev = LoopDev::new(256);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run.jsonl");
@@ -182,7 +188,9 @@ fn phase_table_matches_fio_json() {
 
 #[test]
 fn kill_9_of_the_single_file_writer_leaves_no_padding_and_restart_repairs() {
-    let _p = require("kill_9_of_the_single_file_writer_leaves_no_padding_and_restart_repairs", &[]);
+    let Some(_p) = require("kill_9_of_the_single_file_writer_leaves_no_padding_and_restart_repairs", &[]) else {
+        return;
+    };
     let dev = LoopDev::new(16);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.jsonl");
