@@ -1,6 +1,6 @@
 //! Analyzer throughput on a generated day of 1 s snapshots for 16 devices (the full current
 //! schema, as the agent writes it). Prints MB/s of JSONL for the whole `analyze` run: reading,
-//! parsing, statistics, 48 charts, summary.json and report.html.
+//! parsing, statistics, 128 charts (8 per device), summary.json and report.html.
 //!
 //! cargo bench -p blkio-agent --no-default-features --bench analyze_throughput
 //! Environment: ANALYZE_BENCH_SECONDS (default 86400), ANALYZE_BENCH_DEVICES (default 16).

@@ -11,6 +11,10 @@ use std::path::Path;
 use analyze_support::*;
 use base64::Engine as _;
 
+/// Charts over time (shared time axis) and the bar charts, as documented.
+const TIME_CHARTS: [&str; 6] = ["latency_hist", "percentiles", "requests", "throughput", "queue_depth", "qd_iops"];
+const BAR_CHARTS: [&str; 2] = ["latency_dist", "request_size"];
+
 const W: u32 = 1280;
 const H: u32 = 640;
 
@@ -85,8 +89,9 @@ fn input(dir: &Path) -> std::path::PathBuf {
 }
 
 const EVENT: (u8, u8, u8) = (0x1b, 0x9e, 0x3e);
-const P50: (u8, u8, u8) = (0xff, 0x9f, 0x1c);
-const P99: (u8, u8, u8) = (0xc5, 0x1b, 0x8a);
+const P50: (u8, u8, u8) = (0xff, 0x8c, 0x00);
+/// p99 is black: counted inside the plot only (the text is black too).
+const P99: (u8, u8, u8) = (0, 0, 0);
 
 #[test]
 fn charts_decode_and_show_their_content() {
@@ -109,8 +114,16 @@ fn charts_decode_and_show_their_content() {
 
     let mut pngs = Vec::new();
     for dev in ["nvme0n1", "sda"] {
-        for kind in ["latency_hist", "queue_depth", "requests"] {
+        let charts: Vec<String> = device(&s, Some("n1"), dev)["charts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(charts.len(), 8, "{charts:?}");
+        for kind in TIME_CHARTS.iter().chain(&BAR_CHARTS) {
             let path = out.join(format!("{dev}_{kind}.png"));
+            assert!(charts.contains(&format!("{dev}_{kind}.png")), "{kind} not listed in summary.json");
             let img = Image::decode(&path);
             let name = path.display().to_string();
             assert_eq!((img.w, img.h), (W, H), "{name}");
@@ -126,24 +139,30 @@ fn charts_decode_and_show_their_content() {
             assert!(img.count(0..40, dark) > 300, "{name}: no title text");
             assert!(img.count(H - 60..H, dark) > 300, "{name}: no axis text");
 
-            // Event markers are on every chart.
-            assert!(img.count_color(EVENT) > 500, "{name}: no event markers");
+            // Event markers are on every time chart.
+            if TIME_CHARTS.contains(kind) {
+                assert!(img.count_color(EVENT) > 500, "{name}: no event markers");
+            }
             pngs.push((format!("{dev}_{kind}.png"), img));
         }
     }
 
-    let heat = &pngs[0].1;
+    let by_name = |n: &str| &pngs.iter().find(|(name, _)| name == n).unwrap().1;
+    let heat = by_name("nvme0n1_latency_hist.png");
     // Heatmap cells (the blues) fill a good part of the plot.
     let blues = heat.count(60..H - 70, |(r, g, b)| b > 80 && b as i32 > r as i32 + 40 && g < 240);
     assert!(blues > 40_000, "heatmap shows too few cells: {blues}");
     assert!(heat.count_color(P50) > 300, "p50 line missing");
-    assert!(heat.count_color(P99) > 300, "p99 line missing");
+    assert!(heat.count(90..H - 80, |p| p == P99) > 300, "p99 line missing");
+    // The percentile chart uses the same fixed colours.
+    let pct = by_name("nvme0n1_percentiles.png");
+    assert!(pct.count_color(P50) > 300, "p50 missing from the percentile chart");
     // The anomaly band (85% red over white) at the top of the plot; sda has no anomaly.
     let band = |(r, g, b): (u8, u8, u8)| r > 205 && (55..90).contains(&g) && (55..90).contains(&b);
     assert!(heat.count(0..H, band) > 200, "anomaly band missing");
-    assert!(pngs[3].1.count(0..H, band) < 30, "sda has no anomaly but shows a band");
+    assert!(by_name("sda_latency_hist.png").count(0..H, band) < 30, "sda has no anomaly but shows a band");
     // Light red shading on the line charts.
-    let qd = &pngs[1].1;
+    let qd = by_name("nvme0n1_queue_depth.png");
     assert!(
         qd.count(0..H, |(r, g, b)| r > 240 && (210..235).contains(&g) && (210..235).contains(&b)) > 2000,
         "anomaly shading missing"
@@ -156,10 +175,11 @@ fn charts_decode_and_show_their_content() {
     }
     let imgs: Vec<&str> =
         html.split("src=\"data:image/png;base64,").skip(1).map(|r| &r[..r.find('"').unwrap()]).collect();
-    assert_eq!(imgs.len(), 6);
-    for (b64, (name, _)) in imgs.iter().zip(&pngs) {
-        let bytes = base64::engine::general_purpose::STANDARD.decode(b64).unwrap();
-        assert_eq!(bytes, std::fs::read(out.join(name)).unwrap(), "{name} differs in report.html");
+    assert_eq!(imgs.len(), 16);
+    let embedded: HashSet<Vec<u8>> =
+        imgs.iter().map(|b64| base64::engine::general_purpose::STANDARD.decode(b64).unwrap()).collect();
+    for (name, _) in &pngs {
+        assert!(embedded.contains(&std::fs::read(out.join(name)).unwrap()), "{name} differs in report.html");
     }
     for text in ["buffer flush 2", "nvme0n1", "Latency anomalies", "2025-10-02 14:27:00"] {
         assert!(html.contains(text), "report.html lacks {text}");
@@ -172,7 +192,7 @@ fn without_events_there_are_no_markers() {
     let input = input(dir.path());
     let out = dir.path().join("out");
     analyze_ok(&[&input], &out, &[]);
-    for kind in ["latency_hist", "queue_depth", "requests"] {
+    for kind in TIME_CHARTS {
         let img = Image::decode(&out.join(format!("nvme0n1_{kind}.png")));
         assert_eq!(img.count_color(EVENT), 0, "{kind}");
     }

@@ -1,5 +1,6 @@
 //! Installs what building and testing need, idempotently: Debian packages (fio, bpftool,
-//! libbpf-tools, docker.io, qemu and busybox-static for the kernel matrix), the nightly's rust-src (eBPF build-std), the musl target (image),
+//! libbpf-tools, docker.io, qemu and busybox-static for the kernel matrix), PyPI packages for tests
+//! (duckdb), the nightly's rust-src (eBPF build-std), the musl target (image),
 //! and bpf-linker linked against the nightly's own LLVM.
 
 use std::{
@@ -28,9 +29,13 @@ const APT_PACKAGES: &[&str] = &[
     "zstd",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// PyPI packages for tests: duckdb runs the fleet query of docs/analyzer.md
+/// (agent/tests/analyze_duckdb.rs). Pinned so CI machines get the version the test was run with.
+const PIP_PACKAGES: &[(&str, &str)] = &[("duckdb", "2.0.1")];
 
 pub fn setup() -> anyhow::Result<()> {
     apt_packages()?;
+    pip_packages()?;
     rustup()?;
     bpf_linker()?;
     Ok(())
@@ -81,6 +86,20 @@ fn apt_packages() -> anyhow::Result<()> {
         .args(["install", "-y", "-qq", "--no-install-recommends"])
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn pip_packages() -> anyhow::Result<()> {
+    for (module, version) in PIP_PACKAGES {
+        let have = Command::new("python3")
+            .args(["-c", &format!("import {module}; assert {module}.__version__ == '{version}'")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !have {
+            run(Command::new("python3").args(["-m", "pip", "install", "--quiet", &format!("{module}=={version}")]))
+                .with_context(|| format!("installing {module} for the tests; needs python3 with pip"))?;
+        }
+    }
+    Ok(())
 }
 
 fn rustup() -> anyhow::Result<()> {

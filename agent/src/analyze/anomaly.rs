@@ -1,31 +1,43 @@
-//! Latency anomalies: intervals whose p99 is far above the device's own recent baseline.
+//! Latency anomalies: stretches where a device's p99 is far above its own recent baseline
+//! *at the same load*. The rule (also in docs/analyzer.md and in every report):
 //!
-//! Method (also in docs/analyzer.md):
-//! - Each interval with at least `min_requests` completions gets its own p99 (from its buckets).
-//! - Its baseline is the median p99 of the last [`WINDOW`] judged intervals that were *not*
-//!   anomalous; until [`MIN_BASELINE`] such intervals exist, the median p99 of the whole
-//!   recording is used instead (so a spike in the first minutes is still caught).
-//! - The interval is anomalous when `p99 >= factor * baseline` and `p99 - baseline >=`
-//!   [`FLOOR_US`] (a 4 µs -> 16 µs jump on a RAM-backed device is not worth a report).
-//! - Consecutive anomalous intervals merge into one range; a normal interval, an interval
-//!   with too few requests, or a gap in the data (a missing snapshot) ends the range.
+//! - Each interval with at least `min_requests` completions is *judged*: it gets its own p99
+//!   (from its buckets), its IOPS, its mean request size and its mean depth (exact device time
+//!   over the interval, Little's law; the peak in-flight count for inputs without sums).
+//! - The baseline is the median of those four over the last [`WINDOW`] normal judged
+//!   intervals. While fewer than [`MIN_BASELINE`] exist (at the start, after a load change),
+//!   the median of the next [`MIN_BASELINE`] judged intervals is used, so an early stall is
+//!   still caught.
+//! - **Load change**: IOPS at least [`LOAD_RATIO`]× the baseline's, a mean request size
+//!   [`LOAD_RATIO`]× larger or smaller, or a mean depth [`LOAD_RATIO`]× higher while IOPS did not
+//!   drop by [`LOAD_RATIO`]. Latency that rises with the load is queueing, not a fault (a QD1 to
+//!   QD32 step, 4 KiB to 1 MiB requests): the baseline restarts there.
+//! - **Enter** an anomaly when `p99 >= factor × baseline` and `p99 - baseline >=` [`FLOOR_US`];
+//!   **stay** in it while `p99 >= sqrt(factor) × baseline` (hysteresis: a stall that wobbles
+//!   around the threshold is one range, not many). Intervals with too few completions (a stuck
+//!   device completes little) neither end nor extend a range; missing snapshots end it.
+//! - A range is reported only when it lasts at least `min_duration_s` (one noisy interval
+//!   at 0.2 s is not a fault). Anomalous intervals never enter the baseline.
 //!
-//! Anomalous intervals are kept out of the baseline, so a long stall does not become "normal"
-//! halfway through; a lasting shift to a slower level is therefore reported as one long range.
+//! A device that slows down while an open-loop load keeps its IOPS looks like a depth increase
+//! at constant IOPS, i.e. like a load change; block-layer data alone cannot tell the two apart.
 
 use std::collections::VecDeque;
 
-/// Judged intervals in the rolling baseline.
+/// Normal judged intervals in the rolling baseline.
 pub const WINDOW: usize = 120;
-/// Baseline intervals needed before the rolling median replaces the recording's median.
+/// Baseline intervals needed before the rolling median replaces the look-ahead median.
 pub const MIN_BASELINE: usize = 10;
 /// Smallest p99 excess (µs) that can be an anomaly.
 pub const FLOOR_US: f64 = 50.0;
+/// How much IOPS, request size or depth must change to count as a different load.
+pub const LOAD_RATIO: f64 = 2.0;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Config {
     pub factor: f64,
     pub min_requests: u64,
+    pub min_duration_s: f64,
 }
 
 /// One interval of one device, in time order.
@@ -37,6 +49,9 @@ pub struct Point {
     pub requests: u64,
     /// This interval's p99 in µs (NaN when it had no completions).
     pub p99: f64,
+    /// Mean bytes per request and mean depth; NaN when the input cannot tell.
+    pub size: f64,
+    pub depth: f64,
 }
 
 /// An anomalous stretch: indexes of its first and last interval, and the baseline that its
@@ -48,134 +63,99 @@ pub struct Range {
     pub baseline_p99_us: f64,
 }
 
-pub fn detect(points: &[Point], cfg: Config) -> Vec<Range> {
-    let judged = |p: &Point| p.requests >= cfg.min_requests.max(1) && p.p99.is_finite();
-    let mut all: Vec<f64> = points.iter().filter(|p| judged(p)).map(|p| p.p99).collect();
-    if all.is_empty() {
-        return Vec::new();
-    }
-    all.sort_by(f64::total_cmp);
-    let fallback = median(&all);
+#[derive(Debug, Clone, Copy)]
+struct Base {
+    p99: f64,
+    iops: f64,
+    size: f64,
+    depth: f64,
+}
 
-    let mut fifo: VecDeque<f64> = VecDeque::with_capacity(WINDOW + 1);
-    let mut sorted: Vec<f64> = Vec::with_capacity(WINDOW + 1);
+pub fn detect(points: &[Point], cfg: Config) -> Vec<Range> {
+    let judged: Vec<usize> = (0..points.len())
+        .filter(|&i| points[i].requests >= cfg.min_requests.max(1) && points[i].p99.is_finite())
+        .collect();
+    let exit = cfg.factor.sqrt();
+    let mut window: VecDeque<Base> = VecDeque::with_capacity(WINDOW + 1);
     let mut ranges: Vec<Range> = Vec::new();
     let mut open: Option<Range> = None;
-
-    for (i, p) in points.iter().enumerate() {
-        let is_judged = judged(p);
-        let baseline = if sorted.len() >= MIN_BASELINE { median(&sorted) } else { fallback };
-        let anomalous = is_judged && p.p99 >= cfg.factor * baseline && p.p99 - baseline >= FLOOR_US;
-        if anomalous {
-            let contiguous = open.is_some_and(|r| {
-                let prev = &points[r.last];
-                // The next interval starts where the previous ended (half an interval of slack
-                // for timer jitter); anything later means snapshots are missing in between.
-                p.ts - p.dur <= prev.ts + 0.5 * p.dur.min(prev.dur)
-            });
-            match (&mut open, contiguous) {
-                (Some(r), true) => r.last = i,
-                _ => {
-                    ranges.extend(open.take());
-                    open = Some(Range { first: i, last: i, baseline_p99_us: baseline });
-                }
+    let close = |r: Range, ranges: &mut Vec<Range>| {
+        let (a, b) = (&points[r.first], &points[r.last]);
+        if b.ts - (a.ts - a.dur) >= cfg.min_duration_s - 1e-9 {
+            ranges.push(r);
+        }
+    };
+    // Judged intervals from `k` on seed the baseline while the window is short.
+    let mut seed_from = 0usize;
+    for (k, &i) in judged.iter().enumerate() {
+        let p = &points[i];
+        let here = Base { p99: p.p99, iops: p.requests as f64 / p.dur, size: p.size, depth: p.depth };
+        if let Some(r) = open.as_mut() {
+            // No snapshots missing since the range's last interval (unjudged ones in between
+            // were observed, so they do not break it).
+            let contiguous = (r.last + 1..=i).all(|j| !gap(&points[j - 1], &points[j]));
+            if contiguous && p.p99 >= exit * r.baseline_p99_us && p.p99 - r.baseline_p99_us >= FLOOR_US {
+                r.last = i;
+                continue;
             }
+            close(open.take().expect("open"), &mut ranges);
+        }
+        let base = if window.len() >= MIN_BASELINE {
+            medians(window.iter().copied())
         } else {
-            ranges.extend(open.take());
-            if is_judged {
-                fifo.push_back(p.p99);
-                let at = sorted.partition_point(|v| *v < p.p99);
-                sorted.insert(at, p.p99);
-                if fifo.len() > WINDOW {
-                    let old = fifo.pop_front().expect("non-empty");
-                    let at = sorted.partition_point(|v| *v < old);
-                    sorted.remove(at);
-                }
+            medians(judged[seed_from..].iter().take(MIN_BASELINE).map(|&j| {
+                let q = &points[j];
+                Base { p99: q.p99, iops: q.requests as f64 / q.dur, size: q.size, depth: q.depth }
+            }))
+        };
+        if window.len() >= MIN_BASELINE && load_changed(&here, &base) {
+            window.clear();
+            window.push_back(here);
+            seed_from = k;
+            continue;
+        }
+        if p.p99 >= cfg.factor * base.p99 && p.p99 - base.p99 >= FLOOR_US {
+            open = Some(Range { first: i, last: i, baseline_p99_us: base.p99 });
+        } else {
+            window.push_back(here);
+            if window.len() > WINDOW {
+                window.pop_front();
             }
         }
     }
-    ranges.extend(open);
+    if let Some(r) = open {
+        close(r, &mut ranges);
+    }
     ranges
 }
 
-fn median(sorted: &[f64]) -> f64 {
-    let n = sorted.len();
-    if !n.is_multiple_of(2) { sorted[n / 2] } else { (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0 }
+/// Snapshots are missing between `a` and `b` (half an interval of slack for timer jitter).
+fn gap(a: &Point, b: &Point) -> bool {
+    b.ts - b.dur > a.ts + 0.5 * a.dur.min(b.dur)
+}
+
+fn load_changed(p: &Base, base: &Base) -> bool {
+    let more = |a: f64, b: f64| a.is_finite() && b.is_finite() && b > 0.0 && a >= LOAD_RATIO * b;
+    more(p.iops, base.iops)
+        || more(p.size, base.size)
+        || more(base.size, p.size)
+        || (more(p.depth, base.depth.max(1.0)) && p.iops * LOAD_RATIO > base.iops)
+}
+
+fn medians(it: impl Iterator<Item = Base>) -> Base {
+    let all: Vec<Base> = it.collect();
+    let med = |f: fn(&Base) -> f64| {
+        let mut v: Vec<f64> = all.iter().map(f).filter(|x| x.is_finite()).collect();
+        if v.is_empty() {
+            return f64::NAN;
+        }
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+    };
+    Base { p99: med(|b| b.p99), iops: med(|b| b.iops), size: med(|b| b.size), depth: med(|b| b.depth) }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const CFG: Config = Config { factor: 4.0, min_requests: 20 };
-
-    fn series(p99s: &[f64]) -> Vec<Point> {
-        p99s.iter().enumerate().map(|(i, &p99)| Point { ts: 1000.0 + i as f64, dur: 1.0, requests: 100, p99 }).collect()
-    }
-
-    #[test]
-    fn a_stretch_far_above_the_baseline_is_one_range() {
-        let mut v = vec![200.0; 300];
-        for x in &mut v[150..160] {
-            *x = 5000.0;
-        }
-        let r = detect(&series(&v), CFG);
-        assert_eq!(r, vec![Range { first: 150, last: 159, baseline_p99_us: 200.0 }]);
-    }
-
-    #[test]
-    fn small_or_sparse_excursions_are_not_anomalies() {
-        let mut v = vec![200.0; 100];
-        v[50] = 700.0; // 3.5x: below the factor
-        let mut pts = series(&v);
-        pts[60].p99 = 50_000.0;
-        pts[60].requests = 3; // too few requests to judge
-        assert!(detect(&pts, CFG).is_empty());
-        // 4x but only 12 µs above a 4 µs baseline: below the absolute floor.
-        assert!(detect(&series(&[4.0, 4.0, 4.0, 16.0, 4.0]), CFG).is_empty());
-    }
-
-    #[test]
-    fn a_spike_at_the_start_uses_the_recording_median() {
-        let mut v = vec![100.0; 50];
-        v[0] = 3000.0;
-        v[1] = 3000.0;
-        let r = detect(&series(&v), CFG);
-        assert_eq!(r, vec![Range { first: 0, last: 1, baseline_p99_us: 100.0 }]);
-    }
-
-    #[test]
-    fn a_long_stall_does_not_become_the_baseline() {
-        let mut v = vec![100.0; 400];
-        for x in &mut v[100..350] {
-            *x = 2000.0; // longer than the window
-        }
-        let r = detect(&series(&v), CFG);
-        assert_eq!(r.len(), 1);
-        assert_eq!((r[0].first, r[0].last), (100, 349));
-    }
-
-    #[test]
-    fn gaps_and_normal_intervals_split_ranges() {
-        let mut v = vec![100.0; 60];
-        v[20] = 9000.0;
-        v[21] = 9000.0;
-        v[23] = 9000.0; // 22 is normal
-        let mut pts = series(&v);
-        pts[40].p99 = 9000.0;
-        // 41 comes 30 s after 40: snapshots are missing in between.
-        for p in &mut pts[41..] {
-            p.ts += 30.0;
-        }
-        pts[41].p99 = 9000.0;
-        let r: Vec<(usize, usize)> = detect(&pts, CFG).iter().map(|r| (r.first, r.last)).collect();
-        assert_eq!(r, vec![(20, 21), (23, 23), (40, 40), (41, 41)]);
-    }
-
-    #[test]
-    fn the_baseline_follows_slow_drift() {
-        // p99 doubles slowly over the recording: never 4x its recent past.
-        let v: Vec<f64> = (0..1000).map(|i| 100.0 * 2f64.powf(i as f64 / 500.0)).collect();
-        assert!(detect(&series(&v), CFG).is_empty());
-    }
-}
+#[path = "anomaly_tests.rs"]
+mod tests;

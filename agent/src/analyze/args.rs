@@ -54,6 +54,11 @@ pub struct AnalyzeArgs {
     /// the slowest handful of requests, which is noise).
     #[arg(long, value_name = "N", default_value_t = 20)]
     pub anomaly_min_requests: u64,
+
+    /// Anomalies shorter than this many seconds are not reported (one noisy short interval is
+    /// not a fault).
+    #[arg(long, value_name = "SECONDS", default_value_t = 1.0, value_parser = parse_duration)]
+    pub anomaly_min_duration: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -83,6 +88,13 @@ fn parse_factor(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v.is_finite() && v > 1.0 => Ok(v),
         _ => Err(format!("`{s}` is not a factor; use a number > 1, e.g. 4")),
+    }
+}
+
+fn parse_duration(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!("`{s}` is not a duration; use seconds >= 0, e.g. 1 or 0.5")),
     }
 }
 
@@ -159,7 +171,8 @@ fn parse_iso(s: &str) -> Option<f64> {
         o => {
             let sign = if o.starts_with('-') { -1.0 } else { 1.0 };
             let digits: String = o[1..].chars().filter(|c| *c != ':').collect();
-            if digits.len() != 4 {
+            // Digits only before slicing: a multi-byte character would split mid-character.
+            if digits.len() != 4 || !digits.bytes().all(|c| c.is_ascii_digit()) {
                 return None;
             }
             let oh = two_digits(&digits[0..2])?;
@@ -200,7 +213,9 @@ mod tests {
         assert_eq!(parse_time("2025-10-02"), Ok(1_759_363_200.0));
         let t = parse_time("2025-10-02T14:20:00.250000+00:00").unwrap();
         assert!((t - 1_759_414_800.25).abs() < 1e-6);
-        for bad in ["yesterday", "2025-13-01", "2025-10-02T25:00", "2025-10-02T14:20:00+2", "inf"] {
+        for bad in
+            ["yesterday", "2025-13-01", "2025-10-02T25:00", "2025-10-02T14:20:00+2", "inf", "2025-10-02T14:20+1é1"]
+        {
             let err = parse_time(bad).unwrap_err();
             assert!(err.contains("ISO 8601"), "{bad}: {err}");
         }

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use super::validate::{time_mismatch, validate};
 use crate::snapshot::Snapshot;
 
 /// Slots the analyzer accepts: a log2 µs slot above 63 cannot come from a u64 latency.
@@ -60,8 +61,26 @@ pub struct Rec {
     pub slot_len: u8,
     pub inflight: u64,
     pub peak: u64,
-    /// Index into [`DeviceSeries::ops`], or `u32::MAX`.
-    pub ops: u32,
+    /// `op_recs[ops_off..ops_off + ops_len]` of the device hold this record's ops.
+    pub ops_off: u32,
+    pub ops_len: u8,
+}
+
+/// One op of one record (`ops[]` of the agent's schema): exact counts and sums, and its
+/// device-time and size buckets in [`DeviceSeries::slots`].
+#[derive(Debug, Clone, Copy)]
+pub struct OpRec {
+    /// Index into [`OPS`].
+    pub op: u8,
+    pub count: u64,
+    pub bytes: u64,
+    /// Exact sums of device time (issue -> complete) and queue time (insert -> issue), µs.
+    pub device_us: f64,
+    pub queue_us: f64,
+    pub dev_off: u32,
+    pub dev_len: u8,
+    pub size_off: u32,
+    pub size_len: u8,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -75,10 +94,11 @@ pub struct DeviceSeries {
     pub id: u64,
     pub name: String,
     pub recs: Vec<Rec>,
-    /// Non-empty buckets of all records, addressed by `Rec::slot_off/slot_len`.
+    /// Non-empty buckets of all records, addressed by `Rec::slot_off/slot_len` and by the
+    /// `OpRec` offsets.
     pub slots: Vec<SlotCount>,
-    /// Completions per op (in [`OPS`] order), addressed by `Rec::ops`.
-    pub ops: Vec<[u64; 5]>,
+    /// Per-op detail of all records, addressed by `Rec::ops_off/ops_len`.
+    pub op_recs: Vec<OpRec>,
 }
 
 impl DeviceSeries {
@@ -93,8 +113,38 @@ impl DeviceSeries {
         }
     }
 
-    pub fn rec_ops(&self, r: &Rec) -> Option<&[u64; 5]> {
-        self.ops.get(r.ops as usize)
+    /// The record's per-op detail (empty when the input has no `ops`: the seed's schema).
+    pub fn rec_op_detail(&self, r: &Rec) -> &[OpRec] {
+        &self.op_recs[r.ops_off as usize..r.ops_off as usize + r.ops_len as usize]
+    }
+
+    /// Completions per op in [`OPS`] order, when the input has `ops`.
+    pub fn rec_ops(&self, r: &Rec) -> Option<[u64; 5]> {
+        if r.ops_len == 0 {
+            return None;
+        }
+        let mut out = [0u64; 5];
+        for o in self.rec_op_detail(r) {
+            out[o.op as usize] += o.count;
+        }
+        Some(out)
+    }
+
+    /// Whether any record carries per-op detail.
+    pub fn has_ops(&self) -> bool {
+        !self.op_recs.is_empty()
+    }
+
+    pub fn op_slots(&self, o: &OpRec, acc: &mut [u64; SLOTS]) {
+        for s in &self.slots[o.dev_off as usize..o.dev_off as usize + o.dev_len as usize] {
+            acc[s.slot as usize] += s.count;
+        }
+    }
+
+    pub fn size_slots(&self, o: &OpRec, acc: &mut [u64; SLOTS]) {
+        for s in &self.slots[o.size_off as usize..o.size_off as usize + o.size_len as usize] {
+            acc[s.slot as usize] += s.count;
+        }
     }
 }
 
@@ -143,6 +193,9 @@ pub struct Dataset {
     pub out_of_range: u64,
     /// Records dropped because the same (node, device, timestamp) was read twice.
     pub duplicates: u64,
+    /// Snapshots whose `timestamp` and `iso_timestamp` disagree: kept (by `timestamp`), flagged.
+    pub mismatches: Vec<Skip>,
+    pub mismatch_count: u64,
 }
 
 impl Dataset {
@@ -166,6 +219,17 @@ impl Dataset {
         }
         let snap: Snapshot = match serde_json::from_slice(text) {
             Ok(s) => s,
+            Err(_) if text[0] == b'[' => {
+                let reason =
+                    "a JSON array, not a snapshot object: JSONL is one object per line (convert with `jq -c '.[]'`)";
+                self.skip(file, line, reason.into());
+                return;
+            }
+            Err(_) if looks_pretty(text) => {
+                let reason = "looks like pretty-printed JSON; JSONL is one object per line (convert with `jq -c .`)";
+                self.skip(file, line, reason.into());
+                return;
+            }
             Err(e) => {
                 use serde_json::error::Category;
                 let what = match e.classify() {
@@ -180,6 +244,12 @@ impl Dataset {
         if let Err(reason) = validate(&snap) {
             self.skip(file, line, reason);
             return;
+        }
+        if let Some(reason) = time_mismatch(&snap) {
+            self.mismatch_count += 1;
+            if self.mismatches.len() < SKIPPED_KEPT {
+                self.mismatches.push(Skip { file, line, reason });
+            }
         }
         if !filter.time_ok(snap.timestamp) {
             self.out_of_range += 1;
@@ -211,7 +281,8 @@ impl Dataset {
             slot_len: 0,
             inflight: NONE,
             peak: NONE,
-            ops: u32::MAX,
+            ops_off: 0,
+            ops_len: 0,
         };
 
         for h in &snap.latency_histogram {
@@ -240,15 +311,33 @@ impl Dataset {
         for o in &snap.ops {
             let Some(d) = node.device(o.device_id, &o.device_name, filter) else { continue };
             let dev = &mut node.devices[d];
-            let op = OPS.iter().position(|n| *n == o.op).unwrap_or(OPS.len() - 1);
-            let next = dev.ops.len() as u32;
+            let op = OPS.iter().position(|n| *n == o.op).unwrap_or(OPS.len() - 1) as u8;
+            let next = dev.op_recs.len() as u32;
             let rec = last_or_push(&mut dev.recs, origin, blank);
-            if rec.ops == u32::MAX {
-                rec.ops = next;
-                dev.ops.push([0; 5]);
+            if rec.ops_len == 0 {
+                rec.ops_off = next;
             }
-            let idx = rec.ops as usize;
-            dev.ops[idx][op] += o.count;
+            rec.ops_len += 1;
+            let mut push = |buckets: &[crate::snapshot::Bucket]| {
+                let off = dev.slots.len() as u32;
+                dev.slots.extend(
+                    buckets.iter().filter(|b| b.count > 0).map(|b| SlotCount { slot: b.slot as u8, count: b.count }),
+                );
+                (off, (dev.slots.len() as u32 - off) as u8)
+            };
+            let (dev_off, dev_len) = push(&o.device_time.buckets);
+            let (size_off, size_len) = push(&o.size.buckets);
+            dev.op_recs.push(OpRec {
+                op,
+                count: o.count,
+                bytes: o.bytes,
+                device_us: time_sum_us(&o.device_time),
+                queue_us: time_sum_us(&o.queue_time),
+                dev_off,
+                dev_len,
+                size_off,
+                size_len,
+            });
         }
     }
 
@@ -287,18 +376,20 @@ impl Dataset {
                 // Both sides applied the same filter, so only included devices arrive here.
                 let Some(d) = mine.device(src.id, &src.name, &Filter::default()) else { continue };
                 let dst = &mut mine.devices[d];
-                let (slot_base, ops_base) = (dst.slots.len() as u32, dst.ops.len() as u32);
+                let (slot_base, ops_base) = (dst.slots.len() as u32, dst.op_recs.len() as u32);
                 // Exact sizes: doubling here would leave up to half of the largest vectors unused.
                 dst.recs.reserve_exact(src.recs.len());
                 dst.slots.reserve_exact(src.slots.len());
-                dst.ops.reserve_exact(src.ops.len());
+                dst.op_recs.reserve_exact(src.op_recs.len());
                 dst.slots.extend(src.slots);
-                dst.ops.extend(src.ops);
+                dst.op_recs.extend(src.op_recs.into_iter().map(|mut o| {
+                    o.dev_off += slot_base;
+                    o.size_off += slot_base;
+                    o
+                }));
                 dst.recs.extend(src.recs.into_iter().map(|mut r| {
                     r.slot_off += slot_base;
-                    if r.ops != u32::MAX {
-                        r.ops += ops_base;
-                    }
+                    r.ops_off += ops_base;
                     r
                 }));
             }
@@ -308,6 +399,8 @@ impl Dataset {
         self.snapshots += other.snapshots;
         self.out_of_range += other.out_of_range;
         self.duplicates += other.duplicates;
+        self.mismatches.extend(other.mismatches);
+        self.mismatch_count += other.mismatch_count;
     }
 
     /// Puts every series in time order and drops records read twice (same node, device and
@@ -315,6 +408,8 @@ impl Dataset {
     pub fn finalize(&mut self) {
         self.skipped.sort_by_key(|s| (s.file, s.line));
         self.skipped.truncate(SKIPPED_KEPT);
+        self.mismatches.sort_by_key(|s| (s.file, s.line));
+        self.mismatches.truncate(SKIPPED_KEPT);
         for node in &mut self.nodes {
             node.timeline.sort_by(|a, b| a.ts.total_cmp(&b.ts).then(a.origin.cmp(&b.origin)));
             node.timeline.dedup_by(|b, a| a.ts == b.ts);
@@ -329,42 +424,21 @@ impl Dataset {
     }
 }
 
+/// A line of an indented JSON document: a lone brace or bracket, or `"key": value` without the
+/// enclosing object.
+fn looks_pretty(text: &[u8]) -> bool {
+    matches!(text, b"{" | b"}" | b"}," | b"]" | b"]," | b"[")
+        || (text[0] == b'"' && memchr::memmem::find(text, b"\":").is_some())
+}
+
+/// The exact sum in µs: from `sum_ns` when present (no rounding), else `sum_us`.
+fn time_sum_us(h: &crate::snapshot::TimeHistogram) -> f64 {
+    if h.sum_ns > 0 { h.sum_ns as f64 / 1000.0 } else { h.sum_us }
+}
+
 fn last_or_push(recs: &mut Vec<Rec>, origin: u64, blank: Rec) -> &mut Rec {
     if recs.last().is_none_or(|r| r.origin != origin) {
         recs.push(blank);
     }
     recs.last_mut().expect("just pushed")
-}
-
-/// Checks what the types cannot: a record that fails is skipped whole, so a half-used line
-/// never skews totals.
-fn validate(s: &Snapshot) -> Result<(), String> {
-    if !s.timestamp.is_finite() || s.timestamp < 0.0 {
-        return Err(format!("timestamp {} is not a Unix time", s.timestamp));
-    }
-    if !(s.interval_s.is_finite() && s.interval_s > 0.0) {
-        return Err(format!("interval_s {} is not a positive number of seconds", s.interval_s));
-    }
-    for h in &s.latency_histogram {
-        if h.buckets.len() > SLOTS {
-            return Err(format!("{}: {} buckets (at most {SLOTS})", h.device_name, h.buckets.len()));
-        }
-        let mut sum = 0u64;
-        for b in &h.buckets {
-            if b.slot as usize >= SLOTS {
-                return Err(format!("{}: slot {} is outside 0..={}", h.device_name, b.slot, SLOTS - 1));
-            }
-            sum = sum.saturating_add(b.count);
-        }
-        if sum != h.total {
-            return Err(format!(
-                "{}: total {} differs from the sum of its bucket counts {sum}",
-                h.device_name, h.total
-            ));
-        }
-        if h.sum_us.is_some_and(|v| !(v.is_finite() && v >= 0.0)) {
-            return Err(format!("{}: sum_us is not a non-negative number", h.device_name));
-        }
-    }
-    Ok(())
 }

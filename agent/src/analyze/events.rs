@@ -25,6 +25,21 @@ enum RawTime {
     Text(String),
 }
 
+/// One non-blank line of an events file, or why it is not an event.
+pub fn parse_event(text: &[u8]) -> std::result::Result<Event, String> {
+    match serde_json::from_slice::<RawEvent>(text) {
+        Ok(RawEvent { timestamp, label }) => {
+            let ts = match timestamp {
+                RawTime::Epoch(t) if t.is_finite() => Ok(t),
+                RawTime::Epoch(t) => Err(format!("timestamp {t} is not a time")),
+                RawTime::Text(s) => parse_time(&s),
+            };
+            ts.map(|ts| Event { ts, label }).map_err(|e| format!("event timestamp: {e}"))
+        }
+        Err(e) => Err(format!("not an event {{\"timestamp\": .., \"label\": ..}}: {e}")),
+    }
+}
+
 pub fn read_events(path: &Path, file: u32, ds: &mut Dataset) -> Result<Vec<Event>> {
     let mut events = Vec::new();
     let progress = Progress::new(0);
@@ -35,19 +50,9 @@ pub fn read_events(path: &Path, file: u32, ds: &mut Dataset) -> Result<Vec<Event
             if text.is_empty() {
                 continue;
             }
-            match serde_json::from_slice::<RawEvent>(text) {
-                Ok(RawEvent { timestamp, label }) => {
-                    let ts = match timestamp {
-                        RawTime::Epoch(t) if t.is_finite() => Ok(t),
-                        RawTime::Epoch(t) => Err(format!("timestamp {t} is not a time")),
-                        RawTime::Text(s) => parse_time(&s),
-                    };
-                    match ts {
-                        Ok(ts) => events.push(Event { ts, label }),
-                        Err(e) => bad.push((n, format!("event timestamp: {e}"))),
-                    }
-                }
-                Err(e) => bad.push((n, format!("not an event {{\"timestamp\": .., \"label\": ..}}: {e}"))),
+            match parse_event(text) {
+                Ok(e) => events.push(e),
+                Err(reason) => bad.push((n, reason)),
             }
         }
     })?;

@@ -69,11 +69,17 @@ pub fn render(a: &Analysis) -> String {
     h.push_str("</table>\n<p class=\"muted\">Percentiles are interpolated linearly inside the log2 bucket that holds the rank, so each lies within its true bucket. \
         Means marked (est.) come from bucket midpoints because the input has no <code>sum_us</code>.</p>\n");
 
+    h.push_str("<h2>Per op and per phase</h2>\n");
+    for d in a.devices.iter().filter(|d| d.stats.total_requests > 0) {
+        super::phase_report::html(&mut h, &d.display_name(), &d.stats.by_op, &d.stats.phases);
+    }
+    let _ = writeln!(h, "<p class=\"muted\">{}</p>", esc(super::phase_report::DEVICE_TIME_NOTE));
+
     let anomalies: Vec<_> = a.devices.iter().flat_map(|d| d.stats.anomalies.iter().map(move |x| (d, x))).collect();
     let _ = writeln!(
         h,
         "<h2>Latency anomalies</h2>\n<p class=\"muted\">Rule: {}.</p>",
-        esc(&anomaly_rule(a.anomaly_factor, a.anomaly_min_requests))
+        esc(&anomaly_rule(a.anomaly_factor, a.anomaly_min_requests, a.anomaly_min_duration))
     );
     if anomalies.is_empty() {
         h.push_str("<p>None found.</p>\n");

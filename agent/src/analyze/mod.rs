@@ -8,14 +8,18 @@
 
 mod anomaly;
 mod args;
+mod bytes;
 mod charts;
 mod dataset;
 mod events;
 mod html;
 mod input;
+mod phase_report;
+mod phases;
 mod stats;
 mod summary;
 mod units;
+mod validate;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -23,6 +27,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 pub use args::{AnalyzeArgs, Format};
+pub use bytes::{BytesSummary, analyze_bytes};
 pub use charts::Event;
 pub use dataset::Skip;
 pub use stats::{Anomaly, DeviceStats};
@@ -42,9 +47,15 @@ pub struct Analysis {
     pub snapshots: u64,
     pub duplicates: u64,
     pub events: Vec<Event>,
+    /// Events outside the charts' time range (marked at the edges, counted in the summary).
+    pub events_outside: usize,
+    /// Snapshots whose `timestamp` and `iso_timestamp` disagree, and the first of them.
+    pub timestamp_mismatches: u64,
+    pub mismatches: Vec<Skip>,
     pub percentiles: Vec<f64>,
     pub anomaly_factor: f64,
     pub anomaly_min_requests: u64,
+    pub anomaly_min_duration: f64,
     pub output_dir: PathBuf,
 }
 
@@ -58,9 +69,9 @@ pub struct DeviceReport {
     pub stats: DeviceStats,
     /// `{device}` or `{node}_{device}`: the charts are `{prefix}_latency_hist.png` etc.
     pub file_prefix: String,
-    /// (file name, PNG bytes) of the latency heatmap, queue depth and requests charts; None for
-    /// a device that completed nothing and never had anything in flight.
-    pub charts: Option<[(String, Vec<u8>); 3]>,
+    /// (file name, PNG bytes) of every chart (see [`CHARTS`]); None for a device that completed
+    /// nothing and never had anything in flight.
+    pub charts: Option<Vec<(String, Vec<u8>)>>,
 }
 
 impl DeviceReport {
@@ -72,11 +83,37 @@ impl DeviceReport {
     }
 }
 
+/// Chart file suffixes, in report order (`{prefix}_{suffix}.png`; docs/analyzer.md lists
+/// them). Throughput and request sizes need the agent's `ops`, so seed files get the others.
+pub const CHARTS: [&str; 8] =
+    ["latency_hist", "percentiles", "latency_dist", "requests", "throughput", "request_size", "queue_depth", "qd_iops"];
+
 pub fn main(args: AnalyzeArgs) -> anyhow::Result<ExitCode> {
     let a = analyze(&args)?;
     match args.format {
         Format::Text => print!("{}", summary::text(&a)),
-        Format::Json => println!("{}", serde_json::to_string_pretty(&summary::build(&a))?),
+        Format::Json => {
+            println!("{}", serde_json::to_string_pretty(&summary::build(&a))?);
+            // stdout is for a program; a person running it still hears about bad input.
+            if let Some(first) = a.skipped.first() {
+                eprintln!(
+                    "blkio-agent analyze: skipped {} bad line(s) (first: {}:{}: {}); see \"skipped\" in the JSON",
+                    a.skipped_count,
+                    a.file_name(first.file),
+                    first.line,
+                    first.reason
+                );
+            }
+            if let Some(first) = a.mismatches.first() {
+                eprintln!(
+                    "blkio-agent analyze: {} snapshot(s) with disagreeing timestamp and iso_timestamp (first: {}:{}: {})",
+                    a.timestamp_mismatches,
+                    a.file_name(first.file),
+                    first.line,
+                    first.reason
+                );
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -115,11 +152,16 @@ pub fn analyze(args: &AnalyzeArgs) -> Result<Analysis> {
         None => Vec::new(),
     };
 
-    let cfg = anomaly::Config { factor: args.anomaly_factor, min_requests: args.anomaly_min_requests };
+    let cfg = anomaly::Config {
+        factor: args.anomaly_factor,
+        min_requests: args.anomaly_min_requests,
+        min_duration_s: args.anomaly_min_duration,
+    };
+    let phase_list = args.events.is_some().then(|| phases::phases(&events));
     let mut picked: Vec<(usize, usize, DeviceStats)> = Vec::new();
     for (n, node) in ds.nodes.iter().enumerate() {
         for (d, dev) in node.devices.iter().enumerate() {
-            picked.push((n, d, stats::device_stats(node, dev, &percentiles, cfg)));
+            picked.push((n, d, stats::device_stats(node, dev, &percentiles, cfg, phase_list.as_deref())));
         }
     }
     picked.sort_by(|a, b| {
@@ -135,6 +177,12 @@ pub fn analyze(args: &AnalyzeArgs) -> Result<Analysis> {
         .map(|(n, d, _)| ds.nodes[*n].devices[*d].recs.first().map_or(f64::INFINITY, |r| r.ts - r.dur))
         .fold(f64::INFINITY, f64::min);
     let t1 = picked.iter().map(|(_, _, s)| s.last_timestamp).fold(f64::NEG_INFINITY, f64::max);
+    // Events a little outside the data (a phase boundary written just before the agent's first
+    // snapshot) widen the time axis; far ones are marked at its edges instead of stretching it.
+    let slack = (t1 - t0).max(1.0) * 0.25;
+    let near = events.iter().filter(|e| e.ts >= t0 - slack && e.ts <= t1 + slack);
+    let (t0, t1) = near.fold((t0, t1), |(a, b), e| (a.min(e.ts), b.max(e.ts)));
+    let events_outside = events.iter().filter(|e| e.ts < t0 || e.ts > t1).count();
     let frame = charts::Frame { t0, t1, events: &events, anomaly_factor: args.anomaly_factor };
     let several_nodes = picked.iter().map(|(n, _, _)| *n).collect::<std::collections::HashSet<_>>().len() > 1;
     let prefixes = file_prefixes(&picked, several_nodes);
@@ -143,14 +191,12 @@ pub fn analyze(args: &AnalyzeArgs) -> Result<Analysis> {
     let mut devices = Vec::with_capacity(picked.len());
     for ((_, _, stats), (prefix, pngs)) in picked.into_iter().zip(prefixes.into_iter().zip(rendered)) {
         let charts = match pngs {
-            Some([a, b, c]) => {
-                let named = [
-                    (format!("{prefix}_latency_hist.png"), a),
-                    (format!("{prefix}_queue_depth.png"), b),
-                    (format!("{prefix}_requests.png"), c),
-                ];
-                for (name, png) in &named {
-                    write_file(&args.output_dir.join(name), png)?;
+            Some(list) => {
+                let mut named = Vec::new();
+                for (suffix, png) in list {
+                    let name = format!("{prefix}_{suffix}.png");
+                    write_file(&args.output_dir.join(&name), &png)?;
+                    named.push((name, png));
                 }
                 Some(named)
             }
@@ -168,9 +214,13 @@ pub fn analyze(args: &AnalyzeArgs) -> Result<Analysis> {
         snapshots: ds.snapshots,
         duplicates: ds.duplicates,
         events,
+        events_outside,
+        timestamp_mismatches: ds.mismatch_count,
+        mismatches: std::mem::take(&mut ds.mismatches),
         percentiles,
         anomaly_factor: args.anomaly_factor,
         anomaly_min_requests: args.anomaly_min_requests,
+        anomaly_min_duration: args.anomaly_min_duration,
         output_dir: args.output_dir.clone(),
     };
     let json = serde_json::to_vec_pretty(&summary::build(&analysis))
@@ -251,6 +301,16 @@ fn check_usable(ds: &Dataset, inputs: &[PathBuf], filter: &Filter, args: &Analyz
     if ds.snapshots == 0 {
         let msg = if ds.out_of_range > 0 {
             format!("all {} snapshots are outside --from/--to; widen the range or drop those flags", ds.out_of_range)
+        } else if let Some(first) = ds.skipped.first()
+            && (first.reason.starts_with("looks like pretty") || first.reason.starts_with("a JSON array"))
+        {
+            let file = inputs.get(first.file as usize).map_or_else(String::new, |p| p.display().to_string());
+            let what = first.reason.split(':').next().unwrap_or(&first.reason);
+            format!(
+                "no usable snapshot: {file} {}; JSONL is one object per line (convert with `jq -c {}`)",
+                if what.starts_with("looks") { "looks like pretty-printed JSON" } else { "is a JSON array" },
+                if what.starts_with("looks") { "." } else { "'.[]'" }
+            )
         } else if let Some(first) = ds.skipped.first() {
             let file = inputs.get(first.file as usize).map_or_else(String::new, |p| p.display().to_string());
             format!(
@@ -303,7 +363,7 @@ fn file_prefixes(picked: &[(usize, usize, DeviceStats)], several_nodes: bool) ->
         .collect()
 }
 
-type Pngs = Option<[Vec<u8>; 3]>;
+type Pngs = Option<Vec<(&'static str, Vec<u8>)>>;
 
 /// Renders every device's charts, one device per core at a time.
 fn render_all(
@@ -347,11 +407,28 @@ fn render_device(
         Some(n) => format!("{n}/{}", st.device_name),
         None => st.device_name.clone(),
     };
-    Ok(Some([
-        charts::latency_heatmap(&name, frame, cols, &data, percentiles, &st.anomalies)?,
-        charts::queue_depth(&name, frame, cols, &data, &st.anomalies, st.peak_queue_depth)?,
-        charts::requests(&name, frame, cols, &data, &st.anomalies)?,
-    ]))
+    let an = &st.anomalies;
+    // Aggregate histograms per op for the bar charts.
+    let (mut lat, mut size) = ([[0u64; dataset::SLOTS]; 5], [[0u64; dataset::SLOTS]; 5]);
+    for r in &dev.recs {
+        for o in dev.rec_op_detail(r) {
+            dev.op_slots(o, &mut lat[o.op as usize]);
+            dev.size_slots(o, &mut size[o.op as usize]);
+        }
+    }
+    let mut out = vec![
+        ("latency_hist", charts::latency_heatmap(&name, frame, cols, &data, percentiles, an)?),
+        ("percentiles", charts::percentiles_over_time(&name, frame, cols, &data, percentiles, an)?),
+        ("latency_dist", charts::latency_dist(&name, &charts::op_series(&lat, &st.slots))?),
+        ("requests", charts::requests(&name, frame, cols, &data, an)?),
+    ];
+    if let Some(png) = charts::throughput(&name, frame, cols, &data, an)? {
+        out.push(("throughput", png));
+        out.push(("request_size", charts::request_size(&name, &charts::op_series(&size, &[0; dataset::SLOTS]))?));
+    }
+    out.push(("queue_depth", charts::queue_depth(&name, frame, cols, &data, an, st.peak_queue_depth)?));
+    out.push(("qd_iops", charts::qd_iops(&name, frame, cols, &data, an)?));
+    Ok(Some(out))
 }
 
 fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {

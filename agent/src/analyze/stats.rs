@@ -4,6 +4,7 @@ use crate::histogram::{estimated_mean, percentile};
 
 use super::anomaly;
 use super::dataset::{DeviceSeries, NONE, NodeData, SLOTS};
+use super::phases::{self, Phase, PhaseStats};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Anomaly {
@@ -35,14 +36,28 @@ pub struct DeviceStats {
     pub requests_by_op: Option<[u64; 5]>,
     pub anomalies: Vec<Anomaly>,
     pub slots: [u64; SLOTS],
+    /// The whole recording per op (and all ops), over the seconds with I/O.
+    pub by_op: PhaseStats,
+    /// Per phase, when `--events` was given.
+    pub phases: Vec<PhaseStats>,
+    /// Highest MB/s and IOPS of one interval (MB/s only when the input has `ops`).
+    pub peak_mb_per_s: Option<f64>,
+    pub peak_iops: Option<f64>,
 }
 
-pub fn device_stats(node: &NodeData, dev: &DeviceSeries, percentiles: &[f64], cfg: anomaly::Config) -> DeviceStats {
+pub fn device_stats(
+    node: &NodeData,
+    dev: &DeviceSeries,
+    percentiles: &[f64],
+    cfg: anomaly::Config,
+    phase_list: Option<&[Phase]>,
+) -> DeviceStats {
     let mut slots = [0u64; SLOTS];
     let (mut total, mut sum_us, mut exact) = (0u64, 0f64, true);
     let mut peak: Option<u64> = None;
     let mut by_op: Option<[u64; 5]> = None;
     let mut points = Vec::with_capacity(dev.recs.len());
+    let (mut peak_mb, mut peak_iops): (Option<f64>, Option<f64>) = (None, None);
     let mut one = [0u64; SLOTS];
     for r in &dev.recs {
         dev.add_into(r, &mut slots);
@@ -64,7 +79,27 @@ pub fn device_stats(node: &NodeData, dev: &DeviceSeries, percentiles: &[f64], cf
         one.fill(0);
         dev.add_into(r, &mut one);
         let p99 = if r.total > 0 { percentile(&one, 99.0).unwrap_or(f64::NAN) } else { f64::NAN };
-        points.push(anomaly::Point { ts: r.ts, dur: r.dur, requests: r.total, p99 });
+        let ops = dev.rec_op_detail(r);
+        peak_iops = Some(peak_iops.unwrap_or(0.0).max(r.total as f64 / r.dur));
+        if !ops.is_empty() {
+            let mb = ops.iter().map(|o| o.bytes).sum::<u64>() as f64 / 1e6 / r.dur;
+            peak_mb = Some(peak_mb.unwrap_or(0.0).max(mb));
+        }
+        let size = if ops.is_empty() || r.total == 0 {
+            f64::NAN
+        } else {
+            ops.iter().map(|o| o.bytes).sum::<u64>() as f64 / r.total as f64
+        };
+        // Little's law: the exact device-time sum over the interval is the mean number of
+        // requests in the device; without sums, the interval's peak is the best proxy.
+        let depth = if r.sum_us.is_finite() {
+            r.sum_us / 1e6 / r.dur
+        } else if r.peak != NONE {
+            r.peak as f64
+        } else {
+            f64::NAN
+        };
+        points.push(anomaly::Point { ts: r.ts, dur: r.dur, requests: r.total, p99, size, depth });
     }
     let mean_latency_us = match total {
         0 => None,
@@ -102,5 +137,9 @@ pub fn device_stats(node: &NodeData, dev: &DeviceSeries, percentiles: &[f64], cf
         requests_by_op: by_op,
         anomalies,
         slots,
+        by_op: phases::stats_of(dev, "all", &dev.recs.iter().collect::<Vec<_>>()),
+        phases: phase_list.map(|p| phases::device_phases(dev, p)).unwrap_or_default(),
+        peak_mb_per_s: peak_mb,
+        peak_iops,
     }
 }

@@ -6,9 +6,10 @@ use serde::Serialize;
 use serde::ser::SerializeMap;
 
 use super::Analysis;
-use super::anomaly::{FLOOR_US, WINDOW};
+use super::anomaly::{FLOOR_US, LOAD_RATIO, WINDOW};
 use super::args::percentile_key;
 use super::dataset::OPS;
+use super::phase_report::{self, DEVICE_TIME_NOTE, OpRowJson, PhaseJson};
 use super::units::{grouped, human_us, utc};
 
 #[derive(Serialize)]
@@ -21,7 +22,13 @@ pub struct Summary<'a> {
     pub duplicate_records: u64,
     pub inputs: Vec<String>,
     pub events: usize,
+    /// Events before or after every device's data (drawn at the chart edge, listed here).
+    pub events_outside_data: usize,
+    /// Snapshots whose `timestamp` and `iso_timestamp` disagree (the `timestamp` is used).
+    pub timestamp_mismatches: u64,
     pub anomaly_rule: String,
+    /// What the latency numbers measure, compared with fio's.
+    pub latency_note: &'static str,
 }
 
 #[derive(Serialize)]
@@ -41,9 +48,21 @@ pub struct DeviceJson<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub requests_by_op: Option<OrderedMap>,
     pub intervals: usize,
+    /// Mean MB/s over the seconds with I/O, the highest of one interval, and the same for IOPS.
+    pub mean_mb_per_s: Option<f64>,
+    pub peak_mb_per_s: Option<f64>,
+    pub mean_iops: Option<f64>,
+    pub peak_iops: Option<f64>,
+    /// Seconds with I/O (what the means divide by).
+    pub active_seconds: f64,
+    /// Per op over the whole recording (`all` first); device-time percentiles.
+    pub by_op: Vec<OpRowJson>,
+    /// Per phase and op, with `--events`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub phases: Vec<PhaseJson>,
     /// Chart file names in the output directory (absent for devices without any I/O).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub charts: Option<[&'a str; 3]>,
+    pub charts: Option<Vec<&'a str>>,
 }
 
 #[derive(Serialize)]
@@ -74,9 +93,10 @@ impl Serialize for OrderedMap {
     }
 }
 
-pub fn anomaly_rule(factor: f64, min_requests: u64) -> String {
+pub fn anomaly_rule(factor: f64, min_requests: u64, min_duration_s: f64) -> String {
     format!(
-        "interval p99 >= {factor}x the median p99 of the previous {WINDOW} normal intervals (at least {min_requests} requests each) and >= {FLOOR_US} us above it; adjacent anomalous intervals merged"
+        "enters when an interval's p99 >= {factor}x the median p99 of the previous {WINDOW} normal intervals (each with >= {min_requests} requests) and >= {FLOOR_US} us above it; stays while p99 >= {:.2}x; reported when it lasts >= {min_duration_s} s; a load change ({LOAD_RATIO}x IOPS, {LOAD_RATIO}x request size, or {LOAD_RATIO}x depth at held IOPS) restarts the baseline instead of counting as a fault",
+        factor.sqrt()
     )
 }
 
@@ -116,7 +136,14 @@ pub fn build(a: &Analysis) -> Summary<'_> {
                     .requests_by_op
                     .map(|ops| OrderedMap(OPS.iter().zip(ops).map(|(k, v)| (k.to_string(), v.into())).collect())),
                 intervals: s.intervals,
-                charts: d.charts.as_ref().map(|c| [c[0].0.as_str(), c[1].0.as_str(), c[2].0.as_str()]),
+                mean_mb_per_s: s.by_op.rows[0].mb_per_s,
+                peak_mb_per_s: s.peak_mb_per_s,
+                mean_iops: s.by_op.rows[0].iops,
+                peak_iops: s.peak_iops,
+                active_seconds: s.by_op.active_s,
+                by_op: phase_report::phase_json(&s.by_op).ops,
+                phases: s.phases.iter().map(phase_report::phase_json).collect(),
+                charts: d.charts.as_ref().map(|c| c.iter().map(|(n, _)| n.as_str()).collect()),
             }
         })
         .collect();
@@ -132,7 +159,10 @@ pub fn build(a: &Analysis) -> Summary<'_> {
         duplicate_records: a.duplicates,
         inputs: a.inputs.iter().map(|p| p.display().to_string()).collect(),
         events: a.events.len(),
-        anomaly_rule: anomaly_rule(a.anomaly_factor, a.anomaly_min_requests),
+        events_outside_data: a.events_outside,
+        timestamp_mismatches: a.timestamp_mismatches,
+        latency_note: DEVICE_TIME_NOTE,
+        anomaly_rule: anomaly_rule(a.anomaly_factor, a.anomaly_min_requests, a.anomaly_min_duration),
     }
 }
 
@@ -153,7 +183,7 @@ pub fn text(a: &Analysis) -> String {
         header.insert(0, "NODE".into());
     }
     header.extend(a.percentiles.iter().map(|p| percentile_key(*p)));
-    header.extend(["PEAK QD".into(), "FROM (UTC)".into(), "TO (UTC)".into(), "ANOMALIES".into()]);
+    header.extend(["MB/s".into(), "PEAK QD".into(), "FROM (UTC)".into(), "TO (UTC)".into(), "ANOMALIES".into()]);
     let mut rows = vec![header];
     for d in &a.devices {
         let s = &d.stats;
@@ -166,6 +196,7 @@ pub fn text(a: &Analysis) -> String {
             None => "-".into(),
         });
         row.extend(s.percentiles.iter().map(|(_, v)| v.map_or("-".into(), human_us)));
+        row.push(s.by_op.rows[0].mb_per_s.map_or("-".into(), |v| format!("{v:.1}")));
         row.push(s.peak_queue_depth.map_or("-".into(), |p| p.to_string()));
         row.push(utc(s.first_timestamp));
         row.push(utc(s.last_timestamp));
@@ -182,11 +213,38 @@ pub fn text(a: &Analysis) -> String {
     if a.devices.iter().any(|d| d.stats.total_requests > 0 && !d.stats.mean_exact) {
         out.push_str("\n  (est.) = mean estimated from bucket midpoints: the input has no sum_us (seed schema).\n");
     }
-    out.push_str("  Percentiles are interpolated inside the log2 bucket that holds the rank.\n");
+    out.push_str("  Percentiles are interpolated inside the log2 bucket that holds the rank; MB/s is over the seconds with I/O.\n");
+    for d in a.devices.iter().filter(|d| d.stats.total_requests > 0) {
+        phase_report::text(&mut out, &d.display_name(), &d.stats.by_op, &d.stats.phases);
+    }
+    if a.devices.iter().any(|d| d.stats.total_requests > 0) {
+        let _ = writeln!(out, "\n  {DEVICE_TIME_NOTE}");
+    }
+    if a.events_outside > 0 {
+        let _ = writeln!(
+            out,
+            "\n{} event(s) lie outside the recorded time range; the charts mark them at their edge.",
+            a.events_outside
+        );
+    }
+    if a.timestamp_mismatches > 0 {
+        let _ = writeln!(
+            out,
+            "\n{} snapshot(s) have a timestamp and iso_timestamp that disagree; timestamp was used:",
+            grouped(a.timestamp_mismatches)
+        );
+        for m in a.mismatches.iter().take(5) {
+            let _ = writeln!(out, "  {}:{}: {}", a.file_name(m.file), m.line, m.reason);
+        }
+    }
 
     let anomalies: Vec<_> = a.devices.iter().flat_map(|d| d.stats.anomalies.iter().map(move |x| (d, x))).collect();
     if !anomalies.is_empty() {
-        let _ = writeln!(out, "\nLatency anomalies ({}):", anomaly_rule(a.anomaly_factor, a.anomaly_min_requests));
+        let _ = writeln!(
+            out,
+            "\nLatency anomalies ({}):",
+            anomaly_rule(a.anomaly_factor, a.anomaly_min_requests, a.anomaly_min_duration)
+        );
         for (d, x) in anomalies {
             let _ = writeln!(
                 out,
@@ -217,8 +275,7 @@ pub fn text(a: &Analysis) -> String {
             grouped(a.duplicates)
         );
     }
-    let charts = a.devices.iter().filter(|d| d.charts.is_some()).count();
-    let _ =
-        writeln!(out, "\nWrote {} chart(s), summary.json and report.html to {}", charts * 3, a.output_dir.display());
+    let charts: usize = a.devices.iter().filter_map(|d| d.charts.as_ref()).map(Vec::len).sum();
+    let _ = writeln!(out, "\nWrote {} chart(s), summary.json and report.html to {}", charts, a.output_dir.display());
     out
 }

@@ -30,6 +30,9 @@ pub struct Io {
     pub op: &'static str,
     pub latency_us: u64,
     pub count: u64,
+    /// Bytes per request and queue time (insert -> issue) per request.
+    pub size: u64,
+    pub queue_us: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -48,7 +51,12 @@ impl DevSample {
 }
 
 pub fn io(op: &'static str, latency_us: u64, count: u64) -> Io {
-    Io { op, latency_us, count }
+    Io { op, latency_us, count, size: 4096, queue_us: 0 }
+}
+
+/// `count` requests of `size` bytes that waited `queue_us` before issue and took `latency_us`.
+pub fn io_full(op: &'static str, latency_us: u64, count: u64, size: u64, queue_us: u64) -> Io {
+    Io { op, latency_us, count, size, queue_us }
 }
 
 fn slots_of<'a>(ios: impl Iterator<Item = &'a Io>) -> Vec<u64> {
@@ -101,22 +109,30 @@ pub fn snapshot(
                     continue;
                 }
                 let op_sum_ns: u64 = mine.iter().map(|i| i.latency_us * i.count * 1000).sum();
+                let queue_ns: u64 = mine.iter().map(|i| i.queue_us * i.count * 1000).sum();
                 let mut queue = vec![0u64; HIST_SLOTS];
-                queue[0] = count;
                 let mut size = vec![0u64; HIST_SLOTS];
-                size[12] = count; // 4 KiB requests
+                for i in &mine {
+                    queue[log2_slot(i.queue_us)] += i.count;
+                    size[log2_slot(i.size)] += i.count;
+                }
+                let bytes: u64 = mine.iter().map(|i| i.size * i.count).sum();
                 ops.push(OpStats {
                     device_id: d.id,
                     device_name: d.name.clone(),
                     op: op.into(),
                     count,
-                    bytes: count * 4096,
+                    bytes,
                     device_time: TimeHistogram {
                         sum_ns: op_sum_ns,
                         sum_us: op_sum_ns as f64 / 1000.0,
                         buckets: buckets_from_slots(&slots_of(mine.into_iter())),
                     },
-                    queue_time: TimeHistogram { sum_ns: 0, sum_us: 0.0, buckets: buckets_from_slots(&queue) },
+                    queue_time: TimeHistogram {
+                        sum_ns: queue_ns,
+                        sum_us: queue_ns as f64 / 1000.0,
+                        buckets: buckets_from_slots(&queue),
+                    },
                     size: SizeHistogram { buckets: buckets_from_slots(&size) },
                 });
             }

@@ -75,8 +75,11 @@ impl Columns {
 pub struct DeviceColumns {
     pub heat: Vec<[u64; SLOTS]>,
     pub requests: Vec<u64>,
-    /// Per op (dataset::OPS order), when the input has `ops`.
+    /// Completions and bytes per op (dataset::OPS order), when the input has `ops`.
     pub ops: Option<Vec<[u64; 5]>>,
+    pub bytes: Option<Vec<[u64; 5]>>,
+    /// Exact device-time sum (µs) of the column's completions; NaN when the input has none.
+    pub lat_sum_us: Vec<f64>,
     /// Highest end-of-interval in-flight count and highest peak in the column (NONE: no data).
     pub inflight: Vec<u64>,
     pub peak: Vec<u64>,
@@ -88,7 +91,9 @@ impl DeviceColumns {
         let mut d = DeviceColumns {
             heat: vec![[0; SLOTS]; n],
             requests: vec![0; n],
-            ops: (!dev.ops.is_empty()).then(|| vec![[0; 5]; n]),
+            ops: dev.has_ops().then(|| vec![[0; 5]; n]),
+            bytes: dev.has_ops().then(|| vec![[0; 5]; n]),
+            lat_sum_us: vec![0.0; n],
             inflight: vec![NONE; n],
             peak: vec![NONE; n],
         };
@@ -103,11 +108,14 @@ impl DeviceColumns {
             }
             dev.add_into(r, &mut d.heat[c]);
             d.requests[c] += r.total;
-            if let (Some(ops), Some(rops)) = (d.ops.as_mut(), dev.rec_ops(r)) {
-                for (a, o) in ops[c].iter_mut().zip(rops) {
-                    *a += o;
+            if let (Some(ops), Some(bytes)) = (d.ops.as_mut(), d.bytes.as_mut()) {
+                for o in dev.rec_op_detail(r) {
+                    ops[c][o.op as usize] += o.count;
+                    bytes[c][o.op as usize] += o.bytes;
                 }
             }
+            // NaN (no sum in the input) stays NaN for the whole column: no partial means.
+            d.lat_sum_us[c] += if r.total > 0 { r.sum_us } else { 0.0 };
             for (col, v) in [(&mut d.inflight, r.inflight), (&mut d.peak, r.peak)] {
                 if v != NONE {
                     col[c] = if col[c] == NONE { v } else { col[c].max(v) };

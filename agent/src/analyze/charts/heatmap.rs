@@ -8,8 +8,8 @@ use super::super::dataset::SLOTS;
 use super::super::stats::Anomaly;
 use super::super::units::{human_us, si};
 use super::{
-    Area, Columns, DeviceColumns, FAMILY, Frame, LABEL_PX, Legend, MARGIN, Mark, X_LABEL_AREA, YAxis, chart, draw_err,
-    draw_legend, draw_overlay, render, titled,
+    Area, Columns, DeviceColumns, FAMILY, Frame, LABEL_PX, Legend, Mark, YAxis, chart, draw_err, draw_legend,
+    draw_overlay, draw_steps, percentile_color, render, titled,
 };
 use crate::error::Result;
 use crate::histogram::{bucket_low, percentile};
@@ -21,16 +21,6 @@ const STOPS: [(f64, (u8, u8, u8)); 5] = [
     (0.5, (0x42, 0x92, 0xc6)),
     (0.75, (0x08, 0x51, 0x9c)),
     (1.0, (0x08, 0x1d, 0x58)),
-];
-
-/// Percentile line colours, chosen to stand out from the blues.
-const LINE_COLORS: [RGBColor; 6] = [
-    RGBColor(0xff, 0x9f, 0x1c),
-    RGBColor(0xe4, 0x1a, 0x1c),
-    RGBColor(0xc5, 0x1b, 0x8a),
-    RGBColor(0x4d, 0x00, 0x4b),
-    RGBColor(0x00, 0x00, 0x00),
-    RGBColor(0x8c, 0x56, 0x4b),
 ];
 
 pub fn color(t: f64) -> RGBColor {
@@ -76,9 +66,8 @@ pub fn latency_heatmap(
     render(|root| {
         root.fill(&WHITE).map_err(draw_err)?;
         let (strip, body) = titled(root, &format!("{device}: latency distribution over time"))?;
-        let (main, side) = body.split_horizontally(super::WIDTH - 130);
         let y = YAxis { lo: y_lo, hi: y_hi, ticks, label: &label, desc: "latency (log2 buckets, lower edge)".into() };
-        let mut ch = chart(&main, frame, y)?;
+        let mut ch = chart(&body, frame, y)?;
         let mut legend = Legend::new();
 
         let mut cells = Vec::new();
@@ -90,23 +79,10 @@ pub fn latency_heatmap(
         }
         ch.draw_series(cells).map_err(draw_err)?;
 
-        for (i, &p) in percentiles.iter().enumerate() {
-            let col = LINE_COLORS[i % LINE_COLORS.len()];
-            for run in cols.runs() {
-                // A column without completions has no percentile: the line breaks there.
-                let mut seg: Vec<(f64, f64)> = Vec::new();
-                for c in run.chain(std::iter::once(usize::MAX)) {
-                    match (c != usize::MAX).then(|| percentile(&data.heat[c], p)).flatten() {
-                        Some(v) => seg.push((cols.center(c), y_of(v))),
-                        None if !seg.is_empty() => {
-                            ch.draw_series(LineSeries::new(std::mem::take(&mut seg), col.stroke_width(2)))
-                                .map_err(draw_err)?;
-                        }
-                        None => {}
-                    }
-                }
-            }
-            if max_cell > 0 {
+        for &p in percentiles {
+            let col = percentile_color(p);
+            let values = |c: usize| percentile(&data.heat[c], p).map(y_of);
+            if draw_steps(&mut ch, cols, values, col)? {
                 legend.push((format!("p{p}"), Mark::Line(col)));
             }
         }
@@ -123,7 +99,16 @@ pub fn latency_heatmap(
         }
         legend.extend(overlay);
         draw_legend(&strip, &ch, &legend)?;
-        if max_cell > 0 { color_bar(&side, max_cell) } else { Ok(()) }
+        if max_cell == 0 {
+            return Ok(());
+        }
+        // The bar sits in the space every time chart reserves right of its plot area, so the
+        // heatmap's plot is as wide as the others'.
+        let (px, py) = ch.plotting_area().get_base_pixel();
+        let (pw, ph) = ch.plotting_area().dim_in_pixel();
+        let x0 = px + pw as i32 + 16;
+        let side = root.clone().shrink((x0, py), (super::WIDTH as i32 - x0 - 4, ph as i32 + 1));
+        color_bar(&side, max_cell)
     })
 }
 
@@ -131,11 +116,9 @@ pub fn latency_heatmap(
 fn color_bar(area: &Area, max_cell: u64) -> Result<()> {
     let top = (max_cell.max(2)) as f64;
     let mut bar = ChartBuilder::on(area)
-        .margin_top(4)
-        .margin_bottom(MARGIN + X_LABEL_AREA)
-        .margin_right(8)
+        .margin(0)
         .y_label_area_size(0)
-        .right_y_label_area_size(64)
+        .right_y_label_area_size(66)
         .build_cartesian_2d(0f64..1f64, (1f64..top).log_scale())
         .map_err(draw_err)?;
     bar.configure_mesh()

@@ -6,12 +6,12 @@ use super::super::dataset::{NONE, OPS};
 use super::super::stats::Anomaly;
 use super::super::units::si;
 use super::{
-    Chart, Columns, DeviceColumns, Frame, Legend, Mark, YAxis, chart, draw_err, draw_legend, draw_overlay,
+    Chart, Columns, DeviceColumns, Frame, Legend, Mark, YAxis, chart, draw_err, draw_legend, draw_overlay, draw_steps,
     linear_ticks, render, titled,
 };
 use crate::error::Result;
 
-const OP_COLORS: [RGBColor; 5] = [
+pub(super) const OP_COLORS: [RGBColor; 5] = [
     RGBColor(0x1f, 0x77, 0xb4),
     RGBColor(0xff, 0x7f, 0x0e),
     RGBColor(0x94, 0x67, 0xbd),
@@ -19,9 +19,8 @@ const OP_COLORS: [RGBColor; 5] = [
     RGBColor(0x7f, 0x7f, 0x7f),
 ];
 
-/// Draws `value(column)` as lines, broken at data gaps and at columns without a value, and
-/// adds the legend entry.
-fn draw_line(
+/// Draws a line and adds its legend entry when something was drawn.
+pub(super) fn draw_line(
     ch: &mut Chart,
     cols: &Columns,
     value: impl Fn(usize) -> Option<f64>,
@@ -29,28 +28,13 @@ fn draw_line(
     label: &str,
     legend: &mut Legend,
 ) -> Result<()> {
-    let style = color.stroke_width(2);
-    for run in cols.runs() {
-        let mut seg: Vec<(f64, f64)> = Vec::new();
-        for c in run.chain(std::iter::once(usize::MAX)) {
-            match (c != usize::MAX).then(|| value(c)).flatten() {
-                Some(v) => seg.push((cols.center(c), v)),
-                None if !seg.is_empty() => {
-                    // A lone point would be invisible as a line: draw it as a dot.
-                    if seg.len() == 1 {
-                        ch.draw_series(std::iter::once(Circle::new(seg[0], 3, style.filled()))).map_err(draw_err)?;
-                    }
-                    ch.draw_series(LineSeries::new(std::mem::take(&mut seg), style)).map_err(draw_err)?;
-                }
-                None => {}
-            }
-        }
+    if draw_steps(ch, cols, value, color)? {
+        legend.push((label.to_string(), Mark::Line(color)));
     }
-    legend.push((label.to_string(), Mark::Line(color)));
     Ok(())
 }
 
-fn bin_note(cols: &Columns) -> String {
+pub(super) fn bin_note(cols: &Columns) -> String {
     if cols.per_column > 1 { format!(", max per {} snapshots", cols.per_column) } else { String::new() }
 }
 
@@ -80,7 +64,7 @@ pub fn queue_depth(
         let get = |col: &Vec<u64>, c: usize| (col[c] != NONE).then(|| col[c] as f64);
         if has_peak {
             let label = format!("peak during interval{}", bin_note(cols));
-            draw_line(&mut ch, cols, |c| get(&data.peak, c), RGBColor(0xd6, 0x27, 0x28), &label, &mut legend)?;
+            draw_line(&mut ch, cols, |c| get(&data.peak, c), RGBColor(0xff, 0x7f, 0x0e), &label, &mut legend)?;
         }
         let label = format!("in flight at interval end{}", bin_note(cols));
         draw_line(&mut ch, cols, |c| get(&data.inflight, c), RGBColor(0x1f, 0x77, 0xb4), &label, &mut legend)?;

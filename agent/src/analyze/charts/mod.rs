@@ -2,8 +2,10 @@
 //! embedded DejaVu Sans, so charts look the same on a machine without any system font.
 
 mod columns;
+mod dist;
 mod heatmap;
 mod lines;
+mod more_lines;
 
 use plotters::coord::Shift;
 use plotters::coord::ranged1d::{DefaultFormatting, KeyPointHint, Ranged};
@@ -11,8 +13,10 @@ use plotters::prelude::*;
 use plotters::style::{FontStyle, register_font};
 
 pub use columns::{Columns, DeviceColumns};
+pub use dist::{latency_dist, op_series, request_size};
 pub use heatmap::latency_heatmap;
 pub use lines::{queue_depth, requests};
+pub use more_lines::{percentiles_over_time, qd_iops, throughput};
 
 use super::stats::Anomaly;
 use crate::error::{Error, Result};
@@ -32,7 +36,38 @@ pub const AXIS_DESC_PX: u32 = 18;
 pub const LABEL_PX: u32 = 15;
 
 pub const EVENT_COLOR: RGBColor = RGBColor(0x1b, 0x9e, 0x3e);
+/// Red means "anomaly" and nothing else on every chart.
 pub const ANOMALY_COLOR: RGBColor = RGBColor(0xd6, 0x27, 0x28);
+
+/// Width right of every time chart's plot area: the heatmap's colour bar and the queue-depth
+/// axis of the depth-vs-IOPS chart live there, and the other charts keep it empty, so every
+/// time chart has the same plot area (same x pixel range) and they line up in the report.
+pub const RIGHT_AREA: u32 = 120;
+/// Width of the y labels left of every plot area.
+pub const LEFT_AREA: u32 = 96;
+
+/// Fixed colour per percentile, whatever `--percentiles` lists (never red: that is anomalies).
+pub fn percentile_color(p: f64) -> RGBColor {
+    const FIXED: [(f64, RGBColor); 6] = [
+        (50.0, RGBColor(0xff, 0x8c, 0x00)),
+        (90.0, RGBColor(0xc5, 0x1b, 0x8a)),
+        (95.0, RGBColor(0x8c, 0x51, 0x0a)),
+        (99.0, RGBColor(0x00, 0x00, 0x00)),
+        (99.9, RGBColor(0x6a, 0x3d, 0x9a)),
+        (99.99, RGBColor(0x80, 0x80, 0x80)),
+    ];
+    const OTHER: [RGBColor; 4] = [
+        RGBColor(0x01, 0x66, 0x5e),
+        RGBColor(0x80, 0x80, 0x00),
+        RGBColor(0x35, 0x97, 0x8f),
+        RGBColor(0xbf, 0x81, 0x2d),
+    ];
+    match FIXED.iter().find(|(v, _)| (v - p).abs() < 1e-9) {
+        Some((_, c)) => *c,
+        // Other values: a colour from the value itself, so it too is stable across runs.
+        None => OTHER[((p * 1000.0).round() as u64 % OTHER.len() as u64) as usize],
+    }
+}
 
 pub type Chart<'a, 'b> = ChartContext<'a, BitMapBackend<'b>, Cartesian2d<Axis, Axis>>;
 
@@ -141,8 +176,10 @@ pub fn chart<'a, 'b>(area: &'a Area<'b>, frame: &Frame, y: YAxis) -> Result<Char
     let mut chart = ChartBuilder::on(area)
         .margin(MARGIN)
         .margin_top(4)
+        // Empty margin, not a label area: plotters would draw a second y axis there.
+        .margin_right(MARGIN + RIGHT_AREA)
         .x_label_area_size(X_LABEL_AREA)
-        .y_label_area_size(96)
+        .y_label_area_size(LEFT_AREA)
         .build_cartesian_2d(Axis { lo: t0, hi: t1, ticks: xticks }, Axis { lo: y.lo, hi: y.hi, ticks: y.ticks })
         .map_err(draw_err)?;
     let xfmt = |t: &f64| time_label(*t, step, span);
@@ -263,28 +300,77 @@ pub fn draw_overlay(chart: &mut Chart, frame: &Frame, anomalies: &[Anomaly], ban
             .draw_series(LineSeries::new([(e.ts, y_lo), (e.ts, y_hi)], EVENT_COLOR.stroke_width(2)))
             .map_err(draw_err)?;
     }
-    if !events.is_empty() {
-        legend.push((format!("app events ({})", events.len()), Mark::Marker(EVENT_COLOR)));
+    let before = frame.events.iter().filter(|e| e.ts < frame.t0).count();
+    let after = frame.events.iter().filter(|e| e.ts > frame.t1).count();
+    if !events.is_empty() || before + after > 0 {
+        legend.push((format!("app events ({})", frame.events.len()), Mark::Marker(EVENT_COLOR)));
     }
-    // Labels go in the first of three rows where they do not overlap the previous label;
-    // a label that fits nowhere is left out (the HTML report lists every event).
-    if !events.is_empty() {
-        let area = chart.plotting_area();
-        let (bx, _) = area.get_base_pixel();
-        let flat = area.strip_coord_spec();
-        let font = (FAMILY, 13).into_font().color(&EVENT_COLOR);
-        let mut row_end = [i32::MIN; 3];
-        for e in &events {
-            let x = area.map_coordinate(&(e.ts, y_hi)).0 - bx + 4;
-            let label: String = e.label.chars().take(28).collect();
-            let w = flat.estimate_text_size(&label, &font).map_err(draw_err)?.0 as i32;
-            if let Some(row) = row_end.iter().position(|end| *end + 8 <= x) {
-                row_end[row] = x + w;
-                flat.draw(&Text::new(label, (x, 6 + row as i32 * 16), font.clone())).map_err(draw_err)?;
-            }
+    let area = chart.plotting_area();
+    let (bx, _) = area.get_base_pixel();
+    let flat = area.strip_coord_spec();
+    let (plot_w, plot_h) = flat.dim_in_pixel();
+    let font = (FAMILY, 13).into_font().color(&EVENT_COLOR);
+    // Events outside the data are not dropped: a labelled arrow at the edge says how many.
+    for (n, left) in [(before, true), (after, false)] {
+        if n == 0 {
+            continue;
+        }
+        let text = if left { format!("← {n} event(s) before") } else { format!("{n} event(s) after →") };
+        let w = flat.estimate_text_size(&text, &font).map_err(draw_err)?.0 as i32;
+        let x = if left { 4 } else { plot_w as i32 - w - 4 };
+        flat.draw(&Text::new(text, (x, plot_h as i32 - 20), font.clone())).map_err(draw_err)?;
+    }
+    // Labels go in the first of three rows where they do not overlap the previous label, right
+    // of their line, or left of it near the right edge so they are never cut off; a label that
+    // fits nowhere is left out (the HTML report lists every event).
+    let mut row_end = [i32::MIN; 3];
+    for e in &events {
+        let line_x = area.map_coordinate(&(e.ts, y_hi)).0 - bx;
+        let label: String = e.label.chars().take(28).collect();
+        let w = flat.estimate_text_size(&label, &font).map_err(draw_err)?.0 as i32;
+        let x = if line_x + 4 + w <= plot_w as i32 { line_x + 4 } else { (line_x - 4 - w).max(0) };
+        if let Some(row) = row_end.iter().position(|end| *end + 8 <= x) {
+            row_end[row] = x + w;
+            flat.draw(&Text::new(label, (x, 6 + row as i32 * 16), font.clone())).map_err(draw_err)?;
         }
     }
     Ok(legend)
+}
+
+/// Draws `value(column)` as a line per run of columns with values, broken at data gaps and
+/// at columns without a value. A run of one column is drawn as a short level line across the
+/// column (a single point would be invisible). Lines get a white halo so they stay readable
+/// over dark heatmap cells. Returns whether anything was drawn (legend entries only then).
+pub fn draw_steps(
+    ch: &mut Chart,
+    cols: &Columns,
+    value: impl Fn(usize) -> Option<f64>,
+    color: RGBColor,
+) -> Result<bool> {
+    let mut drawn = false;
+    let mut flush = |seg: &mut Vec<(usize, f64)>, ch: &mut Chart| -> Result<()> {
+        let pts: Vec<(f64, f64)> = match seg.as_slice() {
+            [] => return Ok(()),
+            [(c, v)] => vec![(cols.start[*c], *v), (cols.end[*c], *v)],
+            many => many.iter().map(|(c, v)| (cols.center(*c), *v)).collect(),
+        };
+        ch.draw_series(LineSeries::new(pts.clone(), WHITE.mix(0.7).stroke_width(4))).map_err(draw_err)?;
+        ch.draw_series(LineSeries::new(pts, color.stroke_width(2))).map_err(draw_err)?;
+        seg.clear();
+        drawn = true;
+        Ok(())
+    };
+    for run in cols.runs() {
+        let mut seg: Vec<(usize, f64)> = Vec::new();
+        for c in run {
+            match value(c).filter(|v| v.is_finite()) {
+                Some(v) => seg.push((c, v)),
+                None => flush(&mut seg, ch)?,
+            }
+        }
+        flush(&mut seg, ch)?;
+    }
+    Ok(drawn)
 }
 
 /// Draws the legend entries in one row in `strip`, starting at the plot's left edge.
