@@ -6,7 +6,8 @@
 //! task's cgroup taken at insert/issue. Here each interval's per-cgroup deltas become per-pod
 //! series:
 //!
-//! 1. cgroup id -> cgroup path, by walking the matching host cgroup tree ([`cgroups`]);
+//! 1. cgroup id -> cgroup path, recorded the moment a pod's cgroup appears by an inotify watch on
+//!    the `kubepods*` hierarchy ([`watch`]), and by walking the host cgroup tree ([`cgroups`]);
 //! 2. path -> pod UID and container id, from kubelet's and the runtime's naming ([`cgroups`]);
 //! 3. pod UID -> namespace, pod and container names, from a watcher of this node's pods ([`pods`]),
 //!    when the API is reachable; without it, series carry the pod UID only;
@@ -15,6 +16,7 @@
 pub mod attribution;
 pub mod cgroups;
 pub mod pods;
+pub mod watch;
 
 use std::{
     collections::HashSet,
@@ -211,7 +213,8 @@ impl Attribution {
             return Ok(me);
         }
         let writer = kube::runtime::reflector::store::Writer::<Pod>::default();
-        me.pods = PodDirectory::new(Some(writer.as_reader()));
+        let deleted = pods::DeletedPods::default();
+        me.pods = PodDirectory::new(Some(writer.as_reader())).with_deleted(deleted.clone());
         me.watcher = Some(runtime.spawn(async move {
             // kube's rustls client takes the process default provider; only ring is built in,
             // install it explicitly so a second provider elsewhere cannot make that ambiguous.
@@ -227,7 +230,7 @@ impl Attribution {
                 }
             };
             match Client::try_from(config) {
-                Ok(client) => pods::run_watcher(client, node_name, writer).await,
+                Ok(client) => pods::run_watcher(client, node_name, writer, deleted).await,
                 Err(e) => tracing::warn!(error = %e, "cannot build a Kubernetes client; pods are reported by cgroup and pod UID only"),
             }
         }));
@@ -238,8 +241,9 @@ impl Attribution {
     /// scanned once now; an unreadable root is an error.
     pub fn with_client(cgroup_root: PathBuf, node_name: &str, max_pods: usize, client: Client) -> Result<Self> {
         let mut me = Self::without_api(cgroup_root, max_pods)?;
-        let (store, task) = pods::spawn_watcher(client, node_name);
-        me.pods = PodDirectory::new(Some(store));
+        let deleted = pods::DeletedPods::default();
+        let (store, task) = pods::spawn_watcher(client, node_name, deleted.clone());
+        me.pods = PodDirectory::new(Some(store)).with_deleted(deleted);
         me.watcher = Some(task);
         Ok(me)
     }
@@ -248,6 +252,9 @@ impl Attribution {
     pub fn without_api(cgroup_root: PathBuf, max_pods: usize) -> Result<Self> {
         let mut cgroups = CgroupIndex::new(cgroup_root, ScanLimits::default());
         cgroups.scan()?;
+        if let Err(e) = cgroups.watch() {
+            tracing::warn!(error = %e, "containers shorter-lived than a walk of the cgroup tree may show as unknown");
+        }
         Ok(Attribution { cgroups, pods: PodDirectory::default(), max_pods, watcher: None, warned_above_pods: false })
     }
 
@@ -266,6 +273,8 @@ impl Attribution {
     }
 
     fn attribute_at(&mut self, deltas: &[CgroupDelta], now: Instant) -> Vec<PodStats> {
+        // Every interval, I/O or not: the watcher's queue is bounded.
+        self.cgroups.drain_events(now);
         if deltas.is_empty() {
             return Vec::new();
         }
@@ -276,7 +285,7 @@ impl Attribution {
             .filter_map(|d| cgroups.resolve(d.cgroup_id)?.pod.as_ref())
             .map(|p| p.pod_uid.as_str())
             .collect();
-        let known = self.pods.index(&uids);
+        let known = self.pods.index(&uids, now);
         let mut agg = Aggregator::default();
         for d in deltas {
             let labels = match cgroups.resolve(d.cgroup_id) {
