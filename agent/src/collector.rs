@@ -218,6 +218,7 @@ impl Collector {
             losses: Some(losses),
             losses_total: Some(self.totals),
             agent: Some(AgentInfo { version: env!("CARGO_PKG_VERSION").into(), attach: self.attach_mode().into() }),
+            io_pressure: None,
         };
         self.seq += 1;
         Ok(Collected { snapshot, cgroups, build_time: started.elapsed() })

@@ -8,7 +8,7 @@
 //!   turn them into interval snapshots.
 //! - [`writer`]: crash-safe mmap JSONL (single file and sealed segments).
 //! - [`export`]: OTLP and Prometheus.
-//! - [`k8s`]: cgroup -> pod attribution.
+//! - [`k8s`]: cgroup -> pod attribution; [`pressure`]: PSI of the node and of each pod.
 //! - [`analyze`]: offline charts, percentiles, anomalies.
 
 pub mod analyze;
@@ -16,6 +16,7 @@ pub mod cli;
 pub mod devices;
 pub mod error;
 pub mod histogram;
+pub mod pressure;
 pub mod snapshot;
 pub mod writer;
 

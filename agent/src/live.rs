@@ -202,6 +202,7 @@ mod tests {
             losses: None,
             losses_total: None,
             agent: None,
+            io_pressure: None,
         }
     }
 

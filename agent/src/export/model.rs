@@ -421,10 +421,12 @@ pub(crate) mod tests {
                 count,
                 bytes: count * 4096,
                 device_time: hist,
+                io_pressure: None,
             }],
             losses: Some(Losses { stale_evicted: 1, requeued: 2, ..Losses::default() }),
             losses_total: None,
             agent: None,
+            io_pressure: None,
         }
     }
 

@@ -68,6 +68,8 @@ impl Acc {
                 sum_us: self.sum_ns as f64 / 1000.0,
                 buckets: buckets_from_slots(&self.slots),
             },
+            // Filled per pod by the caller, which knows the pod's cgroup.
+            io_pressure: None,
         }
     }
 }

@@ -19,7 +19,7 @@ pub mod pods;
 pub mod watch;
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     path::{Path, PathBuf},
     time::Instant,
 };
@@ -32,6 +32,7 @@ use crate::{
     collector::CgroupDelta,
     error::{Error, Result},
     loader::CgroupSource,
+    pressure::{PodPressure, Pressure},
     snapshot::PodStats,
 };
 use attribution::{Aggregator, Labels, UNKNOWN};
@@ -170,6 +171,9 @@ pub struct Attribution {
     max_pods: usize,
     watcher: Option<tokio::task::JoinHandle<()>>,
     warned_above_pods: bool,
+    /// Pods' `io.pressure`, read from the cgroup v2 mount (which may differ from the root ids are
+    /// mapped through: v1 blkio for attribution by bio on hybrid hosts).
+    pressure: Option<PodPressure>,
 }
 
 impl Drop for Attribution {
@@ -255,7 +259,30 @@ impl Attribution {
         if let Err(e) = cgroups.watch() {
             tracing::warn!(error = %e, "containers shorter-lived than a walk of the cgroup tree may show as unknown");
         }
-        Ok(Attribution { cgroups, pods: PodDirectory::default(), max_pods, watcher: None, warned_above_pods: false })
+        let mut me = Attribution {
+            cgroups,
+            pods: PodDirectory::default(),
+            max_pods,
+            watcher: None,
+            warned_above_pods: false,
+            pressure: None,
+        };
+        me.set_pressure_root(Some(me.cgroups.root().to_path_buf()));
+        Ok(me)
+    }
+
+    /// Where pods' `io.pressure` is read: the cgroup v2 mount (`None`: not at all). Takes the
+    /// baseline reading of every known pod now, so their first interval has a delta.
+    pub fn set_pressure_root(&mut self, root: Option<PathBuf>) {
+        self.pressure = root.map(PodPressure::new);
+        self.sample_pressure();
+    }
+
+    fn sample_pressure(&mut self) -> HashMap<String, Pressure> {
+        match &mut self.pressure {
+            Some(p) => p.sample(&self.cgroups.pod_dirs()),
+            None => HashMap::new(),
+        }
     }
 
     /// The reflector store of this node's pods, when a watcher runs (empty until it syncs).
@@ -273,8 +300,10 @@ impl Attribution {
     }
 
     fn attribute_at(&mut self, deltas: &[CgroupDelta], now: Instant) -> Vec<PodStats> {
-        // Every interval, I/O or not: the watcher's queue is bounded.
+        // Every interval, I/O or not: the watcher's queue is bounded, and pressure deltas are
+        // per interval.
         self.cgroups.drain_events(now);
+        let pressure = self.sample_pressure();
         if deltas.is_empty() {
             return Vec::new();
         }
@@ -287,18 +316,22 @@ impl Attribution {
             .collect();
         let known = self.pods.index(&uids, now);
         let mut agg = Aggregator::default();
+        // Reported pod UID -> the pod's cgroup, whose io.pressure goes on the pod's rows.
+        let mut pod_cgroups: HashMap<String, &str> = HashMap::new();
         for d in deltas {
             let labels = match cgroups.resolve(d.cgroup_id) {
                 Some(entry) => match &entry.pod {
                     Some(pod) => {
                         let names = known.get(&pod.pod_uid).and_then(|p| pods::names(p, pod.container_id.as_deref()));
+                        let uid = names.as_ref().and_then(|n| n.uid.clone()).unwrap_or_else(|| pod.pod_uid.clone());
+                        if let Some(dir) = cgroups::pod_dir(&entry.path) {
+                            pod_cgroups.insert(uid.clone(), dir);
+                        }
                         Labels {
                             namespace: names.as_ref().map(|n| n.namespace.clone()),
                             pod: names.as_ref().map(|n| n.pod.clone()),
                             // The API's UID when known: static pods' cgroups carry their config hash.
-                            pod_uid: Some(
-                                names.as_ref().and_then(|n| n.uid.clone()).unwrap_or_else(|| pod.pod_uid.clone()),
-                            ),
+                            pod_uid: Some(uid),
                             container: names.and_then(|n| n.container),
                             cgroup: None,
                         }
@@ -321,7 +354,12 @@ impl Attribution {
             };
             agg.add(labels, d);
         }
-        agg.finish(self.max_pods)
+        let mut out = agg.finish(self.max_pods);
+        for row in out.iter_mut().filter(|r| r.cgroup.is_none()) {
+            row.io_pressure =
+                row.pod_uid.as_ref().and_then(|u| pod_cgroups.get(u)).and_then(|dir| pressure.get(*dir)).copied();
+        }
+        out
     }
 }
 

@@ -136,6 +136,7 @@ pub fn snapshot(
         losses: cur.then(Losses::default),
         losses_total: cur.then(Losses::default),
         agent: cur.then(|| AgentInfo { version: "0.1.0".into(), attach: "btf".into() }),
+        io_pressure: None,
     }
 }
 

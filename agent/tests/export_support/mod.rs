@@ -113,11 +113,13 @@ pub fn snapshot(seq: u64) -> Snapshot {
             count: reads.count,
             bytes: reads.bytes,
             device_time: reads.device_time.clone(),
+            io_pressure: None,
         }],
         ops: vec![reads, writes, discard],
         losses: Some(Losses { complete_without_start: seq % 2, requeued: 1, ..Losses::default() }),
         losses_total: None,
         agent: None,
+        io_pressure: None,
     }
 }
 
