@@ -7,7 +7,10 @@
 
 mod privileged_support;
 
-use std::{path::PathBuf, process::Command};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use privileged_support::*;
 
@@ -414,6 +417,13 @@ fn short_lived_container_is_named(source: blkio_agent::loader::CgroupSource, tes
         .map(|p| p.count)
         .sum();
     assert_eq!(ours, writes, "every write named ml/loader-0/loader; series on the device: {:?}", describe(&series));
+    // PSI: the pod's cgroup v2 io.pressure next to its I/O where the kernel has it (this mount
+    // is v2 for attribution by task), with a delta (baseline taken when attribution started).
+    if source == blkio_agent::loader::CgroupSource::Task && Path::new("/proc/pressure/io").exists() {
+        let p = series[0].io_pressure.unwrap_or_else(|| panic!("io.pressure of the pod: {:?}", series[0]));
+        assert!(p.some.delta_us.is_some() && p.full.delta_us.is_some(), "{p:?}");
+        assert!(p.some.total_us >= p.full.total_us, "{p:?}");
+    }
 }
 
 #[test]

@@ -220,7 +220,7 @@ fn a_removed_container_resolves_to_itself_then_to_its_pod_then_not_at_all() {
     idx.drain_events(t0 + grace + Duration::from_secs(3));
     assert!(idx.resolve(id).is_some(), "the pod's own grace period");
     idx.drain_events(t0 + 2 * grace + Duration::from_secs(10));
-    assert!(idx.resolve(id).is_none() && idx.tracked.get(&pod_id).is_none());
+    assert!(idx.resolve(id).is_none() && !idx.tracked.contains_key(&pod_id));
 }
 
 #[test]

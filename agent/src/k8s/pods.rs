@@ -67,7 +67,10 @@ pub fn spawn_watcher(
 /// before it went (a short Job, an init-only pod deleted at once) is reported after the watch has
 /// dropped it from the store. Kept [`DELETED_POD_GRACE`], at most [`MAX_DELETED_PODS`].
 #[derive(Clone, Default)]
-pub struct DeletedPods(Arc<Mutex<HashMap<String, (Arc<Pod>, Instant)>>>);
+pub struct DeletedPods(Arc<Mutex<DeletedMap>>);
+
+/// UID (or static-pod hash) -> the deleted object and when the deletion was seen.
+type DeletedMap = HashMap<String, (Arc<Pod>, Instant)>;
 
 /// How long a deleted pod still names its I/O: longer than any interval, and than the time the
 /// last requests of a dead container take to complete (writeback included).
