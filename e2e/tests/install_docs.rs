@@ -131,7 +131,7 @@ fn notes_port_forward_runs_in_the_background_before_curl() {
         .unwrap_or_else(|| panic!("{n}"));
     assert!(lines[pf].ends_with('&') && !lines[pf].contains("&&"), "port-forward backgrounded: {}", lines[pf]);
     assert!(lines[pf + 1..].iter().any(|l| l.contains("curl -s localhost:9435/metrics")), "{n}");
-    assert!(lines[pf + 1..].iter().any(|l| *l == "kill %1"), "and stopped: {n}");
+    assert!(lines[pf + 1..].contains(&"kill %1"), "and stopped: {n}");
 }
 
 #[test]
