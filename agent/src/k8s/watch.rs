@@ -5,7 +5,7 @@
 //! up in the kernel's per-cgroup deltas after the directory is gone, and nothing maps a kernfs id
 //! of a removed cgroup back to a path. `mkdir(2)` and `rmdir(2)` on cgroupfs (v1 and v2, both are
 //! kernfs) raise `IN_CREATE`/`IN_DELETE` on the parent like on any filesystem (`vfs_mkdir()` calls
-//! `fsnotify_mkdir()`, <https://github.com/torvalds/linux/blob/v6.12/fs/namei.c#L4142>), and kubelet
+//! `fsnotify_mkdir()`, <https://github.com/torvalds/linux/blob/v6.12/fs/namei.c>), and kubelet
 //! and the runtimes create pod and container cgroups with mkdir, whatever the cgroup driver. So a
 //! thread blocked on the inotify descriptor stats each new directory within microseconds and sends
 //! `id -> path` (and the pod and container the path names) to the [`super::cgroups::CgroupIndex`].
