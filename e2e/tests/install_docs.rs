@@ -132,6 +132,10 @@ fn notes_port_forward_runs_in_the_background_before_curl() {
     assert!(lines[pf].ends_with('&') && !lines[pf].contains("&&"), "port-forward backgrounded: {}", lines[pf]);
     assert!(lines[pf + 1..].iter().any(|l| l.contains("curl -s localhost:9435/metrics")), "{n}");
     assert!(lines[pf + 1..].contains(&"kill %1"), "and stopped: {n}");
+    // The image it deploys, and what to do when a node lacks it.
+    let with_docs_values = notes(&["--set", "image.repository=blkio-agent", "--set", "image.tag=dev"]);
+    assert!(with_docs_values.contains("Image: blkio-agent:dev (pull policy IfNotPresent)"), "{with_docs_values}");
+    assert!(with_docs_values.contains("ctr -n k8s.io images import -"), "{with_docs_values}");
 }
 
 #[test]
