@@ -60,6 +60,8 @@ enum Command {
 /// The inotify thread; stops (and closes its descriptor) when dropped.
 pub struct CgroupWatcher {
     events: mpsc::Receiver<CgroupEvent>,
+    /// Set by the thread when an event did not fit in the channel.
+    lost: Arc<AtomicBool>,
     commands: mpsc::Sender<Command>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -91,6 +93,7 @@ impl CgroupWatcher {
         let (commands, rx) = mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
         let mut state = Watches::new(fd, root.to_path_buf(), tx);
+        let lost = state.lost.clone();
         state.add_tree("");
         for r in &kubepods_roots {
             state.add_tree(r);
@@ -100,7 +103,7 @@ impl CgroupWatcher {
             .name("cgroup-watch".into())
             .spawn(move || state.run(&rx, &stop_flag))
             .map_err(|e| Error::Other(format!("cannot start the cgroup watcher thread: {e}")))?;
-        Ok(CgroupWatcher { events, commands, stop, thread: Some(thread) })
+        Ok(CgroupWatcher { events, lost, commands, stop, thread: Some(thread) })
     }
 
     /// Also watch these `kubepods*` subtrees (already watched ones are skipped by the thread).
@@ -108,9 +111,13 @@ impl CgroupWatcher {
         let _ = self.commands.send(Command::WatchRoots(roots));
     }
 
-    /// Everything seen since the last call.
-    pub fn drain(&self) -> impl Iterator<Item = CgroupEvent> + '_ {
-        self.events.try_iter()
+    /// Everything seen since the last call; ends with `Overflow` when events were lost.
+    pub fn drain(&self) -> Vec<CgroupEvent> {
+        let mut out: Vec<CgroupEvent> = self.events.try_iter().collect();
+        if self.lost.swap(false, Ordering::Relaxed) {
+            out.push(CgroupEvent::Overflow);
+        }
+        out
     }
 
     /// False once the thread has ended (it only ends on a read error, which it logs).
@@ -131,11 +138,11 @@ struct Watches {
     fd: i32,
     root: PathBuf,
     tx: mpsc::SyncSender<CgroupEvent>,
+    lost: Arc<AtomicBool>,
     by_wd: HashMap<i32, String>,
     watched: HashSet<String>,
     ids: HashMap<String, u64>,
     full_warned: bool,
-    overflowed: bool,
 }
 
 impl Drop for Watches {
@@ -151,19 +158,19 @@ impl Watches {
             fd,
             root,
             tx,
+            lost: Arc::new(AtomicBool::new(false)),
             by_wd: HashMap::new(),
             watched: HashSet::new(),
             ids: HashMap::new(),
             full_warned: false,
-            overflowed: false,
         }
     }
 
     fn send(&mut self, ev: CgroupEvent) {
-        if self.tx.try_send(ev).is_err() && !self.overflowed {
-            // Nobody drained for a long time: say so once; the index then walks the tree.
-            self.overflowed = true;
-            let _ = self.tx.try_send(CgroupEvent::Overflow);
+        if self.tx.try_send(ev).is_err() {
+            // Nobody drained for a long time: the next drain reports an overflow and the index
+            // walks the tree.
+            self.lost.store(true, Ordering::Relaxed);
         }
     }
 
@@ -262,7 +269,6 @@ impl Watches {
                 tracing::warn!(error = %err, "cgroup watcher stopped; new pods are found by walks of the tree");
                 return;
             }
-            self.overflowed = false;
             self.handle(&buf[..len as usize]);
         }
     }
@@ -426,5 +432,43 @@ mod tests {
         assert!(evs.iter().all(|e| !matches!(e, CgroupEvent::Created { entry, .. } if entry.path.ends_with("nested"))));
         assert!(watchable("/kubepods") && watchable(&format!("/kubepods/pod{UID}")));
         assert!(!watchable(&format!("/kubepods/pod{UID}/{CID}")) && !watchable("/system.slice"));
+    }
+
+    #[test]
+    fn a_queue_overflow_is_reported_and_what_exists_is_reported_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let pod = format!("/kubepods/pod{UID}");
+        std::fs::create_dir_all(dir.path().join(pod.trim_start_matches('/')).join(CID)).unwrap();
+        // SAFETY: plain syscall; the descriptor is owned (and closed) by `Watches`.
+        let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+        assert!(fd >= 0);
+        let (tx, rx) = mpsc::sync_channel(16);
+        let mut w = Watches::new(fd, dir.path().to_path_buf(), tx);
+        w.add_tree("");
+        let first: Vec<_> = rx.try_iter().collect();
+        assert!(
+            first
+                .iter()
+                .any(|e| matches!(e, CgroupEvent::Created { entry, .. } if entry.path == format!("{pod}/{CID}")))
+        );
+        // The kernel's overflow event (wd -1): the index is told, and the tree is reported again
+        // (ids it had are not repeated; a new one is).
+        std::fs::create_dir(dir.path().join(pod.trim_start_matches('/')).join("0123456789ab")).unwrap();
+        w.event(-1, libc::IN_Q_OVERFLOW, "");
+        let after: Vec<_> = rx.try_iter().collect();
+        assert_eq!(after.first(), Some(&CgroupEvent::Overflow), "{after:?}");
+        assert!(
+            after
+                .iter()
+                .any(|e| matches!(e, CgroupEvent::Created { entry, .. } if entry.path.ends_with("0123456789ab")))
+        );
+        assert!(w.watched.contains(&pod), "watches re-established");
+        // A full channel (nobody draining) is flagged, so the next drain reports an overflow.
+        let (tx, rx) = mpsc::sync_channel(1);
+        w.tx = tx;
+        w.send(CgroupEvent::Removed { id: 1 });
+        w.send(CgroupEvent::Removed { id: 2 });
+        assert_eq!(rx.try_iter().collect::<Vec<_>>(), vec![CgroupEvent::Removed { id: 1 }]);
+        assert!(w.lost.load(Ordering::Relaxed));
     }
 }
