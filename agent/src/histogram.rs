@@ -7,6 +7,17 @@
 
 pub use blkio_agent_common::{HIST_SLOTS, log2_slot};
 
+/// The slot a value of slot index `slot` is counted in: the last slot also holds everything
+/// larger (the kernel's `log2_slot` clamps the same way).
+pub fn clamp_slot(slot: usize) -> usize {
+    slot.min(HIST_SLOTS - 1)
+}
+
+/// Nanoseconds to microseconds, the unit of the JSONL `sum_us` fields (one conversion for all).
+pub fn ns_to_us(ns: u64) -> f64 {
+    ns as f64 / 1000.0
+}
+
 /// Lowest value of slot `k` (inclusive).
 pub fn bucket_low(slot: u32) -> u64 {
     if slot == 0 { 0 } else { 1u64 << slot.min(63) }

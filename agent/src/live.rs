@@ -6,11 +6,7 @@ use std::{
     io::{IsTerminal as _, Write as _},
 };
 
-use crate::{
-    cli::LiveMode,
-    histogram::{HIST_SLOTS, percentile},
-    snapshot::{Snapshot, slots_from_buckets},
-};
+use crate::{cli::LiveMode, histogram::percentile, interval::Interval, snapshot::iso_timestamp};
 
 /// One device's line of the view.
 #[derive(Debug, Clone, PartialEq)]
@@ -24,41 +20,25 @@ pub struct DeviceLine {
     pub peak: u64,
 }
 
-pub fn device_lines(s: &Snapshot) -> Vec<DeviceLine> {
-    let secs = if s.interval_s > 0.0 { s.interval_s } else { 1.0 };
-    let mut lines: BTreeMap<String, DeviceLine> = BTreeMap::new();
-    for h in &s.latency_histogram {
-        let slots = slots_from_buckets(&h.buckets, HIST_SLOTS);
+/// One line per device of the interval, by name.
+pub fn device_lines(iv: &Interval) -> Vec<DeviceLine> {
+    let secs = if iv.interval_s > 0.0 { iv.interval_s } else { 1.0 };
+    let mut lines: BTreeMap<&str, DeviceLine> = BTreeMap::new();
+    for d in &iv.devices {
+        let time = d.device_time();
+        let depth = d.depth.map_or((0, 0), |x| (x.count, x.peak));
         lines.insert(
-            h.device_name.clone(),
+            &d.name,
             DeviceLine {
-                device: h.device_name.clone(),
-                iops: h.total as f64 / secs,
-                mb_per_s: 0.0,
-                p50_us: percentile(&slots, 50.0),
-                p99_us: percentile(&slots, 99.0),
-                inflight: 0,
-                peak: 0,
+                device: d.name.clone(),
+                iops: d.count() as f64 / secs,
+                mb_per_s: d.bytes() as f64 / secs / 1e6,
+                p50_us: percentile(&time.slots, 50.0),
+                p99_us: percentile(&time.slots, 99.0),
+                inflight: depth.0,
+                peak: depth.1,
             },
         );
-    }
-    for op in &s.ops {
-        if let Some(l) = lines.get_mut(&op.device_name) {
-            l.mb_per_s += op.bytes as f64 / secs / 1e6;
-        }
-    }
-    for i in &s.inflight {
-        let l = lines.entry(i.device_name.clone()).or_insert_with(|| DeviceLine {
-            device: i.device_name.clone(),
-            iops: 0.0,
-            mb_per_s: 0.0,
-            p50_us: None,
-            p99_us: None,
-            inflight: 0,
-            peak: 0,
-        });
-        l.inflight = i.count;
-        l.peak = i.peak.unwrap_or(i.count);
     }
     lines.into_values().collect()
 }
@@ -72,11 +52,11 @@ fn us(v: Option<f64>) -> String {
 }
 
 /// The table as text (without screen control codes).
-pub fn table(s: &Snapshot) -> String {
+pub fn table(s: &Interval) -> String {
     let mut out = format!(
         "blkio-agent  node {}  {}  interval {:.1}s\n{:<16} {:>10} {:>9} {:>9} {:>9} {:>12}\n",
-        s.node.as_deref().unwrap_or("-"),
-        s.iso_timestamp,
+        s.node,
+        iso_timestamp(s.end_s),
         s.interval_s,
         "DEVICE",
         "IOPS",
@@ -96,21 +76,11 @@ pub fn table(s: &Snapshot) -> String {
             format!("{}/{}", l.inflight, l.peak)
         ));
     }
-    if let Some(t) = &s.losses_total {
-        let lost = t.start_insert_failed
-            + t.complete_without_start
-            + t.hist_update_failed
-            + t.recursion_misses
-            + t.write_failures;
-        if lost > 0 {
-            out.push_str(&format!(
-                "lost since start: {} no-start completions, {} map-full, {} recursion misses, {} write failures\n",
-                t.complete_without_start,
-                t.start_insert_failed + t.hist_update_failed,
-                t.recursion_misses,
-                t.write_failures
-            ));
-        }
+    // Every kind of the table that is a loss and happened, by its key.
+    let lost: Vec<String> =
+        s.losses_total.iter().filter(|(k, n)| k.lost && *n > 0).map(|(k, n)| format!("{n} {}", k.key)).collect();
+    if !lost.is_empty() {
+        out.push_str(&format!("lost since start: {}\n", lost.join(", ")));
     }
     out
 }
@@ -131,7 +101,7 @@ impl LiveView {
         }
     }
 
-    pub fn render(&self, s: &Snapshot) {
+    pub fn render(&self, s: &Interval) {
         if !self.enabled {
             return;
         }
@@ -160,7 +130,7 @@ impl LiveView {
             })
             .collect();
         tracing::info!(
-            seq = s.seq.unwrap_or(0),
+            seq = s.seq,
             interval_s = format!("{:.2}", s.interval_s),
             active_devices = summary.len(),
             devices = summary.join(" "),
@@ -172,48 +142,46 @@ impl LiveView {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::snapshot::{Bucket, DeviceHistogram, DeviceInflight};
+    use crate::interval::{Depth, DeviceInterval, Hist, OpInterval};
 
-    fn snap() -> Snapshot {
-        Snapshot {
-            schema_version: Some(1),
-            timestamp: 0.0,
-            iso_timestamp: "1970-01-01T00:00:00.000000+00:00".into(),
-            interval_s: 2.0,
-            node: Some("n".into()),
-            seq: Some(3),
-            latency_histogram: vec![DeviceHistogram {
-                device_id: 1,
-                device_name: "loop0".into(),
-                total: 100,
-                sum_us: None,
-                sum_ns: None,
-                buckets: vec![Bucket { slot: 4, count: 100, bucket_low: 16, bucket_high: 31 }],
+    fn interval() -> Interval {
+        let mut slots = [0; crate::histogram::HIST_SLOTS];
+        slots[4] = 100;
+        let mut iv = Interval::empty(0.0, 2.0, "n", 3, "btf");
+        iv.devices.push(DeviceInterval {
+            id: 1,
+            name: "loop0".into(),
+            ops: vec![OpInterval {
+                op: "read",
+                count: 100,
+                bytes: 400_000,
+                device_time: Hist::new(slots, 2_000_000),
+                queue_time: Hist::default(),
+                size: Hist::default(),
             }],
-            inflight: vec![DeviceInflight {
-                device_id: 1,
-                device_name: "loop0".into(),
-                count: 2,
-                peak: Some(9),
-                sysfs_count: None,
-            }],
-            ops: vec![],
-            pods: vec![],
-            losses: None,
-            losses_total: None,
-            agent: None,
-            io_pressure: None,
-        }
+            depth: Some(Depth { count: 2, peak: 9, sysfs: None }),
+        });
+        iv
     }
 
     #[test]
     fn lines_compute_rates_and_percentiles() {
-        let l = &device_lines(&snap())[0];
+        let l = &device_lines(&interval())[0];
         assert_eq!(l.iops, 50.0);
+        assert_eq!(l.mb_per_s, 0.2);
         let p50 = l.p50_us.unwrap();
         assert!((16.0..=32.0).contains(&p50), "{p50}");
         assert_eq!((l.inflight, l.peak), (2, 9));
-        let t = table(&snap());
+        let t = table(&interval());
         assert!(t.contains("loop0") && t.contains("2/9") && t.contains("50"), "{t}");
+    }
+
+    #[test]
+    fn the_table_lists_losses_from_the_table_of_kinds() {
+        let mut iv = interval();
+        assert!(!table(&iv).contains("lost since start"));
+        iv.losses_total = iv.losses_total.clone().with("map_read_failures", 1).with("requeued", 4);
+        let t = table(&iv);
+        assert!(t.contains("lost since start: 1 map_read_failures\n"), "{t}");
     }
 }

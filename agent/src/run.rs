@@ -95,6 +95,9 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             let mut a = k8s::Attribution::start(root, source, node.clone(), args.max_pods)?;
             // Pods' io.pressure lives in the cgroup v2 mount, whichever hierarchy names the ids.
             a.set_pressure_root(k8s::is_cgroup2(&plan.task_root).then(|| plan.task_root.clone()));
+            if let Some(watcher) = a.watcher() {
+                health.tasks.watch("pod-watcher", watcher);
+            }
             Some(a)
         }
         _ => None,
@@ -122,37 +125,64 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let deadline = args.duration.map(|d| tokio::time::Instant::now() + Duration::from_secs_f64(d));
     let mut failures_seen = 0u64;
     let mut bytes_reported = 0u64;
+    let mut writer_dead = false;
 
     loop {
         let stop = tokio::select! {
             _ = ticker.tick() => false,
+            failure = health.tasks.failed() => {
+                // JSONL goes on (it needs none of the background tasks); /readyz carries the
+                // reason so that the orchestrator sees the agent is degraded.
+                tracing::error!(%failure, "continuing without it; the agent reports unready");
+                continue;
+            }
             _ = sigint.recv() => { tracing::info!("SIGINT: final snapshot and exit"); true }
             _ = sigterm.recv() => { tracing::info!("SIGTERM: final snapshot and exit"); true }
             _ = sleep_until(deadline) => { tracing::info!("duration reached: final snapshot and exit"); true }
         };
+        // Watched tasks (the pod watcher) are checked once per interval.
+        health.tasks.poll();
         if let Some(w) = &writer {
             let failures = w.stats.write_failures.load(Ordering::Relaxed);
             collector.add_write_failures(failures - failures_seen);
             failures_seen = failures;
         }
         let started = Instant::now();
-        let collected = collector.collect()?;
-        let mut snapshot = collected.snapshot;
-        snapshot.io_pressure = node_pressure.sample();
+        let collected = match collector.collect() {
+            Ok(c) => c,
+            Err(e) => {
+                // Nothing is lost: the kernel's counts are cumulative and the next interval
+                // covers this one. Counted in losses.map_read_failures; persistent failures make
+                // /readyz unready through the snapshot age.
+                tracing::warn!(error = %crate::error::chain(&e), "cannot read the kernel maps; retrying at the next interval");
+                if stop {
+                    break;
+                }
+                continue;
+            }
+        };
+        let mut interval = collected.interval;
+        interval.io_pressure = node_pressure.sample();
         if let Some(a) = attribution.as_mut() {
-            snapshot.pods = a.attribute(&collected.cgroups);
+            interval.pods = a.attribute_series(&collected.cgroups);
         }
         if let Some(w) = &writer {
-            let line = serde_json::to_vec(&snapshot).context("cannot encode a snapshot")?;
+            let line = serde_json::to_vec(&interval.snapshot()).context("cannot encode a snapshot")?;
             w.send(line);
             let written = w.stats.bytes_written.load(Ordering::Relaxed);
             health.add_jsonl_bytes(written - bytes_reported);
             bytes_reported = written;
-            health.set_output_writable(w.stats.writable.load(Ordering::Relaxed));
+            // The writer is a thread of its own, supervised here: if it died, nothing is written.
+            let alive = !w.stopped();
+            if !alive && !writer_dead {
+                tracing::error!("the JSONL writer thread stopped; snapshots are not written");
+            }
+            writer_dead = !alive;
+            health.set_output_writable(alive && w.stats.writable.load(Ordering::Relaxed));
         }
-        exporters.publish(&snapshot);
+        exporters.publish(&interval);
         health.record_snapshot(collected.build_time);
-        live.render(&snapshot);
+        live.render(&interval);
         tracing::debug!(
             build_us = collected.build_time.as_micros() as u64,
             total_us = started.elapsed().as_micros() as u64,
@@ -163,6 +193,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
     }
 
+    health.tasks.stopping();
     if let Some(w) = writer {
         w.close().context("cannot finish the JSONL output")?;
     }

@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    histogram::{bucket_high, bucket_low},
+    histogram::{bucket_high, bucket_low, clamp_slot},
     pressure::Pressure,
 };
 
@@ -154,30 +154,9 @@ pub struct PodStats {
     pub io_pressure: Option<Pressure>,
 }
 
-/// Event counters. In `losses` they are deltas for the interval; in `losses_total`, totals.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Losses {
-    /// The in-flight request map was full: the request was not measured.
-    pub start_insert_failed: u64,
-    /// Completion of a request whose issue was not seen (issued before start, or not stored).
-    pub complete_without_start: u64,
-    /// A tracked request was issued or inserted again without completing; its entry was replaced.
-    pub stale_evicted: u64,
-    /// A completion could not be added to its histogram (map full).
-    pub hist_update_failed: u64,
-    pub device_map_full: u64,
-    pub cgroup_map_full: u64,
-    /// Program runs the kernel skipped because another BPF program was running on that CPU
-    /// (`recursion_misses` of the programs' info).
-    pub recursion_misses: u64,
-    /// The agent's depth disagreed with `/sys/block/<dev>/inflight` on an idle device and was reset.
-    pub inflight_resync: u64,
-    /// Snapshots that could not be written (e.g. disk full); they are retried, never half-written.
-    pub write_failures: u64,
-    /// Not losses: requests requeued by the driver, and partial completions.
-    pub requeued: u64,
-    pub partial_completion: u64,
-}
+/// Event counters (one per kind of [`crate::losses::KINDS`]). In `losses` they are deltas for
+/// the interval; in `losses_total`, totals since the agent started.
+pub use crate::losses::Losses;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentInfo {
@@ -201,12 +180,13 @@ pub fn buckets_from_slots(slots: &[u64]) -> Vec<Bucket> {
         .collect()
 }
 
-/// Per-slot counts back from buckets (`len` slots; larger slots are clamped into the last).
+/// Per-slot counts of buckets read from a JSONL file (`len` slots; larger slots are clamped
+/// into the last). For readers of files (tests, tools); the agent's own outputs are rendered
+/// from its interval model and never read buckets back.
 pub fn slots_from_buckets(buckets: &[Bucket], len: usize) -> Vec<u64> {
     let mut slots = vec![0u64; len];
     for b in buckets {
-        let i = (b.slot as usize).min(len - 1);
-        slots[i] += b.count;
+        slots[clamp_slot(b.slot as usize).min(len - 1)] += b.count;
     }
     slots
 }
@@ -345,7 +325,7 @@ mod tests {
             io_pressure: Some(psi()),
         });
         s.losses = Some(Losses::default());
-        s.losses_total = Some(Losses { recursion_misses: 1, ..Losses::default() });
+        s.losses_total = Some(Losses::default().with("recursion_misses", 1));
         s.agent = Some(AgentInfo { version: "0.1.0".into(), attach: "btf".into() });
         s.io_pressure = Some(psi());
         s
@@ -390,6 +370,28 @@ mod tests {
         let none = serde_json::to_value(&snap).unwrap();
         assert!(none.get("io_pressure").is_none() && none["pods"][0].get("io_pressure").is_none());
         assert!(validator.is_valid(&none));
+    }
+
+    /// The schema's `losses` object is the table of kinds: every key required, described as the
+    /// table describes it, and nothing else.
+    #[test]
+    fn json_schema_losses_are_the_table_of_kinds() {
+        let schema = schema();
+        let losses = &schema["$defs"]["losses"];
+        let required: Vec<&str> = losses["required"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+        let keys: Vec<&str> = crate::losses::KINDS.iter().map(|k| k.key).collect();
+        assert_eq!(required, keys);
+        let props = losses["properties"].as_object().unwrap();
+        assert_eq!(props.len(), keys.len(), "the schema has kinds the table does not");
+        for k in crate::losses::KINDS {
+            assert_eq!(props[k.key]["description"], k.description, "{}", k.key);
+            assert_eq!(props[k.key]["type"], "integer", "{}", k.key);
+        }
+        let written = serde_json::to_value(Losses::default()).unwrap();
+        let written: Vec<&str> = written.as_object().unwrap().keys().map(String::as_str).collect();
+        let mut sorted = keys.clone();
+        sorted.sort();
+        assert_eq!(written, sorted, "the JSONL object carries exactly the table's keys");
     }
 
     #[test]

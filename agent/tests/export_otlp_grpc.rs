@@ -38,7 +38,7 @@ async fn grpc_points_equal_the_published_snapshots() {
     let exporters = start(cfg, &env);
     let snaps: Vec<_> = (0..3).map(snapshot).collect();
     for s in &snaps {
-        exporters.publish(s);
+        exporters.publish(&interval(s.seq.unwrap()));
     }
     wait_for("3 gRPC exports", Duration::from_secs(15), || rx.log.len() == 3).await;
     let got = rx.log.requests();
@@ -89,7 +89,7 @@ async fn grpc_collector_down_then_up_resumes() {
     otlp.backoff_max = Duration::from_millis(100);
     let exporters = start(cfg, &env);
     for seq in 0..100 {
-        exporters.publish(&snapshot(seq));
+        exporters.publish(&interval(seq));
     }
     wait_for("failed attempts", Duration::from_secs(10), || exporters.otlp_stats().unwrap().failed_attempts >= 2).await;
     let stats = exporters.otlp_stats().unwrap();
@@ -106,7 +106,7 @@ async fn grpc_collector_down_then_up_resumes() {
     assert_eq!(rx.log.len() as u64, exporters.otlp_stats().unwrap().sent_batches);
     assert!(rx.log.len() >= 4);
     let n = rx.log.len();
-    exporters.publish(&snapshot(100));
+    exporters.publish(&interval(100));
     wait_for("the new batch", Duration::from_secs(10), || {
         exporters.otlp_stats().unwrap().sent_batches as usize == n + 1
     })
@@ -140,12 +140,12 @@ async fn grpc_unavailable_is_retried_and_permanent_codes_are_not() {
     let mut cfg = config(&["--metrics-addr", "off"], &env);
     cfg.otlp.as_mut().unwrap().backoff_initial = Duration::from_millis(10);
     let exporters = start(cfg, &env);
-    exporters.publish(&snapshot(0));
+    exporters.publish(&interval(0));
     // UNAVAILABLE with RetryInfo(800 ms) -> retried after the delay -> INVALID_ARGUMENT: dropped.
     wait_for("two attempts", Duration::from_secs(10), || rx.log.attempts.lock().unwrap().len() == 2).await;
     let attempts = rx.log.attempts.lock().unwrap().clone();
     assert!(attempts[1] - attempts[0] >= Duration::from_millis(700), "{:?}", attempts[1] - attempts[0]);
-    exporters.publish(&snapshot(1));
+    exporters.publish(&interval(1));
     // Counted as sent once the reply is back (the receiver logs before replying).
     wait_for("the next batch", Duration::from_secs(10), || exporters.otlp_stats().unwrap().sent_batches == 1).await;
     assert_eq!(rx.log.len(), 1);

@@ -44,7 +44,7 @@ async fn cumulative_points_equal_the_published_snapshots() {
     let exporters = start(cfg, &env);
     let snaps: Vec<_> = (0..4).map(snapshot).collect();
     for s in &snaps {
-        exporters.publish(s);
+        exporters.publish(&interval(s.seq.unwrap()));
     }
     wait_for("4 OTLP requests", Duration::from_secs(10), || rx.log.len() == 4).await;
     let got = rx.log.requests();
@@ -163,7 +163,7 @@ async fn delta_temporality_sends_each_interval_once() {
     for s in &snaps {
         // One batch per snapshot, in order.
         let n = rx.log.len() + 1;
-        exporters.publish(s);
+        exporters.publish(&interval(s.seq.unwrap()));
         wait_for("the batch of this snapshot", Duration::from_secs(10), || rx.log.len() == n).await;
     }
     let got = rx.log.requests();
@@ -205,7 +205,7 @@ async fn collector_down_then_up_resumes_with_bounded_queue() {
     let snaps: Vec<_> = (0..720).map(snapshot).collect();
     let t = std::time::Instant::now();
     for s in &snaps {
-        exporters.publish(s);
+        exporters.publish(&interval(s.seq.unwrap()));
     }
     assert!(t.elapsed() < Duration::from_secs(10), "publishing must not wait for the collector: {:?}", t.elapsed());
     wait_for("failed attempts", Duration::from_secs(10), || exporters.otlp_stats().unwrap().failed_attempts >= 3).await;
@@ -222,7 +222,7 @@ async fn collector_down_then_up_resumes_with_bounded_queue() {
         exporters.otlp_stats().unwrap().queued_batches == 0 && rx.log.len() > 0
     })
     .await;
-    exporters.publish(&snapshot(720));
+    exporters.publish(&interval(720));
     let all: Vec<_> = (0..=720).map(snapshot).collect();
     wait_for("the newest snapshot", Duration::from_secs(10), || {
         rx.log.last().is_some_and(|r| number(&r.request, "blkio.agent.snapshots", &[]).is_some_and(|(_, n)| n == 721.0))
@@ -251,7 +251,7 @@ async fn retryable_statuses_honour_retry_after_and_others_drop_the_batch() {
     // Backoff alone would retry after ~10 ms: a ~1 s gap can only come from Retry-After.
     cfg.otlp.as_mut().unwrap().backoff_initial = Duration::from_millis(10);
     let exporters = start(cfg, &env);
-    exporters.publish(&snapshot(0));
+    exporters.publish(&interval(0));
     wait_for("the retried batch", Duration::from_secs(10), || rx.log.len() == 1).await;
     let attempts = rx.log.attempts.lock().unwrap().clone();
     assert_eq!(attempts.len(), 2);
@@ -260,9 +260,9 @@ async fn retryable_statuses_honour_retry_after_and_others_drop_the_batch() {
 
     // 400 is permanent: the batch is dropped and not tried again; the next one goes through.
     rx.log.script([Reply::Status(StatusCode::BAD_REQUEST, None)]);
-    exporters.publish(&snapshot(1));
+    exporters.publish(&interval(1));
     wait_for("the rejected attempt", Duration::from_secs(10), || rx.log.attempts.lock().unwrap().len() == 3).await;
-    exporters.publish(&snapshot(2));
+    exporters.publish(&interval(2));
     // Counted as sent once the reply is back (the receiver logs before replying).
     wait_for("the next batch", Duration::from_secs(10), || exporters.otlp_stats().unwrap().sent_batches == 2).await;
     assert_eq!(rx.log.len(), 2);
@@ -284,7 +284,7 @@ async fn export_interval_merges_snapshots_and_shutdown_flushes() {
     let exporters = start(config(&["--metrics-addr", "off"], &env), &env);
     let snaps: Vec<_> = (0..3).map(snapshot).collect();
     for s in &snaps {
-        exporters.publish(s);
+        exporters.publish(&interval(s.seq.unwrap()));
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(rx.log.len(), 0, "nothing before the export interval");
@@ -323,7 +323,7 @@ async fn https_with_a_custom_ca_from_otel_exporter_otlp_certificate() {
         ("OTEL_EXPORTER_OTLP_CERTIFICATE", ca_path.to_str().unwrap()),
     ];
     let exporters = start(config(&["--metrics-addr", "off"], &env), &env);
-    exporters.publish(&snapshot(0));
+    exporters.publish(&interval(0));
     wait_for("a request over TLS", Duration::from_secs(10), || rx.log.len() == 1).await;
     exporters.shutdown(Duration::from_secs(2)).await;
 
@@ -332,7 +332,7 @@ async fn https_with_a_custom_ca_from_otel_exporter_otlp_certificate() {
     let mut cfg = config(&["--metrics-addr", "off"], &env);
     cfg.otlp.as_mut().unwrap().backoff_initial = Duration::from_millis(20);
     let untrusting = start(cfg, &env);
-    untrusting.publish(&snapshot(1));
+    untrusting.publish(&interval(1));
     wait_for("a failed TLS attempt", Duration::from_secs(10), || untrusting.otlp_stats().unwrap().failed_attempts >= 1)
         .await;
     assert_eq!(rx.log.len(), 1);
@@ -358,7 +358,7 @@ async fn a_collector_that_never_answers_times_out_without_blocking_publish() {
     let exporters = start(cfg, &env);
     let t = std::time::Instant::now();
     for seq in 0..50 {
-        exporters.publish(&snapshot(seq));
+        exporters.publish(&interval(seq));
     }
     assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
     wait_for("two timeouts", Duration::from_secs(10), || exporters.otlp_stats().unwrap().failed_attempts >= 2).await;

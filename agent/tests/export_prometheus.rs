@@ -76,7 +76,7 @@ async fn metrics_readyz_and_healthz() {
 
     let snaps: Vec<_> = (0..5).map(snapshot).collect();
     for s in &snaps {
-        exporters.publish(s);
+        exporters.publish(&interval(s.seq.unwrap()));
     }
     let (status, headers, body) = get(addr, "/metrics", false).await;
     assert_eq!(status, 200);
@@ -178,4 +178,33 @@ async fn metrics_addr_off_and_busy_port() {
             .expect("port in use");
     let msg = err.to_string();
     assert!(msg.contains("--metrics-addr") && msg.contains(&addr) && msg.contains("off"), "{msg}");
+}
+
+/// Supervision: the OTLP sender killed (the supervisor's abort, as a crash would end it) turns
+/// `/readyz` unready with the task's name and reason, and the run loop is told.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_otlp_task_makes_readyz_unready_with_the_reason() {
+    let health = Arc::new(Health::default());
+    health.set_interval(Duration::from_secs(5));
+    health.set_output_writable(true);
+    health.set_attached();
+    // Nothing listens on the discard port: the sender just retries, it never ends by itself.
+    let cfg = config(&["--metrics-addr", "127.0.0.1:0"], &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")]);
+    assert!(cfg.otlp.is_some());
+    let exporters =
+        Exporters::start_with(cfg, resource::build(&AgentIdentity::default(), &vars(&[])).unwrap(), health.clone())
+            .unwrap();
+    let addr = exporters.metrics_addr().unwrap();
+    exporters.publish(&interval(0));
+    assert_eq!(get(addr, "/readyz", false).await.0, 200);
+
+    assert!(exporters.tasks().abort("otlp-sender"));
+    let failure = tokio::time::timeout(Duration::from_secs(5), health.tasks.failed()).await.expect("reported");
+    assert_eq!((failure.task, failure.reason.as_str()), ("otlp-sender", "was cancelled"));
+    let (status, _, body) = get(addr, "/readyz", false).await;
+    assert_eq!(status, 503);
+    assert_eq!(String::from_utf8(body).unwrap(), "not ready: background task otlp-sender was cancelled\n");
+    assert_eq!(get(addr, "/healthz", false).await.0, 200, "alive: JSONL collection goes on");
+    exporters.shutdown(Duration::from_secs(1)).await;
+    assert_eq!(health.tasks.failures().len(), 1, "shutdown's own task ends are not failures");
 }

@@ -9,8 +9,8 @@ use blkio_agent::{
         model::{AgentCounters, Totals, Value},
         prometheus,
     },
+    interval::{Hist, Interval, PodLabels, PodSeries},
     pressure::{Pressure, parse},
-    snapshot::{PodStats, Snapshot, TimeHistogram, iso_timestamp},
 };
 
 fn psi(some_delta: u64, full_delta: u64) -> Pressure {
@@ -22,40 +22,30 @@ fn psi(some_delta: u64, full_delta: u64) -> Pressure {
     p
 }
 
-fn row(op: &str, pressure: Option<Pressure>) -> PodStats {
-    PodStats {
-        namespace: Some("ml".into()),
-        pod: Some("loader-0".into()),
-        pod_uid: Some("u-1".into()),
-        container: Some("loader".into()),
-        cgroup: None,
+fn row(op: &'static str, pressure: Option<Pressure>) -> PodSeries {
+    PodSeries {
+        labels: PodLabels {
+            namespace: Some("ml".into()),
+            pod: Some("loader-0".into()),
+            pod_uid: Some("u-1".into()),
+            container: Some("loader".into()),
+            cgroup: None,
+        },
         device_id: 7,
         device_name: "nvme0n1".into(),
-        op: op.into(),
+        op,
         count: 1,
         bytes: 4096,
-        device_time: TimeHistogram { sum_ns: 10, sum_us: 0.01, buckets: vec![] },
+        device_time: Hist::default(),
         io_pressure: pressure,
     }
 }
 
-fn snapshot(end: f64, node: Option<Pressure>, pods: Vec<PodStats>) -> Snapshot {
-    Snapshot {
-        schema_version: Some(1),
-        timestamp: end,
-        iso_timestamp: iso_timestamp(end),
-        interval_s: 5.0,
-        node: Some("n".into()),
-        seq: None,
-        latency_histogram: vec![],
-        inflight: vec![],
-        ops: vec![],
-        pods,
-        losses: None,
-        losses_total: None,
-        agent: None,
-        io_pressure: node,
-    }
+fn snapshot(end: f64, node: Option<Pressure>, pods: Vec<PodSeries>) -> Interval {
+    let mut iv = Interval::empty(end, 5.0, "n", 0, "btf");
+    iv.pods = pods;
+    iv.io_pressure = node;
+    iv
 }
 
 fn counter(t: &Totals, name: &str, kind: &str) -> Option<u128> {

@@ -2,8 +2,8 @@
 //! into its container cgroup, and the cgroup id the kernel would report for that process resolved
 //! back to the pod UID and container id.
 //!
-//! Needs a cgroup v2 mount, and for the first test root and a read-write mount. With `CI=true` a missing prerequisite fails the
-//! test; elsewhere the test is skipped with the reason printed.
+//! Needs a cgroup v2 mount, and for the first test root and a read-write mount. A missing
+//! prerequisite fails the test unless skipping is explicitly allowed ([`blkio_agent::prereq`]).
 
 #![cfg(feature = "ebpf")] // the node agent; absent from the analyzer-only build
 
@@ -42,7 +42,7 @@ fn cgroup2_mount() -> Option<(PathBuf, bool)> {
     })
 }
 
-/// `Some(v2 root)` when the test can run; otherwise skips (prints why) or, under CI, panics.
+/// `Some(v2 root)` when the test can run; otherwise fails, or skips when allowed.
 /// `write`: the test creates cgroups and moves a process (root, read-write mount).
 fn prerequisites(test: &str, write: bool) -> Option<PathBuf> {
     let mut missing = Vec::new();
@@ -58,15 +58,8 @@ fn prerequisites(test: &str, write: bool) -> Option<PathBuf> {
         }
         Some(_) => {}
     }
-    if missing.is_empty() {
-        return mount.map(|(m, _)| m);
-    }
-    let msg = format!("{test}: needs {}", missing.join(", "));
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{msg} (CI=true: privileged tests must run, not skip)");
-    }
-    eprintln!("SKIPPED {msg}");
-    None
+    let missing: Vec<String> = missing.into_iter().map(|m| format!("needs {m}")).collect();
+    blkio_agent::prereq::require(test, &missing).then(|| mount.map(|(m, _)| m)).flatten()
 }
 
 /// The kernel's cgroup id of `path`, as `bpf_get_current_cgroup_id()` reports it: cgroupfs file

@@ -328,10 +328,12 @@ mod short_lived {
             let _g = self.rt.enter();
             let pods = self.attr.attribute(&c.cgroups);
             let writes = c
-                .snapshot
-                .ops
+                .interval
+                .devices
                 .iter()
-                .filter(|o| o.device_name == self.dev.name && o.op == "write")
+                .filter(|d| d.name == self.dev.name)
+                .flat_map(|d| &d.ops)
+                .filter(|o| o.op == "write")
                 .map(|o| o.count)
                 .sum();
             let on_dev = pods.into_iter().filter(|p| p.device_name == self.dev.name).collect();

@@ -2,8 +2,8 @@
 //! end-to-end runs (docker-level here, kind where kind/kubectl/helm exist). The tests live in
 //! `e2e/tests/`; this library holds what they share, each piece unit-tested on its own:
 //!
-//! - [`prereq`]: a test whose prerequisites are missing fails under `CI=true`, else says why it
-//!   does not run.
+//! - [`prereq`]: what the packaging tests need; a missing prerequisite fails the test unless
+//!   skipping is explicitly allowed (`BLKIO_AGENT_ALLOW_SKIP=1`).
 //! - [`manifests`]: YAML (chart values, `manifests/`) into k8s-openapi types, overlays built with
 //!   the subset of kustomize they use.
 //! - [`docker`]: a DaemonSet pod spec translated into `docker run` flags.

@@ -1,40 +1,12 @@
 //! Prerequisites of tests that need the machine's help (root, Docker, loop devices, a cluster).
 //!
-//! Under `CI=true` a missing prerequisite is a failure: CI must never report such a test as
-//! passed when it did not run. Elsewhere (a developer's laptop without Docker) the test prints
-//! why it does not run and returns.
+//! The rule (fail by default, skip only with `BLKIO_AGENT_ALLOW_SKIP=1` outside CI, every skip
+//! recorded) is the agent's one helper, [`blkio_agent::prereq`]; this module lists what the
+//! packaging tests need.
 
 use std::process::{Command, Stdio};
 
-/// `true` when the test can go on. With missing prerequisites: panics under `CI=true`, else
-/// prints the reasons and returns `false` (the caller returns at once).
-pub fn require(test: &str, missing: &[String]) -> bool {
-    decide(test, missing, in_ci())
-}
-
-fn decide(test: &str, missing: &[String], ci: bool) -> bool {
-    if missing.is_empty() {
-        return true;
-    }
-    let reasons = missing.join("; ");
-    if ci {
-        panic!("{test}: CI=true but prerequisites are missing: {reasons}");
-    }
-    eprintln!("SKIPPED {test}: {reasons} (under CI=true this fails)");
-    false
-}
-
-pub fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
-
-pub fn is_root() -> bool {
-    // /proc/self/status "Uid:\treal\teffective\t..."; no libc binding needed.
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2) == Some("0")))
-        .unwrap_or(false)
-}
+pub use blkio_agent::prereq::{is_root, require};
 
 /// `program args...` runs and exits 0.
 pub fn command_works(program: &str, args: &[&str]) -> bool {
@@ -86,26 +58,4 @@ pub fn has_cgroup2_hierarchy() -> bool {
             f.len() > 2 && f[2] == "cgroup2" && (f[1] == "/sys/fs/cgroup" || f[1] == "/sys/fs/cgroup/unified")
         })
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn nothing_missing_runs() {
-        assert!(decide("t", &[], true));
-        assert!(decide("t", &[], false));
-    }
-
-    #[test]
-    fn missing_outside_ci_skips() {
-        assert!(!decide("t", &["no docker".into()], false));
-    }
-
-    #[test]
-    #[should_panic(expected = "CI=true but prerequisites are missing: no docker; not root")]
-    fn missing_in_ci_fails() {
-        decide("t", &["no docker".into(), "not root".into()], true);
-    }
 }

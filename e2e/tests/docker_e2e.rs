@@ -8,8 +8,8 @@
 //! agent runs as it must without API access: requests are attributed by cgroup (and pod UID,
 //! for pods) alone, and the workload's show up under this test's own cgroup.
 //!
-//! Needs root, a Docker engine, loop devices, kernel BTF and a cgroup v2 hierarchy. Under
-//! `CI=true` a missing one fails the test; elsewhere it is skipped with the reason printed.
+//! Needs root, a Docker engine, loop devices, kernel BTF and a cgroup v2 hierarchy. A missing
+//! one fails the test unless skipping is explicitly allowed (`BLKIO_AGENT_ALLOW_SKIP=1`).
 
 use std::{
     collections::BTreeMap,

@@ -69,7 +69,8 @@ pub fn device_index_match(entry: u64, dev: u32) -> Option<u32> {
 /// attribution is on).
 pub const MAX_CGROUP_KEYS: u32 = 4_096;
 
-/// Indices into the per-CPU `COUNTERS` element. Cumulative, never reset.
+/// Indices into the per-CPU `COUNTERS` element. Cumulative, never reset. Their names, metric
+/// labels and descriptions are in the agent's one table of kinds (`agent/src/losses.rs`).
 pub const LOSS_START_INSERT_FAILED: u32 = 0;
 pub const LOSS_COMPLETE_WITHOUT_START: u32 = 1;
 pub const LOSS_STALE_EVICTED: u32 = 2;
@@ -81,16 +82,6 @@ pub const LOSS_CGROUP_MAP_FULL: u32 = 5;
 pub const EVENT_REQUEUED: u32 = 6;
 pub const EVENT_PARTIAL_COMPLETION: u32 = 7;
 pub const COUNTER_SLOTS: u32 = 8;
-pub const COUNTER_NAMES: [&str; COUNTER_SLOTS as usize] = [
-    "start_insert_failed",
-    "complete_without_start",
-    "stale_evicted",
-    "hist_update_failed",
-    "device_map_full",
-    "cgroup_map_full",
-    "requeued",
-    "partial_completion",
-];
 
 /// Index 0 of the `CONTROL` array: the interval epoch. Userspace increments it at each snapshot;
 /// programs use its parity to pick which of the two `peak` slots of [`DeviceInflight`] to raise.

@@ -1,7 +1,7 @@
 //! OTLP and Prometheus exporters (issue 4): the same kernel numbers as the JSONL snapshots.
 //!
-//! The run loop calls [`Exporters::publish`] with every snapshot it writes to JSONL. `publish`
-//! adds the snapshot's interval deltas to exact running totals ([`model::Totals`]); `/metrics`
+//! The run loop calls [`Exporters::publish`] with every interval it writes to JSONL (the
+//! collector's [`Interval`] model, not the JSONL text). `publish` adds the interval's deltas to exact running totals ([`model::Totals`]); `/metrics`
 //! renders those totals on each scrape, and OTLP batches are built from them and queued for the
 //! sender task ([`otlp`]). Nothing on the collection side ever waits for the network.
 //!
@@ -29,7 +29,8 @@ use tokio::task::JoinHandle;
 
 use self::config::{ExportConfig, OtlpConfig, Temporality, Vars};
 use self::model::{AgentCounters, Collected, ExportCounters, Totals};
-use crate::snapshot::Snapshot;
+use crate::interval::Interval;
+use crate::supervise::Supervisor;
 use crate::{Error, Result};
 
 /// Facts `/readyz` is built from, updated by the run loop.
@@ -49,6 +50,8 @@ pub struct Health {
     pub jsonl_bytes_written: AtomicU64,
     /// Build time of the last snapshot in ns, 0 before the first (`blkio.agent.snapshot.build_time`).
     pub last_build_ns: AtomicU64,
+    /// The background tasks; any of them ending makes the agent unready.
+    pub tasks: Arc<Supervisor>,
 }
 
 pub fn now_unix_ms() -> u64 {
@@ -83,11 +86,14 @@ impl Health {
     }
 
     /// `Ok` when attached, a snapshot (or the attach, before the first one) is no older than 3
-    /// intervals (at least 1 s, to ride out scheduling hiccups at tiny intervals), and the output
-    /// is writable; otherwise the reason.
+    /// intervals (at least 1 s, to ride out scheduling hiccups at tiny intervals), the output is
+    /// writable and no background task has ended; otherwise the reason.
     pub fn readiness(&self, now_ms: u64) -> std::result::Result<(), String> {
         if !self.attached.load(Ordering::Acquire) {
             return Err("eBPF programs not attached yet".into());
+        }
+        if let Some(f) = self.tasks.failures().first() {
+            return Err(f.to_string());
         }
         let interval = self.interval_ms.load(Ordering::Relaxed);
         let last = match self.last_snapshot_unix_ms.load(Ordering::Acquire) {
@@ -229,8 +235,9 @@ impl Exporters {
         let mut otlp_shared = None;
         let mut export_each_snapshot = false;
         let mut interval = None;
+        let tasks = health.tasks.clone();
         if let Some(cfg) = &config.otlp {
-            let (os, task) = start_otlp(cfg)?;
+            let (os, task) = start_otlp(cfg, &tasks)?;
             otlp_shared = Some(os);
             sender = Some(task);
             export_each_snapshot = cfg.export_interval.is_none();
@@ -247,7 +254,7 @@ impl Exporters {
         });
         let ticker = interval.map(|every| {
             let shared = shared.clone();
-            tokio::spawn(async move {
+            tasks.spawn("otlp-ticker", async move {
                 let mut tick = tokio::time::interval(every);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 tick.tick().await;
@@ -267,16 +274,16 @@ impl Exporters {
                 let listener =
                     tokio::net::TcpListener::from_std(std_listener).map_err(|e| metrics_addr_err(addr, e))?;
                 tracing::info!(addr = %bound, "serving /metrics, /healthz and /readyz");
-                (Some(tokio::spawn(server::serve(listener, shared.clone(), stop_rx))), Some(bound))
+                (Some(tasks.spawn("metrics-server", server::serve(listener, shared.clone(), stop_rx))), Some(bound))
             }
         };
         Ok(Exporters { shared, export_each_snapshot, stop, sender, ticker, server, metrics_addr })
     }
 
-    /// Hands one snapshot (the same that is written to JSONL) to every exporter. Never blocks
-    /// on the network: it adds to the totals and, when exporting per snapshot, queues a batch.
-    pub fn publish(&self, snapshot: &Snapshot) {
-        self.shared.state.lock().unwrap().totals.add(snapshot);
+    /// Hands one interval (the same that is written to JSONL) to every exporter. Never blocks
+    /// on the network: it adds to the totals and, when exporting per interval, queues a batch.
+    pub fn publish(&self, interval: &Interval) {
+        self.shared.state.lock().unwrap().totals.add(interval);
         if self.export_each_snapshot {
             self.shared.collect_otlp();
         }
@@ -299,8 +306,15 @@ impl Exporters {
         })
     }
 
+    /// The supervisor of the exporters' tasks (`otlp-sender`, `otlp-ticker`, `metrics-server`).
+    pub fn tasks(&self) -> &Supervisor {
+        &self.shared.health.tasks
+    }
+
     /// Final export attempt within `timeout`, then stops the servers.
     pub async fn shutdown(self, timeout: Duration) {
+        // From here on the tasks end on purpose.
+        self.shared.health.tasks.stopping();
         if let Some(t) = &self.ticker {
             t.abort();
             // Whatever was published since the last tick still goes out.
@@ -324,11 +338,11 @@ impl Exporters {
     }
 }
 
-fn start_otlp(cfg: &OtlpConfig) -> Result<(OtlpShared, JoinHandle<()>)> {
+fn start_otlp(cfg: &OtlpConfig, tasks: &Arc<Supervisor>) -> Result<(OtlpShared, JoinHandle<()>)> {
     let stats = Arc::new(otlp::Stats::default());
     let queue = Arc::new(otlp::Queue::new(cfg.queue_capacity, cfg.queue_max_bytes, stats.clone()));
     let sender = otlp::Sender::new(cfg, queue.clone(), stats.clone())?;
-    Ok((OtlpShared { temporality: cfg.temporality, queue, stats }, tokio::spawn(sender.run())))
+    Ok((OtlpShared { temporality: cfg.temporality, queue, stats }, tasks.spawn("otlp-sender", sender.run())))
 }
 
 fn metrics_addr_err(addr: std::net::SocketAddr, e: std::io::Error) -> Error {
@@ -357,5 +371,15 @@ mod tests {
         assert_eq!(h.readiness(now_unix_ms() + 14_000), Ok(()));
         h.set_output_writable(false);
         assert!(h.readiness(now_unix_ms()).unwrap_err().contains("writable"));
+    }
+
+    #[tokio::test]
+    async fn a_background_task_that_ends_makes_the_agent_unready_with_its_name() {
+        let h = Health::default();
+        h.set_interval(Duration::from_secs(5));
+        h.set_output_writable(true);
+        h.set_attached();
+        h.tasks.spawn("otlp-sender", async {}).await.unwrap();
+        assert_eq!(h.readiness(now_unix_ms()), Err("background task otlp-sender stopped".into()));
     }
 }

@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, HashMap};
 use crate::{
     collector::CgroupDelta,
     histogram::HIST_SLOTS,
-    snapshot::{PodStats, TimeHistogram, buckets_from_slots},
+    interval::{Hist, PodLabels, PodSeries},
+    snapshot::PodStats,
 };
 
 /// The labels one series is exported with. Deltas that end up with identical labels are one
@@ -51,23 +52,16 @@ impl Acc {
         }
     }
 
-    fn into_stats(self, labels: Labels, device_id: u64, op: String) -> PodStats {
-        PodStats {
-            namespace: labels.namespace,
-            pod: labels.pod,
-            pod_uid: labels.pod_uid,
-            container: labels.container,
-            cgroup: labels.cgroup,
-            device_id,
+    fn into_series(self, labels: Labels, device_id: u64, op: &'static str) -> PodSeries {
+        let Labels { namespace, pod, pod_uid, container, cgroup } = labels;
+        PodSeries {
+            labels: PodLabels { namespace, pod, pod_uid, container, cgroup },
+            device_id: device_id as u32,
             device_name: self.device_name,
             op,
             count: self.count,
             bytes: self.bytes,
-            device_time: TimeHistogram {
-                sum_ns: self.sum_ns,
-                sum_us: self.sum_ns as f64 / 1000.0,
-                buckets: buckets_from_slots(&self.slots),
-            },
+            device_time: Hist::new(self.slots, self.sum_ns),
             // Filled per pod by the caller, which knows the pod's cgroup.
             io_pressure: None,
         }
@@ -93,6 +87,11 @@ impl Aggregator {
     /// The `max` busiest series (by requests, then bytes; ties by labels so output is stable),
     /// busiest first, then one `other` series per (device, op) for the rest.
     pub fn finish(self, max: usize) -> Vec<PodStats> {
+        self.finish_series(max).iter().map(PodSeries::stats).collect()
+    }
+
+    /// [`Aggregator::finish`] as the interval model's series.
+    pub fn finish_series(self, max: usize) -> Vec<PodSeries> {
         let mut ranked: Vec<_> = self.series.into_iter().collect();
         ranked.sort_by(|(ka, a), (kb, b)| b.count.cmp(&a.count).then(b.bytes.cmp(&a.bytes)).then_with(|| ka.cmp(kb)));
         let rest = if ranked.len() > max { ranked.split_off(max) } else { Vec::new() };
@@ -106,8 +105,8 @@ impl Aggregator {
         let other_labels = Labels { cgroup: Some(OTHER.to_string()), ..Labels::default() };
         ranked
             .into_iter()
-            .map(|((labels, dev, op), acc)| acc.into_stats(labels, dev, op.to_string()))
-            .chain(other.into_iter().map(|((dev, op), acc)| acc.into_stats(other_labels.clone(), dev, op.to_string())))
+            .map(|((labels, dev, op), acc)| acc.into_series(labels, dev, op))
+            .chain(other.into_iter().map(|((dev, op), acc)| acc.into_series(other_labels.clone(), dev, op)))
             .collect()
     }
 }

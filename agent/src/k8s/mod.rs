@@ -230,12 +230,16 @@ impl Attribution {
                         reason = %e,
                         "no Kubernetes API configuration (not in a pod, no KUBECONFIG); pods are reported by cgroup and pod UID only"
                     );
-                    return;
+                    // Stays parked: for the supervisor, the watcher ending means it failed.
+                    return std::future::pending().await;
                 }
             };
             match Client::try_from(config) {
                 Ok(client) => pods::run_watcher(client, node_name, writer, deleted).await,
-                Err(e) => tracing::warn!(error = %e, "cannot build a Kubernetes client; pods are reported by cgroup and pod UID only"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot build a Kubernetes client; pods are reported by cgroup and pod UID only");
+                    std::future::pending().await
+                }
             }
         }));
         Ok(me)
@@ -285,6 +289,11 @@ impl Attribution {
         }
     }
 
+    /// The pod watcher task, for supervision (it runs until this is dropped).
+    pub fn watcher(&self) -> Option<tokio::task::AbortHandle> {
+        self.watcher.as_ref().map(|h| h.abort_handle())
+    }
+
     /// The reflector store of this node's pods, when a watcher runs (empty until it syncs).
     pub fn pod_store(&self) -> Option<&Store<Pod>> {
         self.pods.store()
@@ -299,7 +308,16 @@ impl Attribution {
         self.attribute_at(deltas, Instant::now())
     }
 
+    /// [`Attribution::attribute`] as the interval model's series (what the run loop uses).
+    pub fn attribute_series(&mut self, deltas: &[CgroupDelta]) -> Vec<crate::interval::PodSeries> {
+        self.series_at(deltas, Instant::now())
+    }
+
     fn attribute_at(&mut self, deltas: &[CgroupDelta], now: Instant) -> Vec<PodStats> {
+        self.series_at(deltas, now).iter().map(crate::interval::PodSeries::stats).collect()
+    }
+
+    fn series_at(&mut self, deltas: &[CgroupDelta], now: Instant) -> Vec<crate::interval::PodSeries> {
         // Every interval, I/O or not: the watcher's queue is bounded, and pressure deltas are
         // per interval.
         self.cgroups.drain_events(now);
@@ -354,10 +372,15 @@ impl Attribution {
             };
             agg.add(labels, d);
         }
-        let mut out = agg.finish(self.max_pods);
-        for row in out.iter_mut().filter(|r| r.cgroup.is_none()) {
-            row.io_pressure =
-                row.pod_uid.as_ref().and_then(|u| pod_cgroups.get(u)).and_then(|dir| pressure.get(*dir)).copied();
+        let mut out = agg.finish_series(self.max_pods);
+        for row in out.iter_mut().filter(|r| r.labels.cgroup.is_none()) {
+            row.io_pressure = row
+                .labels
+                .pod_uid
+                .as_ref()
+                .and_then(|u| pod_cgroups.get(u))
+                .and_then(|dir| pressure.get(*dir))
+                .copied();
         }
         out
     }

@@ -30,8 +30,11 @@ const MAX_PENDING_LINES: usize = 16_384;
 const MAX_PENDING_BYTES: usize = 64 << 20;
 
 pub enum Sink {
-    File { log: MmapLog },
-    Segments(SegmentWriter),
+    File {
+        log: MmapLog,
+    },
+    /// Boxed: a segment writer is several times the size of a single file's state.
+    Segments(Box<SegmentWriter>),
 }
 
 impl Sink {
@@ -49,13 +52,22 @@ impl Sink {
         if !rec.sealed.is_empty() || !rec.deleted.is_empty() {
             tracing::info!(sealed = rec.sealed.len(), deleted = rec.deleted.len(), "recovered staging segments");
         }
-        Ok(Sink::Segments(w))
+        Ok(Sink::Segments(Box::new(w)))
     }
 
     fn append(&mut self, line: &[u8]) -> Result<()> {
         match self {
             Sink::File { log } => log.append(line),
             Sink::Segments(w) => w.append(line),
+        }
+    }
+
+    /// A failure after a line was written (a segment seal), which must not make the caller
+    /// write the line again.
+    fn take_deferred_error(&mut self) -> Option<Error> {
+        match self {
+            Sink::File { .. } => None,
+            Sink::Segments(w) => w.take_seal_error(),
         }
     }
 
@@ -131,6 +143,12 @@ impl Writer {
         let _ = self.tx.send(Msg::Line(line));
     }
 
+    /// The writer thread ended before [`Writer::close`] (it only does so by panicking): lines sent
+    /// now are lost, so the run loop must report the output as not writable.
+    pub fn stopped(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| t.is_finished())
+    }
+
     /// Writes what is queued, then truncates/seals, and waits for the thread.
     pub fn close(mut self) -> Result<()> {
         let _ = self.tx.send(Msg::Close);
@@ -175,6 +193,10 @@ fn writer_loop(
                         tracing::info!("JSONL writes resumed");
                     }
                     stats.writable.store(true, Ordering::Relaxed);
+                    if let Some(e) = sink.take_deferred_error() {
+                        stats.write_failures.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(error = %crate::error::chain(&e), "cannot seal a JSONL segment; will retry before the next line");
+                    }
                 }
                 Err(e) => {
                     stats.write_failures.fetch_add(1, Ordering::Relaxed);

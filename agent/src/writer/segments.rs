@@ -29,9 +29,14 @@ pub struct SegmentConfig {
 }
 
 struct Open {
-    log: MmapLog,
+    /// `None` once sealing began: the staging file is finished (or being repaired by a retry),
+    /// so no line may go into it any more.
+    log: Option<MmapLog>,
+    staging: PathBuf,
     final_path: PathBuf,
     opened: Instant,
+    /// Data length once `MmapLog::finish` succeeded; `None` before (a retry must finish again).
+    finished: Option<u64>,
 }
 
 pub struct SegmentWriter {
@@ -39,6 +44,8 @@ pub struct SegmentWriter {
     node: String,
     next_seq: u64,
     current: Option<Open>,
+    /// A seal that failed after its line was written (see [`SegmentWriter::append`]).
+    seal_error: Option<Box<Error>>,
 }
 
 /// What start-up recovery did with leftover staging files.
@@ -72,21 +79,37 @@ impl SegmentWriter {
         let next_seq = list(&cfg.dir)?.iter().filter_map(|(name, _)| seq_of(name)).max().map_or(0, |s| s + 1);
         let recovered = recover(&cfg.dir)?;
         let node = sanitize(&cfg.node);
-        let w = SegmentWriter { cfg, node, next_seq, current: None };
+        let w = SegmentWriter { cfg, node, next_seq, current: None, seal_error: None };
         w.enforce_retention()?;
         Ok((w, recovered))
     }
 
+    /// Appends one line. `Err` means the line was not written (the caller retries it); `Ok`
+    /// means it is in a segment, even when the seal it triggered failed: that seal is retried
+    /// before the next line goes anywhere (so a retry never writes a line twice, and no line is
+    /// written into a segment that is half sealed), and its error is kept for
+    /// [`SegmentWriter::take_seal_error`].
     pub fn append(&mut self, line: &[u8]) -> Result<()> {
+        if self.current.as_ref().is_some_and(|c| c.log.is_none()) {
+            self.seal()?;
+        }
         if self.current.is_none() {
             self.start_segment()?;
         }
         let cur = self.current.as_mut().expect("just started");
-        cur.log.append(line)?;
-        if cur.log.len() >= self.cfg.max_bytes || cur.opened.elapsed() >= self.cfg.max_age {
-            self.seal()?;
+        let log = cur.log.as_mut().expect("an open segment has its log");
+        log.append(line)?;
+        if (log.len() >= self.cfg.max_bytes || cur.opened.elapsed() >= self.cfg.max_age)
+            && let Err(e) = self.seal()
+        {
+            self.seal_error = Some(Box::new(e));
         }
         Ok(())
+    }
+
+    /// The error of a seal that failed after its line was written, once.
+    pub fn take_seal_error(&mut self) -> Option<Error> {
+        self.seal_error.take().map(|e| *e)
     }
 
     /// Seals the current segment if it is older than the age limit (called between appends
@@ -99,14 +122,14 @@ impl SegmentWriter {
     }
 
     pub fn flush(&mut self, fsync: bool) -> Result<()> {
-        match &mut self.current {
-            Some(c) => c.log.flush(fsync),
+        match self.current.as_mut().and_then(|c| c.log.as_mut()) {
+            Some(log) => log.flush(fsync),
             None => Ok(()),
         }
     }
 
     pub fn unflushed(&self) -> u32 {
-        self.current.as_ref().map_or(0, |c| c.log.unflushed())
+        self.current.as_ref().and_then(|c| c.log.as_ref()).map_or(0, |log| log.unflushed())
     }
 
     fn start_segment(&mut self) -> Result<()> {
@@ -117,22 +140,32 @@ impl SegmentWriter {
         let staging = self.cfg.dir.join(format!(".{name}{STAGING_SUFFIX}"));
         // Never larger than needed: a full segment plus room for the line that crosses the limit.
         let (log, _) = MmapLog::open(&staging, (self.cfg.max_bytes + 64 * 1024).min(64 << 20))?;
-        self.current = Some(Open { log, final_path, opened: Instant::now() });
+        self.current = Some(Open { log: Some(log), staging, final_path, opened: Instant::now(), finished: None });
         Ok(())
     }
 
-    /// Seals the current segment (if it holds anything; an empty one is removed).
+    /// Seals the current segment (if it holds anything; an empty one is removed). On failure the
+    /// segment stays current and closed to new lines, and the next call resumes where this one
+    /// stopped: a failed finish is redone from the staging file (reopening it cuts the padding
+    /// and keeps every complete line), a failed rename is retried.
     pub fn seal(&mut self) -> Result<Option<PathBuf>> {
-        let Some(cur) = self.current.take() else { return Ok(None) };
-        let staging = cur.log.path().to_path_buf();
-        let len = cur.log.finish()?;
+        let Some(cur) = self.current.as_mut() else { return Ok(None) };
+        let len = match (cur.finished, cur.log.take()) {
+            (Some(len), _) => len,
+            (None, Some(log)) => log.finish()?,
+            (None, None) => MmapLog::open(&cur.staging, 0)?.0.finish()?,
+        };
+        cur.finished = Some(len);
         if len == 0 {
-            std::fs::remove_file(&staging).map_err(|e| Error::write(&staging, e))?;
+            std::fs::remove_file(&cur.staging).map_err(|e| Error::write(&cur.staging, e))?;
+            self.current = None;
             return Ok(None);
         }
-        publish(&staging, &cur.final_path)?;
+        publish(&cur.staging, &cur.final_path)?;
+        let sealed = self.current.take().expect("current segment").final_path;
+        // The segment is sealed whatever retention does; its error is reported, not retried.
         self.enforce_retention()?;
-        Ok(Some(cur.final_path))
+        Ok(Some(sealed))
     }
 
     /// Deletes the oldest sealed segments past the file-count or byte limits (the newest one is
@@ -280,6 +313,41 @@ mod tests {
         let files = jsonl_files(dir.path());
         assert_eq!(files.len(), 2);
         assert!(files[0].ends_with("-000002.jsonl") && files[1].ends_with("-000003.jsonl"), "{files:?}");
+    }
+
+    /// Injected failure: a non-empty directory where the segment is to be renamed to.
+    #[test]
+    fn a_failed_seal_neither_duplicates_nor_loses_a_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, _) = SegmentWriter::open(cfg(dir.path())).unwrap();
+        let line = |i: usize| format!("{{\"i\":{i},\"x\":\"{}\"}}\n", "a".repeat(1000));
+        for i in 0..4 {
+            w.append(line(i).as_bytes()).unwrap();
+        }
+        let target = w.current.as_ref().unwrap().final_path.clone();
+        std::fs::create_dir(&target).unwrap();
+        std::fs::write(target.join("blocker"), "x").unwrap();
+        // The 5th line crosses the size limit: it is written, the seal fails and is kept.
+        w.append(line(4).as_bytes()).unwrap();
+        assert!(w.take_seal_error().is_some(), "the failed seal is reported");
+        // The next line waits for the seal, which still fails: that line is not written.
+        assert!(w.append(line(5).as_bytes()).is_err());
+        std::fs::remove_dir_all(&target).unwrap();
+        // The caller's retry: the seal succeeds first, then the line goes into a new segment.
+        w.append(line(5).as_bytes()).unwrap();
+        assert!(w.take_seal_error().is_none());
+        w.seal().unwrap();
+        let files = jsonl_files(dir.path());
+        assert_eq!(files.len(), 2, "{files:?}");
+        let mut seen = Vec::new();
+        for f in &files {
+            let text = std::fs::read_to_string(dir.path().join(f)).unwrap();
+            for l in text.lines() {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                seen.push(v["i"].as_u64().unwrap());
+            }
+        }
+        assert_eq!(seen, vec![0, 1, 2, 3, 4, 5], "every line once, in order");
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use blkio_agent::cli::{Cli, Command, RunArgs};
 use blkio_agent::export::config::{ExportConfig, Vars};
+use blkio_agent::interval::{Depth, DeviceInterval, Hist, Interval, OpInterval, PodLabels, PodSeries};
 use blkio_agent::snapshot::*;
 use bytes::Bytes;
 use clap::Parser;
@@ -51,76 +52,65 @@ pub fn config(flags: &[&str], pairs: &[(&str, &str)]) -> ExportConfig {
     ExportConfig::from_vars(&run_args(flags), &vars(pairs)).expect("valid config")
 }
 
-fn buckets(slots: &[(u32, u64)]) -> Vec<Bucket> {
-    let mut dense = vec![0u64; 32];
-    for &(s, n) in slots {
-        dense[s as usize] += n;
+fn slots_hist(slots: &[(u32, u64)], sum: u64) -> Hist {
+    let mut h = Hist { sum, ..Hist::default() };
+    for &(slot, n) in slots {
+        h.slots[slot as usize] += n;
     }
-    buckets_from_slots(&dense)
+    h
 }
 
-/// Snapshot number `seq` of a 5 s interval on a loop device: reads and writes whose slots vary
-/// with `seq`, a discard, an in-flight gauge, a pod, and some losses, as the collector writes it.
-pub fn snapshot(seq: u64) -> Snapshot {
+/// Interval number `seq` of 5 s on a loop device: reads and writes whose slots vary with `seq`,
+/// a discard, an in-flight gauge, a pod, and some losses, as the collector builds it.
+pub fn interval(seq: u64) -> Interval {
     let end = 1_760_000_000.0 + 5.0 * (seq + 1) as f64;
     let k = seq as u32 % 5;
     let read_slots = [(3 + k, 10 + seq), (7, 4), (12 + k, 1)];
     let write_slots = [(5, 3 + seq % 3), (20, 1)];
-    let op = |op: &str, slots: &[(u32, u64)], sum_ns: u64, qsum: u64| {
+    let op = |op: &'static str, slots: &[(u32, u64)], sum_ns: u64, qsum: u64| {
         let count: u64 = slots.iter().map(|s| s.1).sum();
-        OpStats {
-            device_id: 7 << 20 | 7,
-            device_name: DEVICE.into(),
-            op: op.into(),
+        OpInterval {
+            op,
             count,
             bytes: count * 4096,
-            device_time: TimeHistogram { sum_ns, sum_us: sum_ns as f64 / 1e3, buckets: buckets(slots) },
-            queue_time: TimeHistogram {
-                sum_ns: qsum,
-                sum_us: qsum as f64 / 1e3,
-                buckets: buckets(&[(0, count - 1), (2, 1)]),
-            },
-            size: SizeHistogram { buckets: buckets(&[(12, count)]) },
+            device_time: slots_hist(slots, sum_ns),
+            queue_time: slots_hist(&[(0, count - 1), (2, 1)], qsum),
+            size: slots_hist(&[(12, count)], count * 4096),
         }
     };
     let reads = op("read", &read_slots, 123_456_789 + seq * 1_001, 4_000 + seq);
     let writes = op("write", &write_slots, 9_876_543 + seq * 7, 2_500);
     let discard = op("discard", &[(9, 1)], 700_000, 0);
-    Snapshot {
-        schema_version: Some(SCHEMA_VERSION),
-        timestamp: end,
-        iso_timestamp: iso_timestamp(end),
-        interval_s: 5.0,
-        node: Some("node-1".into()),
-        seq: Some(seq),
-        latency_histogram: vec![],
-        inflight: vec![DeviceInflight {
-            device_id: 7 << 20 | 7,
-            device_name: DEVICE.into(),
-            count: seq % 4,
-            peak: Some(10 + seq % 7),
-            sysfs_count: None,
-        }],
-        pods: vec![PodStats {
+    let mut iv = Interval::empty(end, 5.0, "node-1", seq, "btf");
+    iv.pods.push(PodSeries {
+        labels: PodLabels {
             namespace: Some("db".into()),
             pod: Some("postgres-0".into()),
             pod_uid: Some("0f0e-uid".into()),
             container: Some("postgres".into()),
             cgroup: None,
-            device_id: 7 << 20 | 7,
-            device_name: DEVICE.into(),
-            op: "read".into(),
-            count: reads.count,
-            bytes: reads.bytes,
-            device_time: reads.device_time.clone(),
-            io_pressure: None,
-        }],
-        ops: vec![reads, writes, discard],
-        losses: Some(Losses { complete_without_start: seq % 2, requeued: 1, ..Losses::default() }),
-        losses_total: None,
-        agent: None,
+        },
+        device_id: 7 << 20 | 7,
+        device_name: DEVICE.into(),
+        op: "read",
+        count: reads.count,
+        bytes: reads.bytes,
+        device_time: reads.device_time,
         io_pressure: None,
-    }
+    });
+    iv.devices.push(DeviceInterval {
+        id: 7 << 20 | 7,
+        name: DEVICE.into(),
+        ops: vec![reads, writes, discard],
+        depth: Some(Depth { count: seq % 4, peak: 10 + seq % 7, sysfs: None }),
+    });
+    iv.losses = Losses::default().with("complete_without_start", seq % 2).with("requeued", 1);
+    iv
+}
+
+/// The JSONL line of [`interval`] `seq` (what the exporters' numbers must equal).
+pub fn snapshot(seq: u64) -> Snapshot {
+    interval(seq).snapshot()
 }
 
 /// The JSONL-side truth for (op) over `snaps`: dense slots, count, sum of ns.

@@ -1,7 +1,8 @@
 //! Helpers for the privileged tests: prerequisites, loop devices, the agent as a child process.
 //!
-//! Like aya's integration tests, these need root, real tracepoints and real block devices. With
-//! `CI=true` a missing prerequisite fails the test; elsewhere the test is skipped with the reason.
+//! Like aya's integration tests, these need root, real tracepoints and real block devices. A
+//! missing prerequisite fails the test unless skipping is explicitly allowed
+//! ([`blkio_agent::prereq`]).
 
 #![allow(dead_code)]
 
@@ -22,7 +23,8 @@ pub struct Privileged {
     _guard: MutexGuard<'static, ()>,
 }
 
-/// Returns `None` (test skipped, reason printed) or panics under CI when prerequisites are missing.
+/// `None` when prerequisites are missing and skipping is allowed (see [`blkio_agent::prereq`]);
+/// panics when they are missing otherwise.
 pub fn privileged(test: &str) -> Option<Privileged> {
     let guard = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let mut missing = Vec::new();
@@ -41,19 +43,15 @@ pub fn privileged(test: &str) -> Option<Privileged> {
             missing.push(tool.to_string());
         }
     }
-    if missing.is_empty() {
-        return Some(Privileged { _guard: guard });
-    }
-    missing_prerequisite(format!("{test}: needs {}", missing.join(", ")))
+    let missing: Vec<String> = missing.into_iter().map(|m| format!("needs {m}")).collect();
+    blkio_agent::prereq::require_then(test, &missing, || Privileged { _guard: guard })
 }
 
-/// A test's prerequisite is missing: panics under CI (privileged tests must run there), else
-/// prints why the test is skipped and returns `None`.
+/// A test's prerequisite is missing (`msg` is `test: what it needs`): fails, or skips when
+/// allowed (see [`blkio_agent::prereq`]).
 pub fn missing_prerequisite<T>(msg: String) -> Option<T> {
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{msg} (CI=true: privileged tests must run, not skip)");
-    }
-    eprintln!("SKIPPED {msg}");
+    let (test, reason) = msg.split_once(": ").unwrap_or(("privileged test", &msg));
+    assert!(!blkio_agent::prereq::require(test, &[reason.to_string()]));
     None
 }
 

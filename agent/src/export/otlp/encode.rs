@@ -135,12 +135,12 @@ pub fn point_count(req: &ExportMetricsServiceRequest) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::export::model::{AgentCounters, Totals, tests::snapshot};
+    use crate::export::model::{AgentCounters, Totals, tests::interval};
 
     #[test]
     fn histogram_points_carry_exact_buckets_and_bounds() {
         let mut t = Totals::default();
-        t.add(&snapshot(1000.0, 5.0, &[(0, 1), (4, 10), (31, 2)], 2_500_000_000));
+        t.add(&interval(1000.0, 5.0, &[(0, 1), (4, 10), (31, 2)], 2_500_000_000));
         let req = request(&t.collect(&AgentCounters::default(), true), Temporality::Cumulative, &Resource::default());
         let metrics = &req.resource_metrics[0].scope_metrics[0].metrics;
         let m = metrics.iter().find(|m| m.name == "blkio.request.duration").unwrap();

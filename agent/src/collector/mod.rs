@@ -1,0 +1,272 @@
+//! Turns the kernel's cumulative maps into the interval model ([`Interval`]).
+//!
+//! The programs never reset anything: each read is a cumulative total and the interval holds
+//! `current - previous`. So an event that lands while the maps are being read is simply counted
+//! in the next interval — nothing falls between two reads (unlike iterate-and-delete). The same
+//! property makes a failed read harmless: the interval is not built, the failure is counted
+//! (`losses.map_read_failures`), and the next one covers both.
+//!
+//! - [`maps`]: the seam (read and control traits; the aya implementation).
+//! - [`read`]: the read path — deltas, dense/fallback merges, naming and filtering.
+//! - [`control`]: the control path — dense slots, depth resync, attribution eviction.
+
+pub mod control;
+pub mod maps;
+pub mod read;
+#[cfg(test)]
+mod tests;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use blkio_agent_common::{CgroupKey, CgroupStats, DeviceInflight as KernelInflight};
+
+pub use self::{
+    control::CGROUP_IDLE_EVICT,
+    maps::{AyaMaps, MapControl, MapRead},
+    read::{CgroupDelta, HistDelta},
+};
+use self::{
+    control::{DenseSlots, Eviction, Resync},
+    read::{Baselines, op_name, read_all},
+};
+use crate::{
+    devices::{DeviceFilter, DeviceNames},
+    error::Result,
+    interval::{Depth, DeviceInterval, Interval},
+    loader::Probes,
+    losses::{INFLIGHT_RESYNC, Losses, MAP_READ_FAILURES, WRITE_FAILURES},
+};
+
+/// One interval's result.
+pub struct Collected {
+    pub interval: Interval,
+    /// Per-cgroup deltas for pod attribution (empty when attribution is off).
+    pub cgroups: Vec<CgroupDelta>,
+    /// Wall time spent reading maps and building the interval.
+    pub build_time: Duration,
+}
+
+pub struct Collector<M = AyaMaps> {
+    maps: M,
+    attach: &'static str,
+    epoch: u64,
+    base: Baselines,
+    slots: DenseSlots,
+    resync: Resync,
+    eviction: Eviction,
+    /// Depth at the end of the previous interval: the floor of this interval's peak.
+    prev_depth: HashMap<u32, u64>,
+    names: DeviceNames,
+    filter: DeviceFilter,
+    node: String,
+    seq: u64,
+    /// Start of the interval being counted (end of the last one built).
+    last: Instant,
+    /// Agent-side counts for the next interval (write failures, failed reads).
+    pending: Losses,
+    totals: Losses,
+}
+
+impl Collector<AyaMaps> {
+    /// The collector of loaded programs; `attribute`: read the attribution map too.
+    pub fn new(
+        probes: Probes,
+        names: DeviceNames,
+        filter: DeviceFilter,
+        node: String,
+        attribute: bool,
+    ) -> Result<Self> {
+        let attach = probes.mode.as_str();
+        Ok(Collector::with_maps(AyaMaps::take(probes, attribute)?, attach, names, filter, node))
+    }
+}
+
+impl<M: MapRead + MapControl> Collector<M> {
+    pub fn with_maps(maps: M, attach: &'static str, names: DeviceNames, filter: DeviceFilter, node: String) -> Self {
+        Collector {
+            maps,
+            attach,
+            epoch: 0,
+            base: Baselines::default(),
+            slots: DenseSlots::default(),
+            resync: Resync::default(),
+            eviction: Eviction::default(),
+            prev_depth: HashMap::new(),
+            names,
+            filter,
+            node,
+            seq: 0,
+            last: Instant::now(),
+            pending: Losses::default(),
+            totals: Losses::default(),
+        }
+    }
+
+    pub fn attach_mode(&self) -> &'static str {
+        self.attach
+    }
+
+    /// How long an attribution entry may stay idle before it is evicted (default
+    /// [`CGROUP_IDLE_EVICT`]).
+    pub fn set_cgroup_idle_evict(&mut self, d: Duration) {
+        self.eviction.after = d;
+    }
+
+    /// Keys of the kernel's attribution map (empty when attribution is off or unreadable).
+    pub fn cgroup_keys(&self) -> Vec<CgroupKey> {
+        self.maps.cgroups().map(|v| v.into_iter().map(|(k, _)| k).collect()).unwrap_or_default()
+    }
+
+    /// Adds failures seen outside the kernel (the writer's) to the next interval's losses.
+    pub fn add_write_failures(&mut self, n: u64) {
+        self.pending.add(WRITE_FAILURES, n);
+    }
+
+    /// Reads every map and builds the interval that just ended. On a failed read nothing is
+    /// built and nothing is lost: the failure is counted and the next call covers this interval.
+    pub fn collect(&mut self) -> Result<Collected> {
+        let started = Instant::now();
+        // New epoch first: issues from now on raise the other peak slot, so the slot of the
+        // interval that just ended is stable while we read it.
+        let ended_epoch = self.epoch;
+        self.epoch += 1;
+        let read = self.maps.set_epoch(self.epoch).and_then(|()| read_all(&self.maps, self.slots.devices()));
+        let raw = match read {
+            Ok(raw) => raw,
+            Err(e) => {
+                self.pending.add(MAP_READ_FAILURES, 1);
+                return Err(e);
+            }
+        };
+        let end_s = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+        let interval_s = started.duration_since(self.last).as_secs_f64();
+        self.last = started;
+
+        let ops = self.base.hist_deltas(&raw.hists);
+        let mut completed: HashMap<u32, u64> = HashMap::new();
+        for (&(dev, _), d) in &ops {
+            *completed.entry(dev).or_default() += d.count;
+        }
+        let mut devices = read::devices(&ops, &mut self.names, &self.filter);
+        let resynced = self.depths(ended_epoch, &raw.inflight, &completed, &mut devices);
+        let cgroups = self.cgroup_deltas(raw.cgroups);
+        let mut losses = self.base.loss_deltas(&raw.counters, raw.recursion);
+        losses.add_all(&std::mem::take(&mut self.pending));
+        losses.add(INFLIGHT_RESYNC, resynced);
+        self.totals.add_all(&losses);
+
+        // Devices seen in the fallback maps get a dense slot: cheaper for the programs from now on.
+        // A failure here only keeps devices on the fallback maps: the interval is not lost.
+        let (names, filter) = (&mut self.names, &self.filter);
+        match self.slots.assign(&mut self.maps, &raw.in_fallback, |dev| filter.allows(&names.name(dev))) {
+            Ok(placed) => {
+                for dev in placed {
+                    tracing::debug!(device = %self.names.name(dev), id = dev, "device given a dense slot");
+                }
+            }
+            Err(e) => tracing::warn!(error = %crate::error::chain(&e), "cannot give devices a dense slot"),
+        }
+
+        let interval = Interval {
+            end_s,
+            interval_s,
+            node: self.node.clone(),
+            seq: self.seq,
+            attach: self.attach,
+            devices: devices.into_values().collect(),
+            pods: Vec::new(),
+            losses,
+            losses_total: self.totals.clone(),
+            // The run loop adds the node's PSI (crate::pressure), which is not the kernel maps'.
+            io_pressure: None,
+        };
+        self.seq += 1;
+        Ok(Collected { interval, cgroups, build_time: started.elapsed() })
+    }
+
+    /// Depth and peak of every device with a gauge; returns the requests dropped by resyncs.
+    fn depths(
+        &mut self,
+        ended_epoch: u64,
+        inflight: &BTreeMap<u32, KernelInflight>,
+        completed: &HashMap<u32, u64>,
+        devices: &mut BTreeMap<u32, DeviceInterval>,
+    ) -> u64 {
+        let slot = (ended_epoch & 1) as usize;
+        let mut resynced = 0;
+        for (&dev, v) in inflight {
+            let name = self.names.name(dev);
+            if !self.filter.allows(&name) {
+                continue;
+            }
+            // Raw kernel value: below 0 if arming was late (see CONTROL_ARMED_NS), reported as 0;
+            // above the truth when the kernel did not run the completion program for some
+            // completions (docs/performance.md, "Completions the kernel does not show").
+            let mut depth = v.inflight.max(0) as u64;
+            let interval_peak = if v.peak_epoch[slot] == ended_epoch { v.peak[slot].max(0) as u64 } else { 0 };
+            let floor = self.prev_depth.get(&dev).copied().unwrap_or(0);
+            let peak = interval_peak.max(floor).max(depth);
+            let done = completed.get(&dev).copied().unwrap_or(0);
+            // The kernel's own count is only needed to judge a gauge that looks stuck (non-zero
+            // with nothing completing); reading sysfs for every device every interval would be
+            // most of the snapshot's cost on a node with many disks.
+            let sysfs = if v.inflight != 0 && done == 0 { self.names.sysfs_inflight(&name) } else { None };
+            // Only done on an idle device, where the reset cannot race with the programs' adds.
+            if self.resync.stale(dev, v.inflight, sysfs, done) {
+                match self.slots.reset_inflight(&mut self.maps, dev) {
+                    Ok(()) => {
+                        self.resync.was_reset(dev);
+                        resynced += v.inflight.unsigned_abs();
+                        depth = 0;
+                        tracing::warn!(
+                            device = dev,
+                            gauge = v.inflight,
+                            "in-flight depth disagreed with sysfs on an idle device; reset"
+                        );
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %crate::error::chain(&e), device = dev, "cannot reset a stuck depth gauge")
+                    }
+                }
+            }
+            self.prev_depth.insert(dev, depth);
+            let entry =
+                devices.entry(dev).or_insert_with(|| DeviceInterval { id: dev, name, ops: Vec::new(), depth: None });
+            entry.depth = Some(Depth { count: depth, peak, sysfs });
+        }
+        resynced
+    }
+
+    fn cgroup_deltas(&mut self, entries: Vec<(CgroupKey, CgroupStats)>) -> Vec<CgroupDelta> {
+        let now = Instant::now();
+        let mut out = Vec::new();
+        for (key, cur) in entries {
+            let Some((count, device_ns, bytes, device_slots)) = self.base.cgroup_delta(key, cur) else {
+                if self.eviction.idle(key, now) {
+                    let _ = self.maps.remove_cgroup(&key);
+                    self.base.cgroups.remove(&key);
+                }
+                continue;
+            };
+            self.eviction.active(&key);
+            let name = self.names.name(key.dev);
+            if !self.filter.allows(&name) {
+                continue;
+            }
+            out.push(CgroupDelta {
+                cgroup_id: key.cgroup_id,
+                device_id: key.dev,
+                device_name: name,
+                op: op_name(key.op),
+                count,
+                device_ns,
+                bytes,
+                device_slots,
+            });
+        }
+        out
+    }
+}

@@ -1,0 +1,152 @@
+//! The JSONL renderer: an [`Interval`] as the [`Snapshot`] contract (`docs/snapshot.schema.json`).
+
+use super::{DeviceInterval, Hist, Interval, PodSeries};
+use crate::{
+    histogram::ns_to_us,
+    snapshot::{
+        AgentInfo, DeviceHistogram, DeviceInflight, OpStats, PodStats, SCHEMA_VERSION, SizeHistogram, Snapshot,
+        TimeHistogram, buckets_from_slots, iso_timestamp,
+    },
+};
+
+impl Interval {
+    /// The JSONL line of this interval: `latency_histogram` holds the devices with completions,
+    /// `inflight` those with a gauge, `ops` every (device, op) with completions, in device order.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            schema_version: Some(SCHEMA_VERSION),
+            timestamp: self.end_s,
+            iso_timestamp: iso_timestamp(self.end_s),
+            interval_s: self.interval_s,
+            node: Some(self.node.clone()),
+            seq: Some(self.seq),
+            latency_histogram: self.devices.iter().filter(|d| !d.ops.is_empty()).map(latency).collect(),
+            inflight: self
+                .devices
+                .iter()
+                .filter_map(|d| {
+                    d.depth.map(|depth| DeviceInflight {
+                        device_id: u64::from(d.id),
+                        device_name: d.name.clone(),
+                        count: depth.count,
+                        peak: Some(depth.peak),
+                        sysfs_count: depth.sysfs,
+                    })
+                })
+                .collect(),
+            ops: self.devices.iter().flat_map(ops).collect(),
+            pods: self.pods.iter().map(PodSeries::stats).collect(),
+            losses: Some(self.losses.clone()),
+            losses_total: Some(self.losses_total.clone()),
+            agent: Some(AgentInfo { version: env!("CARGO_PKG_VERSION").into(), attach: self.attach.into() }),
+            io_pressure: self.io_pressure,
+        }
+    }
+}
+
+fn latency(d: &DeviceInterval) -> DeviceHistogram {
+    let h = d.device_time();
+    DeviceHistogram {
+        device_id: u64::from(d.id),
+        device_name: d.name.clone(),
+        total: d.count(),
+        sum_us: Some(ns_to_us(h.sum)),
+        sum_ns: Some(h.sum),
+        buckets: buckets_from_slots(&h.slots),
+    }
+}
+
+fn ops(d: &DeviceInterval) -> impl Iterator<Item = OpStats> + '_ {
+    d.ops.iter().map(|o| OpStats {
+        device_id: u64::from(d.id),
+        device_name: d.name.clone(),
+        op: o.op.to_string(),
+        count: o.count,
+        bytes: o.bytes,
+        device_time: time(&o.device_time),
+        queue_time: time(&o.queue_time),
+        size: SizeHistogram { buckets: buckets_from_slots(&o.size.slots) },
+    })
+}
+
+fn time(h: &Hist) -> TimeHistogram {
+    TimeHistogram { sum_ns: h.sum, sum_us: ns_to_us(h.sum), buckets: buckets_from_slots(&h.slots) }
+}
+
+impl PodSeries {
+    /// The JSONL `pods[]` entry of this series.
+    pub fn stats(&self) -> PodStats {
+        let l = self.labels.clone();
+        PodStats {
+            namespace: l.namespace,
+            pod: l.pod,
+            pod_uid: l.pod_uid,
+            container: l.container,
+            cgroup: l.cgroup,
+            device_id: u64::from(self.device_id),
+            device_name: self.device_name.clone(),
+            op: self.op.to_string(),
+            count: self.count,
+            bytes: self.bytes,
+            device_time: time(&self.device_time),
+            io_pressure: self.io_pressure,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::interval::{Depth, OpInterval, PodLabels};
+
+    /// The exact line for a small interval: the seed's keys and shapes, devices with
+    /// completions in `latency_histogram`, every gauge in `inflight`, µs sums from the ns sums.
+    #[test]
+    fn renders_the_snapshot_contract_byte_for_byte() {
+        let mut slots = [0u64; crate::histogram::HIST_SLOTS];
+        slots[4] = 2;
+        let h = Hist::new(slots, 40_500);
+        let mut iv = Interval::empty(1_759_414_800.123, 5.0, "n1", 3, "btf");
+        iv.devices.push(DeviceInterval {
+            id: 7 << 20,
+            name: "loop0".into(),
+            ops: vec![OpInterval { op: "read", count: 2, bytes: 8192, device_time: h, queue_time: h, size: h }],
+            depth: Some(Depth { count: 1, peak: 4, sysfs: None }),
+        });
+        iv.devices.push(DeviceInterval {
+            id: 8 << 20,
+            name: "sda".into(),
+            ops: vec![],
+            depth: Some(Depth { count: 0, peak: 0, sysfs: Some(0) }),
+        });
+        iv.pods.push(PodSeries {
+            labels: PodLabels { cgroup: Some("system.slice".into()), ..Default::default() },
+            device_id: 7 << 20,
+            device_name: "loop0".into(),
+            op: "read",
+            count: 2,
+            bytes: 8192,
+            device_time: h,
+            io_pressure: None,
+        });
+        let line = serde_json::to_string(&iv.snapshot()).unwrap();
+        let b = r#"[{"slot":4,"count":2,"bucket_low":16,"bucket_high":31}]"#;
+        let t = format!(r#"{{"sum_ns":40500,"sum_us":40.5,"buckets":{b}}}"#);
+        let zero = r#"{"start_insert_failed":0,"complete_without_start":0,"stale_evicted":0,"hist_update_failed":0,"device_map_full":0,"cgroup_map_full":0,"recursion_misses":0,"inflight_resync":0,"write_failures":0,"requeued":0,"partial_completion":0,"map_read_failures":0}"#;
+        let expected = format!(
+            concat!(
+                r#"{{"schema_version":1,"timestamp":1759414800.123,"iso_timestamp":"2025-10-02T14:20:00.123000+00:00","interval_s":5.0,"node":"n1","seq":3,"#,
+                r#""latency_histogram":[{{"device_id":7340032,"device_name":"loop0","total":2,"sum_us":40.5,"sum_ns":40500,"buckets":{b}}}],"#,
+                r#""inflight":[{{"device_id":7340032,"device_name":"loop0","count":1,"peak":4}},{{"device_id":8388608,"device_name":"sda","count":0,"peak":0,"sysfs_count":0}}],"#,
+                r#""ops":[{{"device_id":7340032,"device_name":"loop0","op":"read","count":2,"bytes":8192,"device_time":{t},"queue_time":{t},"size":{{"buckets":{b}}}}}],"#,
+                r#""pods":[{{"cgroup":"system.slice","device_id":7340032,"device_name":"loop0","op":"read","count":2,"bytes":8192,"device_time":{t}}}],"#,
+                r#""losses":{z},"losses_total":{z},"agent":{{"version":"{v}","attach":"btf"}}}}"#
+            ),
+            b = b,
+            t = t,
+            z = zero,
+            v = env!("CARGO_PKG_VERSION")
+        );
+        assert_eq!(line, expected);
+    }
+}
