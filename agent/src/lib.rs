@@ -9,7 +9,7 @@
 //! - [`devices`], [`collector`]: name devices, read the kernel maps, turn them into intervals.
 //! - [`writer`]: crash-safe mmap JSONL (single file and sealed segments).
 //! - [`export`]: OTLP and Prometheus; [`supervise`]: background tasks whose end is a failure.
-//! - [`k8s`]: cgroup -> pod attribution.
+//! - [`k8s`]: cgroup -> pod attribution; [`pressure`]: PSI of the node and of each pod.
 //! - [`analyze`]: offline charts, percentiles, anomalies.
 //! - [`prereq`]: the rule for tests whose prerequisites (root, devices, Docker) are missing.
 
@@ -21,6 +21,7 @@ pub mod histogram;
 pub mod interval;
 pub mod losses;
 pub mod prereq;
+pub mod pressure;
 pub mod snapshot;
 pub mod writer;
 

@@ -92,7 +92,9 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         (Some(plan), Some(source)) => {
             let root = plan.root_for(source).to_path_buf();
             tracing::info!(source = source.as_str(), cgroup_root = %root.display(), "per-pod attribution");
-            let a = k8s::Attribution::start(root, source, node.clone(), args.max_pods)?;
+            let mut a = k8s::Attribution::start(root, source, node.clone(), args.max_pods)?;
+            // Pods' io.pressure lives in the cgroup v2 mount, whichever hierarchy names the ids.
+            a.set_pressure_root(k8s::is_cgroup2(&plan.task_root).then(|| plan.task_root.clone()));
             if let Some(watcher) = a.watcher() {
                 health.tasks.watch("pod-watcher", watcher);
             }
@@ -113,6 +115,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         "attached; collecting"
     );
 
+    let mut node_pressure = crate::pressure::NodePressure::new(&args.proc_root);
     let live = LiveView::new(args.live);
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
@@ -159,6 +162,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             }
         };
         let mut interval = collected.interval;
+        interval.io_pressure = node_pressure.sample();
         if let Some(a) = attribution.as_mut() {
             interval.pods = a.attribute_series(&collected.cgroups);
         }

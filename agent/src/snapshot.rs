@@ -7,7 +7,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::histogram::{bucket_high, bucket_low, clamp_slot};
+use crate::{
+    histogram::{bucket_high, bucket_low, clamp_slot},
+    pressure::Pressure,
+};
 
 /// Bumped when a key changes meaning; adding keys does not bump it.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -49,6 +52,9 @@ pub struct Snapshot {
     /// How the data was collected.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<AgentInfo>,
+    /// The node's `/proc/pressure/io` (PSI); absent where the kernel has no PSI.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub io_pressure: Option<Pressure>,
 }
 
 /// One entry of `latency_histogram` (the seed's shape plus `sum_us`/`sum_ns`).
@@ -142,6 +148,10 @@ pub struct PodStats {
     pub count: u64,
     pub bytes: u64,
     pub device_time: TimeHistogram,
+    /// The pod's cgroup v2 `io.pressure` (the pod's, not this row's: the same on each of its
+    /// rows); absent for non-pod series and where PSI is unavailable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub io_pressure: Option<Pressure>,
 }
 
 /// Event counters (one per kind of [`crate::losses::KINDS`]). In `losses` they are deltas for
@@ -277,6 +287,7 @@ mod tests {
             losses: Some(Losses::default()),
             losses_total: None,
             agent: None,
+            io_pressure: None,
         };
         let line = serde_json::to_string(&snap).unwrap();
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
@@ -330,6 +341,7 @@ mod tests {
             count: 2,
             bytes: 8192,
             device_time: time,
+            io_pressure: Some(psi()),
         });
         s.losses = Some(Losses::default());
         s.losses_total = Some(Losses::default().with("recursion_misses", 1));
@@ -343,7 +355,17 @@ mod tests {
                 flag_disagreements: 0,
             }),
         });
+        s.io_pressure = Some(psi());
         s
+    }
+
+    fn psi() -> Pressure {
+        let mut p = crate::pressure::parse(
+            "some avg10=1.50 avg60=0.2 avg300=0 total=900\nfull avg10=0 avg60=0 avg300=0 total=40",
+        )
+        .unwrap();
+        p.some.delta_us = Some(120);
+        p
     }
 
     #[test]
@@ -358,9 +380,24 @@ mod tests {
         let mut bad = full.clone();
         bad["ops"][0]["op"] = "scribble".into();
         assert!(!validator.is_valid(&bad));
-        let mut bad = full;
+        let mut bad = full.clone();
         bad["losses"].as_object_mut().unwrap().remove("stale_evicted");
         assert!(!validator.is_valid(&bad));
+        // PSI: present and checked where the kernel has it; a zero stand-in is not the shape.
+        assert!(full["io_pressure"]["some"]["delta_us"] == 120 && full["pods"][0]["io_pressure"].is_object());
+        let mut bad = full.clone();
+        bad["pods"][0]["io_pressure"]["full"].as_object_mut().unwrap().remove("total_us");
+        assert!(!validator.is_valid(&bad));
+        let mut bad = full.clone();
+        bad["io_pressure"] = 0.into();
+        assert!(!validator.is_valid(&bad));
+        // Without PSI the keys are absent (never zero), and that is valid.
+        let mut snap = full_snapshot();
+        snap.io_pressure = None;
+        snap.pods[0].io_pressure = None;
+        let none = serde_json::to_value(&snap).unwrap();
+        assert!(none.get("io_pressure").is_none() && none["pods"][0].get("io_pressure").is_none());
+        assert!(validator.is_valid(&none));
     }
 
     /// The schema's `losses` object is the table of kinds: every key required, described as the

@@ -142,10 +142,11 @@ async fn watcher_lists_this_nodes_pods_from_the_cache_and_follows_watch_events()
     reply.send_response(Response::new(Body::from(body)));
 
     let out = eventually(&mut attr, &deltas, "ADDED api-0 and DELETED web-0 applied", |out| {
-        out.iter().any(|p| p.pod.as_deref() == Some("api-0")) && out.iter().all(|p| p.pod.as_deref() != Some("web-0"))
+        out.iter().any(|p| p.pod.as_deref() == Some("api-0")) && store.state().len() == 1
     })
     .await;
-    assert_eq!(labels(&out[0]), (None, None, Some(UID_A), None), "deleted pod: back to UID only");
+    // Deleted from the API, but its last I/O (reported after the deletion) keeps its names.
+    assert_eq!(labels(&out[0]), (Some("shop"), Some("web-0"), Some(UID_A), Some("app")), "deleted pod: still named");
     assert_eq!(labels(&out[1]), (Some("shop"), Some("api-0"), Some(UID_B), Some("app")));
     assert_eq!((out[0].count, out[1].count), (8, 3));
     drop(api);
@@ -192,4 +193,34 @@ fn cgroup_only_attribution_has_no_store() {
     assert!(attr.pod_store().is_none());
     let out = attr.attribute(&[delta(id_a, 2)]);
     assert_eq!(labels(&out[0]), (None, None, Some(UID_A), None));
+}
+
+/// A pod the API deletes before its I/O is reported (a short Job, an init-only pod) keeps its
+/// names: the watcher remembers the deleted object for a grace period.
+#[tokio::test]
+async fn a_pod_deleted_before_its_io_is_reported_keeps_its_names() {
+    let (dir, id_a, _) = tree();
+    let (client, mut api) = client();
+    let mut attr = Attribution::with_client(dir.path().to_path_buf(), "node-a", 50, client).unwrap();
+    let (_, reply) = next(&mut api).await;
+    reply.send_response(json_response(
+        StatusCode::OK,
+        json!({"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "10"}, "items": [pod("job-0", UID_A, CID_A, "9")]}),
+    ));
+    let (_, reply) = next(&mut api).await;
+    let ev = json!({"type": "DELETED", "object": pod("job-0", UID_A, CID_A, "11")});
+    reply.send_response(Response::new(Body::from([serde_json::to_vec(&ev).unwrap(), b"\n".to_vec()].concat())));
+    let store = attr.pod_store().unwrap().clone();
+    let start = std::time::Instant::now();
+    // Until the list, then the DELETED event, have been applied.
+    tokio::time::timeout(Duration::from_secs(10), store.wait_until_ready()).await.expect("store synced").unwrap();
+    while !store.is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(10), "DELETED never applied");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(store.state().is_empty(), "gone from the store");
+    let out = attr.attribute(&[delta(id_a, 6)]);
+    assert_eq!(labels(&out[0]), (Some("shop"), Some("job-0"), Some(UID_A), Some("app")), "named after deletion");
+    assert_eq!(out[0].count, 6);
+    drop(api);
 }

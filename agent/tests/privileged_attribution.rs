@@ -7,7 +7,10 @@
 
 mod privileged_support;
 
-use std::{path::PathBuf, process::Command};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use privileged_support::*;
 
@@ -206,4 +209,305 @@ fn idle_pod_entries_are_evicted_from_the_kernel_map() {
     let again = collector.collect().unwrap();
     let ours: u64 = again.cgroups.iter().filter(|c| c.device_name == dev.name).map(|c| c.count).sum();
     assert_eq!(ours, 10, "a cgroup active again after eviction restarts from zero, exactly");
+}
+
+// ---- Short-lived containers (issue 15): created, used and removed within one interval. ----
+
+mod short_lived {
+    use std::{
+        path::{Path, PathBuf},
+        process::{Command, Stdio},
+        time::{Duration, Instant},
+    };
+
+    use blkio_agent::{
+        cli::AttachMode,
+        collector::Collector,
+        devices::{DeviceFilter, DeviceNames},
+        k8s::Attribution,
+        loader::{CgroupSource, LoadOptions, load},
+        snapshot::PodStats,
+    };
+    use http::{Request, Response};
+    use kube::{Client, client::Body};
+
+    use super::{CgroupTree, LoopDev};
+
+    pub const UID: &str = "7d3e1c2b-5a4f-4e6d-9c8b-a1b2c3d4e5f6";
+
+    /// A container that writes with direct I/O for `ms` milliseconds, then exits; its cgroup is
+    /// removed as soon as it is empty, as the runtime does. Returns when the cgroup is gone.
+    pub fn run_and_remove(cgroup: &Path, dev: &Path, ms: u64) {
+        std::fs::create_dir(cgroup).unwrap_or_else(|e| panic!("mkdir {}: {e}", cgroup.display()));
+        let script = format!(
+            "echo $$ > {}/cgroup.procs && exec dd if=/dev/zero of={} bs=4k count=1000000 oflag=direct",
+            cgroup.display(),
+            dev.display()
+        );
+        let mut child = Command::new("sh").arg("-c").arg(&script).stderr(Stdio::null()).spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(ms));
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+        child.wait().unwrap();
+        rmdir_when_empty(cgroup);
+    }
+
+    /// rmdir, retried while the cgroup still holds the exiting task (EBUSY for a moment).
+    pub fn rmdir_when_empty(cgroup: &Path) {
+        let start = Instant::now();
+        loop {
+            match std::fs::remove_dir(cgroup) {
+                Ok(()) => return,
+                Err(e) if start.elapsed() < Duration::from_secs(5) => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => panic!("rmdir {}: {e}", cgroup.display()),
+            }
+        }
+    }
+
+    pub fn container_status(name: &str, cid: &str) -> serde_json::Value {
+        serde_json::json!({
+            "name": name, "image": "img", "imageID": "", "ready": false, "restartCount": 0,
+            "containerID": format!("containerd://{cid}")
+        })
+    }
+
+    /// A mocked API server that lists `pod` on node-a and then keeps the watch open, silent.
+    pub fn mock_api(rt: &tokio::runtime::Runtime, pod: serde_json::Value) -> Client {
+        let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        rt.spawn(async move {
+            let mut open = Vec::new();
+            while let Some((req, reply)) = handle.next_request().await {
+                let q = req.uri().query().unwrap_or_default().to_string();
+                assert!(q.contains("fieldSelector=spec.nodeName%3Dnode-a"), "{q}");
+                if q.contains("watch=true") {
+                    open.push(reply); // never answered: no events
+                    continue;
+                }
+                let list = serde_json::json!({
+                    "apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "5"}, "items": [pod.clone()]
+                });
+                reply.send_response(Response::new(Body::from(serde_json::to_vec(&list).unwrap())));
+            }
+        });
+        let _g = rt.enter();
+        Client::new(svc, "default")
+    }
+
+    pub struct Setup {
+        pub rt: tokio::runtime::Runtime,
+        pub attr: Attribution,
+        pub collector: Collector,
+        pub dev: LoopDev,
+    }
+
+    /// Attribution with the mocked API (synced), programs attached by `source`, a loop device,
+    /// and one collection already taken (so the next one holds only what the test does).
+    pub fn setup(root: &Path, source: CgroupSource, pod: serde_json::Value) -> Setup {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let client = mock_api(&rt, pod);
+        let attr = {
+            let _g = rt.enter();
+            Attribution::with_client(root.to_path_buf(), "node-a", 50, client).unwrap()
+        };
+        let store = attr.pod_store().unwrap().clone();
+        rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), store.wait_until_ready()).await })
+            .expect("pod store synced")
+            .unwrap();
+        let dev = LoopDev::new(64);
+        let sys = Path::new("/");
+        let probes =
+            load(&LoadOptions { mode: AttachMode::Btf, sys_root: sys, attribution: Some(source) }).expect("load");
+        assert_eq!(probes.cgroup_source, Some(source), "the loader kept the requested source");
+        let names = DeviceNames::new(sys, sys).unwrap();
+        let mut collector = Collector::new(probes, names, DeviceFilter::default(), "node-a".into(), true).unwrap();
+        collector.collect().unwrap();
+        Setup { rt, attr, collector, dev }
+    }
+
+    impl Setup {
+        /// One interval: collect, attribute; returns (device writes, series on the device).
+        pub fn interval(&mut self) -> (u64, Vec<PodStats>) {
+            let c = self.collector.collect().unwrap();
+            let _g = self.rt.enter();
+            let pods = self.attr.attribute(&c.cgroups);
+            let writes = c
+                .interval
+                .devices
+                .iter()
+                .filter(|d| d.name == self.dev.name)
+                .flat_map(|d| &d.ops)
+                .filter(|o| o.op == "write")
+                .map(|o| o.count)
+                .sum();
+            let on_dev = pods.into_iter().filter(|p| p.device_name == self.dev.name).collect();
+            (writes, on_dev)
+        }
+    }
+
+    /// The test's own tree `<root>/blkio-agent-test-<pid>-<tag>/<parts...>`, created now.
+    pub fn tree(root: &Path, tag: &str, parts: &[String], io_v2: bool) -> (CgroupTree, PathBuf) {
+        let mut dirs = vec![root.join(format!("blkio-agent-test-{}-{tag}", std::process::id()))];
+        for p in parts {
+            let next = dirs.last().unwrap().join(p);
+            dirs.push(next);
+        }
+        for d in &dirs {
+            std::fs::create_dir(d).unwrap_or_else(|e| panic!("mkdir {}: {e}", d.display()));
+        }
+        // On cgroup v2, bio ids name the closest cgroup with the io controller: enable it down
+        // to the containers, as the runtime does (v1 blkio has it everywhere).
+        if io_v2 {
+            for d in &dirs {
+                std::fs::write(d.join("cgroup.subtree_control"), "+io")
+                    .unwrap_or_else(|e| panic!("+io in {}: {e}", d.display()));
+            }
+        }
+        let pod = dirs.last().unwrap().clone();
+        (CgroupTree(dirs), pod)
+    }
+
+    pub fn describe(series: &[PodStats]) -> Vec<String> {
+        series
+            .iter()
+            .map(|p| format!("{:?}/{:?}/{:?}/{:?} {} {}", p.cgroup, p.pod, p.pod_uid, p.container, p.op, p.count))
+            .collect()
+    }
+}
+
+fn source_root(source: blkio_agent::loader::CgroupSource, test: &str) -> Option<(PathBuf, bool)> {
+    use blkio_agent::loader::CgroupSource;
+    match source {
+        CgroupSource::Task => cgroup2_mount()
+            .map(|r| (r, false))
+            .or_else(|| missing_prerequisite(format!("{test}: needs a cgroup v2 mount"))),
+        CgroupSource::Bio => io_mount()
+            .map(|r| {
+                let v2 = r.join("cgroup.subtree_control").exists();
+                (r, v2)
+            })
+            .or_else(|| missing_prerequisite(format!("{test}: needs an io controller hierarchy (v2 io or v1 blkio)"))),
+    }
+}
+
+/// A container cgroup created, used for 200 ms of direct writes and removed within one interval,
+/// under a pod cgroup (systemd driver naming) whose pod the mocked API knows: every write is the
+/// pod's and the container's.
+fn short_lived_container_is_named(source: blkio_agent::loader::CgroupSource, test: &str) {
+    use short_lived::*;
+    let Some(_p) = privileged(test) else { return };
+    let Some((root, io_v2)) = source_root(source, test) else { return };
+    let cid = "5e".repeat(32);
+    let pod_slice = format!("kubepods-besteffort-pod{}.slice", UID.replace('-', "_"));
+    let parts = ["kubepods.slice".to_string(), "kubepods-besteffort.slice".into(), pod_slice];
+    let (_tree, pod_dir) = tree(&root, "short", &parts, io_v2);
+    let pod = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "loader-0", "namespace": "ml", "uid": UID, "resourceVersion": "4"},
+        "spec": {"nodeName": "node-a", "containers": [{"name": "loader", "image": "img"}]},
+        "status": {"containerStatuses": [container_status("loader", &cid)]}
+    });
+    let mut s = setup(&root, source, pod);
+    let scope = pod_dir.join(format!("cri-containerd-{cid}.scope"));
+    run_and_remove(&scope, &s.dev.dev, 200);
+    assert!(!scope.exists(), "the container cgroup is gone before the interval ends");
+    let (writes, series) = s.interval();
+    assert!(writes > 0, "the container wrote in 200 ms");
+    let ours: u64 = series
+        .iter()
+        .filter(|p| {
+            p.op == "write"
+                && (p.namespace.as_deref(), p.pod.as_deref(), p.pod_uid.as_deref(), p.container.as_deref())
+                    == (Some("ml"), Some("loader-0"), Some(UID), Some("loader"))
+        })
+        .map(|p| p.count)
+        .sum();
+    assert_eq!(ours, writes, "every write named ml/loader-0/loader; series on the device: {:?}", describe(&series));
+    // PSI: the pod's cgroup v2 io.pressure next to its I/O where the kernel has it (this mount
+    // is v2 for attribution by task), with a delta (baseline taken when attribution started).
+    if source == blkio_agent::loader::CgroupSource::Task && Path::new("/proc/pressure/io").exists() {
+        let p = series[0].io_pressure.unwrap_or_else(|| panic!("io.pressure of the pod: {:?}", series[0]));
+        assert!(p.some.delta_us.is_some() && p.full.delta_us.is_some(), "{p:?}");
+        assert!(p.some.total_us >= p.full.total_us, "{p:?}");
+    }
+}
+
+#[test]
+fn short_lived_container_is_named_by_task() {
+    short_lived_container_is_named(blkio_agent::loader::CgroupSource::Task, "short_lived_container_is_named_by_task");
+}
+
+#[test]
+fn short_lived_container_is_named_by_bio() {
+    short_lived_container_is_named(blkio_agent::loader::CgroupSource::Bio, "short_lived_container_is_named_by_bio");
+}
+
+/// An init-container-shaped pod (cgroupfs driver naming): the init container writes for 200 ms
+/// and its cgroup is gone before the main container's cgroup is created; both are named.
+fn init_container_is_named(source: blkio_agent::loader::CgroupSource, test: &str) {
+    use short_lived::*;
+    let Some(_p) = privileged(test) else { return };
+    let Some((root, io_v2)) = source_root(source, test) else { return };
+    let (init_cid, main_cid) = ("1a".repeat(32), "2b".repeat(32));
+    let parts = ["kubepods".to_string(), "besteffort".into(), format!("pod{UID}")];
+    let (_tree, pod_dir) = tree(&root, "init", &parts, io_v2);
+    let pod = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "server-0", "namespace": "ml", "uid": UID, "resourceVersion": "4"},
+        "spec": {"nodeName": "node-a", "initContainers": [{"name": "fetch-weights", "image": "img"}],
+                 "containers": [{"name": "server", "image": "img"}]},
+        "status": {
+            "initContainerStatuses": [container_status("fetch-weights", &init_cid)],
+            "containerStatuses": [container_status("server", &main_cid)]
+        }
+    });
+    let mut s = setup(&root, source, pod);
+    let init = pod_dir.join(&init_cid);
+    run_and_remove(&init, &s.dev.dev, 200);
+    assert!(!init.exists());
+    // The main container starts after the init container's cgroup is gone, and writes 300 blocks.
+    let main = pod_dir.join(&main_cid);
+    std::fs::create_dir(&main).unwrap();
+    let _main = CgroupTree(vec![main.clone()]);
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && exec dd if=/dev/zero of={} bs=4k count=300 oflag=direct",
+        main.display(),
+        s.dev.dev.display()
+    );
+    assert!(Command::new("sh").arg("-c").arg(&script).stderr(std::process::Stdio::null()).status().unwrap().success());
+    let (writes, series) = s.interval();
+    let by_container = |name: &str| -> u64 {
+        series
+            .iter()
+            .filter(|p| {
+                p.op == "write"
+                    && (p.namespace.as_deref(), p.pod.as_deref(), p.pod_uid.as_deref(), p.container.as_deref())
+                        == (Some("ml"), Some("server-0"), Some(UID), Some(name))
+            })
+            .map(|p| p.count)
+            .sum()
+    };
+    let (init_writes, main_writes) = (by_container("fetch-weights"), by_container("server"));
+    let seen = describe(&series);
+    assert_eq!(main_writes, 300, "the main container's writes; series on the device: {seen:?}");
+    assert!(init_writes > 0, "the init container wrote in 200 ms: {seen:?}");
+    assert_eq!(init_writes + main_writes, writes, "every write on the device named; series: {seen:?}");
+}
+
+#[test]
+fn init_container_gone_before_the_main_one_starts_is_named_by_task() {
+    init_container_is_named(
+        blkio_agent::loader::CgroupSource::Task,
+        "init_container_gone_before_the_main_one_starts_is_named_by_task",
+    );
+}
+
+#[test]
+fn init_container_gone_before_the_main_one_starts_is_named_by_bio() {
+    init_container_is_named(
+        blkio_agent::loader::CgroupSource::Bio,
+        "init_container_gone_before_the_main_one_starts_is_named_by_bio",
+    );
 }

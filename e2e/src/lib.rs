@@ -7,16 +7,20 @@
 //! - [`manifests`]: YAML (chart values, `manifests/`) into k8s-openapi types, overlays built with
 //!   the subset of kustomize they use.
 //! - [`docker`]: a DaemonSet pod spec translated into `docker run` flags.
+//! - [`docs`]: the install steps of docs/kubernetes.md, as the tests run them.
 //! - [`segments`]: the agent's sealed JSONL segments, parsed into its own snapshot type.
 //! - [`cluster`]: kube-client checks of the kind e2e (DaemonSet readiness, collector output).
 //! - [`bpf`]: the BPF programs the agent loads, as the kernel lists them.
+//! - [`tools`]: helm and kubectl for the chart tests (from PATH, else fetched once with npm).
 
 pub mod bpf;
 pub mod cluster;
 pub mod docker;
+pub mod docs;
 pub mod manifests;
 pub mod prereq;
 pub mod segments;
+pub mod tools;
 
 use std::path::{Path, PathBuf};
 

@@ -26,9 +26,10 @@ use blkio_agent::{
 use e2e::{
     bpf::agent_programs,
     docker::{self, NodeContext, bind_source, docker, http_get, published_addr, run_args, scratch_dir},
+    docs::{install_steps, normalize_image},
     manifests::{AgentManifests, agent_manifests, quantity},
     manifests_dir,
-    prereq::{docker_e2e_missing, require},
+    prereq::{command_works, docker_e2e_missing, require},
     segments::{device_total, leftover_staging, read_sealed},
     workspace_root,
 };
@@ -204,22 +205,72 @@ fn own_cgroup() -> String {
     text.lines().find_map(|l| l.strip_prefix("0::")).expect("a cgroup v2 line in /proc/self/cgroup").to_string()
 }
 
-fn build_image() {
-    // The same code path as `cargo xtask image` (musl build, FROM scratch, size check).
-    let status = Command::new(env!("CARGO"))
-        .current_dir(workspace_root())
-        .args(["run", "--quiet", "-p", "xtask", "--", "image", "--tag", IMAGE])
-        .status()
-        .unwrap();
-    assert!(status.success(), "cargo xtask image --tag {IMAGE} failed");
+/// docs/kubernetes.md's install steps, run as written where Docker stands in for a node: the
+/// image step verbatim; the node import step verbatim against the engine's own containerd (where
+/// `ctr` exists); the image the chart renders with the docs' install values must be the one
+/// built. Returns that image.
+fn build_image_as_the_docs_say() -> String {
+    let steps = install_steps(&std::fs::read_to_string(workspace_root().join("docs/kubernetes.md")).unwrap())
+        .unwrap_or_else(|e| panic!("docs/kubernetes.md: {e:#}"));
+    let sh = |line: &str, env: &[(&str, &str)]| {
+        let status = Command::new("sh")
+            .arg("-c")
+            .arg(line)
+            .current_dir(workspace_root())
+            .envs(env.iter().copied())
+            .status()
+            .unwrap();
+        assert!(status.success(), "the docs' step `{line}` failed");
+    };
+    // `cargo` here is this toolchain's (the docs' step runs the xtask alias from .cargo/config).
+    sh(&steps.build, &[]);
+    let image = steps.built_image.clone();
+    let helm = e2e::tools::helm().unwrap_or_else(|e| panic!("{e:#}"));
+    let out = Command::new(helm).current_dir(workspace_root()).args(steps.template_args()).output().unwrap();
+    assert!(out.status.success(), "the docs' install as helm template: {}", String::from_utf8_lossy(&out.stderr));
+    let rendered = String::from_utf8(out.stdout).unwrap();
+    let chart_image = rendered
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("image: "))
+        .map(|i| i.trim_matches('"').to_string())
+        .expect("an image in the rendering");
+    assert_eq!(
+        normalize_image(&chart_image),
+        normalize_image(&image),
+        "docs/kubernetes.md builds {image} but the chart, with the docs' values, deploys {chart_image}"
+    );
+    // Docker's engine runs its own containerd; the docs' `ctr -n k8s.io images import -` goes to it.
+    let socket = "/var/run/docker/containerd/containerd.sock";
+    if command_works("ctr", &["--version"]) && Path::new(socket).exists() {
+        sh(&steps.import, &[("CONTAINERD_ADDRESS", socket)]);
+        let listed = Command::new("ctr")
+            .args(["-n", "k8s.io", "images", "ls", "-q"])
+            .env("CONTAINERD_ADDRESS", socket)
+            .output()
+            .unwrap();
+        let listed = String::from_utf8_lossy(&listed.stdout);
+        assert!(
+            listed.lines().any(|l| l == normalize_image(&image)),
+            "after the docs' import step, containerd's k8s.io namespace lacks {}: {listed}",
+            normalize_image(&image)
+        );
+        eprintln!("docker_e2e: the docs' import step put {} into containerd (k8s.io)", normalize_image(&image));
+        let _ = Command::new("ctr")
+            .args(["-n", "k8s.io", "images", "rm", &normalize_image(&image)])
+            .env("CONTAINERD_ADDRESS", socket)
+            .output();
+    } else {
+        eprintln!("docker_e2e: no ctr or no engine containerd socket at {socket}: the import step is not run");
+    }
+    image
 }
 
-fn check_image() {
-    let size: u64 = docker(&["image", "inspect", "-f", "{{.Size}}", IMAGE]).unwrap().trim().parse().unwrap();
-    eprintln!("docker_e2e: image {IMAGE} is {:.1} MiB", size as f64 / (1 << 20) as f64);
+fn check_image(image: &str) {
+    let size: u64 = docker(&["image", "inspect", "-f", "{{.Size}}", image]).unwrap().trim().parse().unwrap();
+    eprintln!("docker_e2e: image {image} is {:.1} MiB", size as f64 / (1 << 20) as f64);
     assert!(size <= MAX_IMAGE_BYTES, "image is {size} bytes, over 40 MiB");
     let config: serde_json::Value =
-        serde_json::from_str(&docker(&["image", "inspect", "-f", "{{json .Config}}", IMAGE]).unwrap()).unwrap();
+        serde_json::from_str(&docker(&["image", "inspect", "-f", "{{json .Config}}", image]).unwrap()).unwrap();
     assert_eq!(config["Entrypoint"], serde_json::json!(["/usr/local/bin/blkio-agent"]));
     let cmd: Vec<&str> = config["Cmd"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
     assert_eq!(cmd[0], "run", "default args run the agent");
@@ -236,11 +287,11 @@ fn check_image() {
             config["Labels"]
         );
     }
-    let help = docker(&["run", "--rm", "--network=none", IMAGE, "--help"]).unwrap();
+    let help = docker(&["run", "--rm", "--network=none", image, "--help"]).unwrap();
     assert!(help.contains("Usage: blkio-agent"), "{help}");
     // No shell in the image.
     let shell = Command::new("docker")
-        .args(["run", "--rm", "--network=none", "--entrypoint=/bin/sh", IMAGE, "-c", "true"])
+        .args(["run", "--rm", "--network=none", "--entrypoint=/bin/sh", image, "-c", "true"])
         .output()
         .unwrap();
     assert!(!shell.status.success(), "the image has a shell");
@@ -251,8 +302,8 @@ fn docker_e2e_daemonset_spec_on_a_loop_device() {
     if !require("docker_e2e_daemonset_spec_on_a_loop_device", &docker_e2e_missing()) {
         return;
     }
-    build_image();
-    check_image();
+    let image = build_image_as_the_docs_say();
+    check_image(&image);
 
     let m = manifests();
     let pod = m.daemonset.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
@@ -270,7 +321,7 @@ fn docker_e2e_daemonset_spec_on_a_loop_device() {
     let dev = LoopDevice::attach(&scratch.join("disk.img"));
     let legacy = docker::server_major_version().unwrap() < 23;
     let name = format!("blkio-agent-e2e-{}", std::process::id());
-    let args = run_args(pod, &agent.name, IMAGE, &name, &context(&m, &output, legacy)).unwrap();
+    let args = run_args(pod, &agent.name, &image, &name, &context(&m, &output, legacy)).unwrap();
     eprintln!("docker_e2e: docker run {}", args.join(" "));
 
     let before_start = kernel_completed(dev.name());
@@ -330,6 +381,13 @@ fn docker_e2e_daemonset_spec_on_a_loop_device() {
     assert!(snapshots.len() >= 2, "{} snapshots", snapshots.len());
     for s in &snapshots {
         assert_eq!(s.node.as_deref(), Some(NODE), "every snapshot names the node (NODE_NAME from the downward API)");
+    }
+    // PSI: the node's /proc/pressure/io through the /host/proc mount, where the kernel has it.
+    if Path::new("/proc/pressure/io").exists() {
+        assert!(snapshots.iter().all(|s| s.io_pressure.is_some()), "a snapshot without the node's io_pressure");
+        assert!(snapshots.iter().skip(1).all(|s| s.io_pressure.unwrap().some.delta_us.is_some()));
+    } else {
+        assert!(snapshots.iter().all(|s| s.io_pressure.is_none()), "no PSI on this kernel: absent, not zero");
     }
     let total = device_total(&snapshots, dev.name());
     let kernel = after_stop - before_start;

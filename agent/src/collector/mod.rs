@@ -191,6 +191,8 @@ impl<M: MapRead + MapControl> Collector<M> {
             losses,
             losses_total: self.totals.clone(),
             path: Some(path),
+            // The run loop adds the node's PSI (crate::pressure), which is not the kernel maps'.
+            io_pressure: None,
         };
         self.seq += 1;
         Ok(Collected { interval, cgroups, build_time: started.elapsed() })

@@ -153,6 +153,22 @@ metric!(
     Unit,
     "OTLP batches dropped: the oldest ones when the queue is full during an outage, and those the collector rejected for good."
 );
+metric!(
+    NODE_IO_STALL,
+    "blkio.node.io.pressure.stall",
+    "s",
+    Counter,
+    NanosToSeconds,
+    "Time the node's tasks were stalled on I/O (PSI /proc/pressure/io; blkio.pressure.kind some or full), summed over the agent's intervals."
+);
+metric!(
+    POD_IO_STALL,
+    "blkio.pod.io.pressure.stall",
+    "s",
+    Counter,
+    NanosToSeconds,
+    "Time one pod's tasks were stalled on I/O (its cgroup's io.pressure; blkio.pressure.kind some or full), summed over the intervals it was attributed in."
+);
 metric!(EXPORT_QUEUED, "blkio.agent.export.queued", "{batch}", Gauge, Unit, "OTLP batches waiting to be sent.");
 
 /// Every metric, in the order they are encoded.
@@ -167,6 +183,8 @@ pub const ALL: &[&MetricDef] = &[
     &DISK_OPERATIONS,
     &DISK_OPERATION_TIME,
     &DISK_IO,
+    &NODE_IO_STALL,
+    &POD_IO_STALL,
     &EVENTS_LOST,
     &EVENTS_NOTED,
     &SNAPSHOTS,
@@ -189,6 +207,8 @@ pub mod attr {
     pub const CGROUP: &str = "blkio.cgroup";
     pub const EVENT_KIND: &str = "blkio.event.kind";
     pub const ERROR_TYPE: &str = "error.type";
+    /// PSI line: `some` (at least one task stalled) or `full` (all non-idle tasks).
+    pub const PRESSURE_KIND: &str = "blkio.pressure.kind";
 }
 
 /// Number of buckets of every histogram point: one per kernel slot. The last slot also holds

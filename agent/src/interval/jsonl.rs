@@ -48,6 +48,7 @@ impl Interval {
                     flag_disagreements: p.flag_disagreements,
                 }),
             }),
+            io_pressure: self.io_pressure,
         }
     }
 }
@@ -97,6 +98,7 @@ impl PodSeries {
             count: self.count,
             bytes: self.bytes,
             device_time: time(&self.device_time),
+            io_pressure: self.io_pressure,
         }
     }
 }
@@ -134,6 +136,7 @@ mod tests {
             count: 2,
             bytes: 8192,
             device_time: h,
+            io_pressure: None,
         });
         let line = serde_json::to_string(&iv.snapshot()).unwrap();
         let b = r#"[{"slot":4,"count":2,"bucket_low":16,"bucket_high":31}]"#;

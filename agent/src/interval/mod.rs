@@ -6,7 +6,7 @@
 
 mod jsonl;
 
-use crate::{histogram::HIST_SLOTS, losses::Losses};
+use crate::{histogram::HIST_SLOTS, losses::Losses, pressure::Pressure};
 
 /// Exact log2 histogram of one interval: per-slot counts and the exact sum of the values
 /// (nanoseconds for times, bytes for sizes).
@@ -109,7 +109,7 @@ pub struct PodLabels {
 }
 
 /// I/O of one pod (or cgroup) on one (device, op) in the interval.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PodSeries {
     pub labels: PodLabels,
     pub device_id: u32,
@@ -118,6 +118,9 @@ pub struct PodSeries {
     pub count: u64,
     pub bytes: u64,
     pub device_time: Hist,
+    /// The pod's cgroup v2 `io.pressure` (PSI; the pod's, on each of its series); `None` for
+    /// non-pod series and where PSI is unavailable.
+    pub io_pressure: Option<Pressure>,
 }
 
 /// Everything one interval produced.
@@ -140,6 +143,8 @@ pub struct Interval {
     pub losses_total: Losses,
     /// Whether the fast path (no start map) is in effect; `None` where the agent has no programs.
     pub path: Option<PathStatus>,
+    /// The node's `/proc/pressure/io` (PSI); `None` where the kernel has none.
+    pub io_pressure: Option<Pressure>,
 }
 
 /// The fast path's state (`loader::fastpath`) and this interval's path counters.
@@ -169,6 +174,7 @@ impl Interval {
             losses: Losses::default(),
             losses_total: Losses::default(),
             path: None,
+            io_pressure: None,
         }
     }
 }

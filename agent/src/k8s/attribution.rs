@@ -62,6 +62,8 @@ impl Acc {
             count: self.count,
             bytes: self.bytes,
             device_time: Hist::new(self.slots, self.sum_ns),
+            // Filled per pod by the caller, which knows the pod's cgroup.
+            io_pressure: None,
         }
     }
 }

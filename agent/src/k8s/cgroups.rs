@@ -13,6 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use super::watch::{CgroupEvent, CgroupWatcher};
 use crate::error::{Error, Result};
 
 /// Pod (and container) a cgroup belongs to, as kubelet and the runtime named it.
@@ -51,6 +52,22 @@ pub fn parse_pod_path(path: &str) -> Option<PodCgroup> {
             let container_id = comps.get(i + 1).and_then(|c| container_id_of(c));
             return Some(PodCgroup { pod_uid, container_id });
         }
+    }
+    None
+}
+
+/// The pod-level cgroup of `path` (the path up to and including the pod component): the parent a
+/// container's I/O is charged to once the container's own cgroup is long gone, and the cgroup
+/// whose `io.pressure` is the pod's.
+pub fn pod_dir(path: &str) -> Option<&str> {
+    let kubepods = path.find("kubepods")?;
+    let mut end = kubepods;
+    for comp in path[kubepods..].split('/') {
+        end += comp.len();
+        if pod_uid_of(comp).is_some() {
+            return Some(&path[..end]);
+        }
+        end += 1;
     }
     None
 }
@@ -105,6 +122,10 @@ pub struct ScanLimits {
     pub min_rescan: Duration,
     /// Rescan at least this often even without unknown ids, so deleted cgroups are forgotten.
     pub refresh: Duration,
+    /// A cgroup the watcher saw removed still resolves to itself this long (requests submitted
+    /// before the removal complete later; writeback of a dead container's pages can take
+    /// minutes). After that a container's id resolves to its pod while the pod's cgroup exists.
+    pub removed_grace: Duration,
 }
 
 impl Default for ScanLimits {
@@ -114,11 +135,13 @@ impl Default for ScanLimits {
             max_depth: 16,
             min_rescan: Duration::from_secs(2),
             refresh: Duration::from_secs(60),
+            removed_grace: Duration::from_secs(600),
         }
     }
 }
 
-/// Cache of cgroup id -> [`CgroupEntry`], rebuilt from the tree on demand (rate-limited).
+/// Cache of cgroup id -> [`CgroupEntry`], rebuilt from the tree on demand (rate-limited), and
+/// (with [`CgroupIndex::watch`]) fed by an inotify watcher the moment a pod's cgroup appears.
 ///
 /// Two generations are kept: the last scan and the one before it. A cgroup removed between scans
 /// can still have requests completing (they were submitted while it existed), so it stays
@@ -138,6 +161,15 @@ pub struct CgroupIndex {
     absent: HashSet<u64>,
     truncated_warned: bool,
     failed_warned: bool,
+    watcher: Option<CgroupWatcher>,
+    /// What the watcher reported: every cgroup of the kubepods hierarchy, however short-lived.
+    tracked: HashMap<u64, Tracked>,
+}
+
+#[derive(Debug)]
+struct Tracked {
+    entry: CgroupEntry,
+    removed_at: Option<Instant>,
 }
 
 /// Caps the pending and absent sets (ids, 8 bytes each); past it they are simply cleared.
@@ -155,7 +187,99 @@ impl CgroupIndex {
             absent: HashSet::new(),
             truncated_warned: false,
             failed_warned: false,
+            watcher: None,
+            tracked: HashMap::new(),
         }
+    }
+
+    /// Starts the inotify watcher on the root and the `kubepods*` subtrees of the last scan.
+    /// Without it (inotify unavailable) attribution still works from walks, but cgroups that
+    /// live less than a walk's period are `unknown`.
+    pub fn watch(&mut self) -> Result<()> {
+        let w = CgroupWatcher::start(&self.root, self.kubepods_roots())?;
+        self.watcher = Some(w);
+        Ok(())
+    }
+
+    /// Whether the watcher runs.
+    pub fn watching(&self) -> bool {
+        self.watcher.as_ref().is_some_and(CgroupWatcher::is_running)
+    }
+
+    /// Outermost `kubepods*` directories of the last scan.
+    fn kubepods_roots(&self) -> Vec<String> {
+        let mut roots: Vec<String> = self
+            .current
+            .values()
+            .filter_map(|e| {
+                let i = e.path.find("kubepods")?;
+                let end = e.path[i..].find('/').map_or(e.path.len(), |j| i + j);
+                Some(e.path[..end].to_string())
+            })
+            .collect();
+        roots.sort();
+        roots.dedup();
+        roots
+    }
+
+    /// Applies what the watcher saw since the last call, and ages out removed cgroups. Cheap;
+    /// called every interval, with or without I/O.
+    pub fn drain_events(&mut self, now: Instant) {
+        let Some(w) = &self.watcher else { return };
+        let mut overflow = false;
+        for ev in w.drain() {
+            match ev {
+                CgroupEvent::Created { id, entry } => {
+                    self.pending.remove(&id);
+                    self.absent.remove(&id);
+                    if self.tracked.len() >= self.limits.max_entries {
+                        self.tracked.retain(|_, t| t.removed_at.is_none());
+                    }
+                    self.tracked.insert(id, Tracked { entry, removed_at: None });
+                }
+                CgroupEvent::Removed { id } => {
+                    if let Some(t) = self.tracked.get_mut(&id) {
+                        t.removed_at.get_or_insert(now);
+                    }
+                }
+                CgroupEvent::Overflow => overflow = true,
+            }
+        }
+        if !w.is_running() {
+            tracing::warn!("cgroup watcher ended; short-lived containers may show as unknown");
+            self.watcher = None;
+        }
+        if overflow {
+            tracing::debug!("cgroup watcher lost events; walking the tree");
+            self.last_scan = None;
+        }
+        self.age_removed(now);
+    }
+
+    /// Removed cgroups resolve to themselves for `removed_grace`; then a container's id resolves
+    /// to its pod while the pod's cgroup exists (or is itself within its grace), then it is
+    /// forgotten.
+    fn age_removed(&mut self, now: Instant) {
+        let grace = self.limits.removed_grace;
+        let live_pods: HashSet<String> = self
+            .tracked
+            .values()
+            .filter(|t| t.removed_at.is_none_or(|r| now.saturating_duration_since(r) < grace))
+            .filter(|t| t.entry.pod.as_ref().is_some_and(|p| p.container_id.is_none()))
+            .map(|t| t.entry.path.clone())
+            .collect();
+        self.tracked.retain(|_, t| {
+            let Some(removed) = t.removed_at else { return true };
+            if now.saturating_duration_since(removed) < grace {
+                return true;
+            }
+            let Some(pod) = t.entry.pod.as_mut() else { return false };
+            let alive = pod_dir(&t.entry.path).is_some_and(|d| live_pods.contains(d) && d != t.entry.path);
+            if alive {
+                pod.container_id = None;
+            }
+            alive
+        });
     }
 
     pub fn root(&self) -> &Path {
@@ -172,13 +296,34 @@ impl CgroupIndex {
     }
 
     pub fn resolve(&self, id: u64) -> Option<&CgroupEntry> {
-        self.current.get(&id).or_else(|| self.previous.get(&id))
+        // The watcher's record first: after the grace period a dead container's entry there
+        // names only its pod, while a walk from before its removal may still hold it.
+        self.tracked.get(&id).map(|t| &t.entry).or_else(|| self.current.get(&id)).or_else(|| self.previous.get(&id))
+    }
+
+    /// Pod-level cgroups known now (from the last walk and the watcher), for `io.pressure`;
+    /// `created_since_start` is true for those the watcher saw being created.
+    pub fn pod_dirs(&self) -> Vec<(String, bool)> {
+        let is_pod = |e: &CgroupEntry| {
+            e.pod.as_ref().is_some_and(|p| p.container_id.is_none()) && pod_dir(&e.path) == Some(e.path.as_str())
+        };
+        let mut out: HashMap<&str, bool> = HashMap::new();
+        for e in self.current.values().filter(|e| is_pod(e)) {
+            out.insert(&e.path, false);
+        }
+        for t in self.tracked.values().filter(|t| t.removed_at.is_none() && is_pod(&t.entry)) {
+            out.entry(&t.entry.path).or_insert(true);
+        }
+        let mut v: Vec<(String, bool)> = out.into_iter().map(|(p, c)| (p.to_string(), c)).collect();
+        v.sort();
+        v
     }
 
     /// Makes `ids` resolvable if they can be: rescans when one is unknown (at most every
     /// `min_rescan`), and in any case every `refresh`. Scan errors are logged once and the old
     /// cache is kept; attribution degrades to `unknown`, it does not stop the agent.
     pub fn refresh_for(&mut self, ids: impl IntoIterator<Item = u64>, now: Instant) {
+        self.drain_events(now);
         for id in ids {
             if self.resolve(id).is_none() && !self.absent.contains(&id) {
                 if self.pending.len() >= MAX_UNKNOWN_IDS {
@@ -245,6 +390,9 @@ impl CgroupIndex {
         // An id can come back only if it is reused, which kernfs avoids on 64-bit; drop it anyway.
         let current = &self.current;
         self.absent.retain(|id| !current.contains_key(id));
+        if let Some(w) = &self.watcher {
+            w.watch_roots(self.kubepods_roots());
+        }
         Ok(())
     }
 }
@@ -294,165 +442,5 @@ fn walk(root: &Path, limits: &ScanLimits) -> Result<(HashMap<u64, CgroupEntry>, 
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const UID: &str = "0c6e5e9a-3c2b-4f1e-9d8a-7b6c5d4e3f21";
-    const UID_US: &str = "0c6e5e9a_3c2b_4f1e_9d8a_7b6c5d4e3f21";
-    const CID: &str = "4a1b2c3d4e5f60718293a4b5c6d7e8f90123456789abcdef0123456789abcdef";
-
-    fn pod(cid: Option<&str>) -> Option<PodCgroup> {
-        Some(PodCgroup { pod_uid: UID.into(), container_id: cid.map(str::to_string) })
-    }
-
-    #[test]
-    fn systemd_driver_layouts() {
-        for qos in ["burstable", "besteffort"] {
-            let base = format!("/kubepods.slice/kubepods-{qos}.slice/kubepods-{qos}-pod{UID_US}.slice");
-            assert_eq!(parse_pod_path(&base), pod(None), "{base}");
-            for prefix in ["cri-containerd-", "crio-", "docker-"] {
-                let p = format!("{base}/{prefix}{CID}.scope");
-                assert_eq!(parse_pod_path(&p), pod(Some(CID)), "{p}");
-            }
-        }
-        // Guaranteed pods sit directly under kubepods.slice.
-        let g = format!("/kubepods.slice/kubepods-pod{UID_US}.slice/cri-containerd-{CID}.scope");
-        assert_eq!(parse_pod_path(&g), pod(Some(CID)));
-        // A container that made cgroups of its own: still that container.
-        let nested = format!("{g}/init.scope");
-        assert_eq!(parse_pod_path(&nested), pod(Some(CID)));
-        // CRI-O's monitor belongs to the pod, not to a container.
-        let conmon = format!("/kubepods.slice/kubepods-pod{UID_US}.slice/crio-conmon-{CID}.scope");
-        assert_eq!(parse_pod_path(&conmon), pod(None));
-    }
-
-    #[test]
-    fn cgroupfs_driver_layouts() {
-        assert_eq!(parse_pod_path(&format!("/kubepods/burstable/pod{UID}/{CID}")), pod(Some(CID)));
-        assert_eq!(parse_pod_path(&format!("/kubepods/besteffort/pod{UID}/crio-{CID}")), pod(Some(CID)));
-        assert_eq!(parse_pod_path(&format!("/kubepods/pod{UID}/{CID}")), pod(Some(CID)));
-        assert_eq!(parse_pod_path(&format!("/kubepods/pod{UID}")), pod(None));
-    }
-
-    #[test]
-    fn kind_and_cgroup_root_prefixes() {
-        // A kind node: the node's own container scope above, kubelet --cgroup-root=/kubelet.
-        let p = format!(
-            "/system.slice/docker-{CID}.scope/kubelet.slice/kubelet-kubepods.slice/\
-             kubelet-kubepods-besteffort.slice/kubelet-kubepods-besteffort-pod{UID_US}.slice/cri-containerd-{CID}.scope"
-        );
-        assert_eq!(parse_pod_path(&p), pod(Some(CID)));
-        assert_eq!(parse_pod_path(&format!("/kubelet/kubepods/burstable/pod{UID}/{CID}")), pod(Some(CID)));
-    }
-
-    #[test]
-    fn static_pod_config_hash_uid() {
-        let hash = "9f86d081884c7d659a2feaa0c55ad015";
-        let p = format!("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{hash}.slice/crio-{CID}.scope");
-        assert_eq!(parse_pod_path(&p).unwrap().pod_uid, hash);
-    }
-
-    #[test]
-    fn non_pod_cgroups_are_not_pods() {
-        for p in [
-            "/",
-            "/system.slice/containerd.service",
-            "/kubepods.slice",
-            "/kubepods.slice/kubepods-burstable.slice",
-            "/kubepods/burstable",
-            // pod-like names outside kubepods, and malformed uids inside it
-            &format!("/system.slice/foo-pod{UID_US}.slice"),
-            &format!("/user.slice/pod{UID}"),
-            "/kubepods/burstable/podnot-a-uid",
-            "/kubepods.slice/kubepods-podabc.slice",
-        ] {
-            assert_eq!(parse_pod_path(p), None, "{p}");
-        }
-        // A sub-cgroup that is not a container id leaves the container unknown.
-        assert_eq!(parse_pod_path(&format!("/kubepods/pod{UID}/not-hex")), pod(None));
-    }
-
-    fn ino(p: &Path) -> u64 {
-        std::fs::metadata(p).unwrap().ino()
-    }
-
-    #[test]
-    fn walk_maps_inodes_to_paths_and_pods() {
-        let dir = tempfile::tempdir().unwrap();
-        let pod_dir = dir.path().join(format!("kubepods/burstable/pod{UID}"));
-        let ctr = pod_dir.join(CID);
-        std::fs::create_dir_all(&ctr).unwrap();
-        std::fs::create_dir_all(dir.path().join("system.slice/kubelet.service")).unwrap();
-        std::fs::write(dir.path().join("cgroup.procs"), "").unwrap();
-        let mut idx = CgroupIndex::new(dir.path().to_path_buf(), ScanLimits::default());
-        idx.scan().unwrap();
-        assert_eq!(idx.resolve(ino(dir.path())).unwrap().path, "/");
-        let c = idx.resolve(ino(&ctr)).unwrap();
-        assert_eq!(c.path, format!("/kubepods/burstable/pod{UID}/{CID}"));
-        assert_eq!(c.pod, pod(Some(CID)));
-        assert_eq!(idx.resolve(ino(&pod_dir)).unwrap().pod, pod(None));
-        let svc = idx.resolve(ino(&dir.path().join("system.slice/kubelet.service"))).unwrap();
-        assert_eq!((svc.path.as_str(), svc.pod.as_ref()), ("/system.slice/kubelet.service", None));
-        // root, kubepods, burstable, pod, container, system.slice, kubelet.service; files are not cgroups
-        assert_eq!(idx.len(), 7);
-    }
-
-    #[test]
-    fn walk_respects_entry_and_depth_limits() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("a/b/c/d/e")).unwrap();
-        let limits = ScanLimits { max_depth: 2, ..ScanLimits::default() };
-        let mut idx = CgroupIndex::new(dir.path().to_path_buf(), limits);
-        idx.scan().unwrap();
-        // root + a + a/b
-        assert_eq!(idx.len(), 3);
-        assert!(idx.resolve(ino(&dir.path().join("a/b"))).is_some());
-        assert!(idx.resolve(ino(&dir.path().join("a/b/c"))).is_none());
-        let limits = ScanLimits { max_entries: 4, ..ScanLimits::default() };
-        let mut idx = CgroupIndex::new(dir.path().to_path_buf(), limits);
-        idx.scan().unwrap();
-        assert_eq!(idx.len(), 4);
-    }
-
-    #[test]
-    fn unreadable_root_is_an_error_naming_the_path() {
-        let mut idx = CgroupIndex::new(PathBuf::from("/nonexistent/cgroup"), ScanLimits::default());
-        let err = idx.scan().unwrap_err().to_string();
-        assert!(err.contains("/nonexistent/cgroup"), "{err}");
-    }
-
-    #[test]
-    fn unknown_ids_trigger_rate_limited_rescans_and_deleted_ids_are_forgotten() {
-        let dir = tempfile::tempdir().unwrap();
-        let limits =
-            ScanLimits { min_rescan: Duration::from_secs(2), refresh: Duration::from_secs(60), ..Default::default() };
-        let mut idx = CgroupIndex::new(dir.path().to_path_buf(), limits);
-        let t0 = Instant::now();
-        idx.refresh_for([], t0);
-        assert_eq!(idx.len(), 1, "first call scans");
-
-        // A cgroup created after the scan: unknown until a rescan, which waits for min_rescan.
-        let a = dir.path().join(format!("kubepods/pod{UID}"));
-        std::fs::create_dir_all(&a).unwrap();
-        let a_id = ino(&a);
-        idx.refresh_for([a_id], t0 + Duration::from_secs(1));
-        assert!(idx.resolve(a_id).is_none(), "rate-limited: no rescan 1 s after the last");
-        idx.refresh_for([a_id], t0 + Duration::from_secs(3));
-        assert_eq!(idx.resolve(a_id).unwrap().pod, pod(None));
-
-        // An id no scan can find stops triggering rescans once a scan has missed it.
-        let ghost = u64::MAX - 7;
-        idx.refresh_for([ghost], t0 + Duration::from_secs(6));
-        let scanned = idx.last_scan;
-        assert!(idx.absent.contains(&ghost));
-        idx.refresh_for([ghost], t0 + Duration::from_secs(9));
-        assert_eq!(idx.last_scan, scanned, "an absent id does not force a walk");
-
-        // Deleted: still resolvable for one more scan (late completions), then forgotten.
-        std::fs::remove_dir(&a).unwrap();
-        idx.refresh_for([], t0 + Duration::from_secs(70));
-        assert!(idx.resolve(a_id).is_some(), "kept one generation");
-        idx.refresh_for([], t0 + Duration::from_secs(140));
-        assert!(idx.resolve(a_id).is_none(), "forgotten after two scans");
-    }
-}
+#[path = "cgroups_tests.rs"]
+mod tests;

@@ -6,7 +6,8 @@
 //! task's cgroup taken at insert/issue. Here each interval's per-cgroup deltas become per-pod
 //! series:
 //!
-//! 1. cgroup id -> cgroup path, by walking the matching host cgroup tree ([`cgroups`]);
+//! 1. cgroup id -> cgroup path, recorded the moment a pod's cgroup appears by an inotify watch on
+//!    the `kubepods*` hierarchy ([`watch`]), and by walking the host cgroup tree ([`cgroups`]);
 //! 2. path -> pod UID and container id, from kubelet's and the runtime's naming ([`cgroups`]);
 //! 3. pod UID -> namespace, pod and container names, from a watcher of this node's pods ([`pods`]),
 //!    when the API is reachable; without it, series carry the pod UID only;
@@ -15,9 +16,10 @@
 pub mod attribution;
 pub mod cgroups;
 pub mod pods;
+pub mod watch;
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     path::{Path, PathBuf},
     time::Instant,
 };
@@ -30,6 +32,7 @@ use crate::{
     collector::CgroupDelta,
     error::{Error, Result},
     loader::CgroupSource,
+    pressure::{PodPressure, Pressure},
     snapshot::PodStats,
 };
 use attribution::{Aggregator, Labels, UNKNOWN};
@@ -168,6 +171,9 @@ pub struct Attribution {
     max_pods: usize,
     watcher: Option<tokio::task::JoinHandle<()>>,
     warned_above_pods: bool,
+    /// Pods' `io.pressure`, read from the cgroup v2 mount (which may differ from the root ids are
+    /// mapped through: v1 blkio for attribution by bio on hybrid hosts).
+    pressure: Option<PodPressure>,
 }
 
 impl Drop for Attribution {
@@ -211,7 +217,8 @@ impl Attribution {
             return Ok(me);
         }
         let writer = kube::runtime::reflector::store::Writer::<Pod>::default();
-        me.pods = PodDirectory::new(Some(writer.as_reader()));
+        let deleted = pods::DeletedPods::default();
+        me.pods = PodDirectory::new(Some(writer.as_reader())).with_deleted(deleted.clone());
         me.watcher = Some(runtime.spawn(async move {
             // kube's rustls client takes the process default provider; only ring is built in,
             // install it explicitly so a second provider elsewhere cannot make that ambiguous.
@@ -228,7 +235,7 @@ impl Attribution {
                 }
             };
             match Client::try_from(config) {
-                Ok(client) => pods::run_watcher(client, node_name, writer).await,
+                Ok(client) => pods::run_watcher(client, node_name, writer, deleted).await,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot build a Kubernetes client; pods are reported by cgroup and pod UID only");
                     std::future::pending().await
@@ -242,8 +249,9 @@ impl Attribution {
     /// scanned once now; an unreadable root is an error.
     pub fn with_client(cgroup_root: PathBuf, node_name: &str, max_pods: usize, client: Client) -> Result<Self> {
         let mut me = Self::without_api(cgroup_root, max_pods)?;
-        let (store, task) = pods::spawn_watcher(client, node_name);
-        me.pods = PodDirectory::new(Some(store));
+        let deleted = pods::DeletedPods::default();
+        let (store, task) = pods::spawn_watcher(client, node_name, deleted.clone());
+        me.pods = PodDirectory::new(Some(store)).with_deleted(deleted);
         me.watcher = Some(task);
         Ok(me)
     }
@@ -252,7 +260,33 @@ impl Attribution {
     pub fn without_api(cgroup_root: PathBuf, max_pods: usize) -> Result<Self> {
         let mut cgroups = CgroupIndex::new(cgroup_root, ScanLimits::default());
         cgroups.scan()?;
-        Ok(Attribution { cgroups, pods: PodDirectory::default(), max_pods, watcher: None, warned_above_pods: false })
+        if let Err(e) = cgroups.watch() {
+            tracing::warn!(error = %e, "containers shorter-lived than a walk of the cgroup tree may show as unknown");
+        }
+        let mut me = Attribution {
+            cgroups,
+            pods: PodDirectory::default(),
+            max_pods,
+            watcher: None,
+            warned_above_pods: false,
+            pressure: None,
+        };
+        me.set_pressure_root(Some(me.cgroups.root().to_path_buf()));
+        Ok(me)
+    }
+
+    /// Where pods' `io.pressure` is read: the cgroup v2 mount (`None`: not at all). Takes the
+    /// baseline reading of every known pod now, so their first interval has a delta.
+    pub fn set_pressure_root(&mut self, root: Option<PathBuf>) {
+        self.pressure = root.map(PodPressure::new);
+        self.sample_pressure();
+    }
+
+    fn sample_pressure(&mut self) -> HashMap<String, Pressure> {
+        match &mut self.pressure {
+            Some(p) => p.sample(&self.cgroups.pod_dirs()),
+            None => HashMap::new(),
+        }
     }
 
     /// The pod watcher task, for supervision (it runs until this is dropped).
@@ -284,6 +318,10 @@ impl Attribution {
     }
 
     fn series_at(&mut self, deltas: &[CgroupDelta], now: Instant) -> Vec<crate::interval::PodSeries> {
+        // Every interval, I/O or not: the watcher's queue is bounded, and pressure deltas are
+        // per interval.
+        self.cgroups.drain_events(now);
+        let pressure = self.sample_pressure();
         if deltas.is_empty() {
             return Vec::new();
         }
@@ -294,20 +332,24 @@ impl Attribution {
             .filter_map(|d| cgroups.resolve(d.cgroup_id)?.pod.as_ref())
             .map(|p| p.pod_uid.as_str())
             .collect();
-        let known = self.pods.index(&uids);
+        let known = self.pods.index(&uids, now);
         let mut agg = Aggregator::default();
+        // Reported pod UID -> the pod's cgroup, whose io.pressure goes on the pod's rows.
+        let mut pod_cgroups: HashMap<String, &str> = HashMap::new();
         for d in deltas {
             let labels = match cgroups.resolve(d.cgroup_id) {
                 Some(entry) => match &entry.pod {
                     Some(pod) => {
                         let names = known.get(&pod.pod_uid).and_then(|p| pods::names(p, pod.container_id.as_deref()));
+                        let uid = names.as_ref().and_then(|n| n.uid.clone()).unwrap_or_else(|| pod.pod_uid.clone());
+                        if let Some(dir) = cgroups::pod_dir(&entry.path) {
+                            pod_cgroups.insert(uid.clone(), dir);
+                        }
                         Labels {
                             namespace: names.as_ref().map(|n| n.namespace.clone()),
                             pod: names.as_ref().map(|n| n.pod.clone()),
                             // The API's UID when known: static pods' cgroups carry their config hash.
-                            pod_uid: Some(
-                                names.as_ref().and_then(|n| n.uid.clone()).unwrap_or_else(|| pod.pod_uid.clone()),
-                            ),
+                            pod_uid: Some(uid),
                             container: names.and_then(|n| n.container),
                             cgroup: None,
                         }
@@ -330,7 +372,17 @@ impl Attribution {
             };
             agg.add(labels, d);
         }
-        agg.finish_series(self.max_pods)
+        let mut out = agg.finish_series(self.max_pods);
+        for row in out.iter_mut().filter(|r| r.labels.cgroup.is_none()) {
+            row.io_pressure = row
+                .labels
+                .pod_uid
+                .as_ref()
+                .and_then(|u| pod_cgroups.get(u))
+                .and_then(|dir| pressure.get(*dir))
+                .copied();
+        }
+        out
     }
 }
 

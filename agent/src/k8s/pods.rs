@@ -6,7 +6,8 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::Arc,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
 };
 
 use futures::{StreamExt as _, TryStreamExt as _};
@@ -51,16 +52,57 @@ pub fn watcher_config(node_name: &str) -> watcher::Config {
 
 /// Starts the watcher task; the returned store fills as the task runs. The task ends when its
 /// handle is aborted.
-pub fn spawn_watcher(client: Client, node_name: &str) -> (Store<Pod>, tokio::task::JoinHandle<()>) {
+pub fn spawn_watcher(
+    client: Client,
+    node_name: &str,
+    deleted: DeletedPods,
+) -> (Store<Pod>, tokio::task::JoinHandle<()>) {
     let writer: Writer<Pod> = Writer::default();
     let store = writer.as_reader();
-    let task = tokio::spawn(run_watcher(client, node_name.to_string(), writer));
+    let task = tokio::spawn(run_watcher(client, node_name.to_string(), writer, deleted));
     (store, task)
+}
+
+/// Pods the API deleted recently, by UID and static-pod hash: the I/O a pod submitted just
+/// before it went (a short Job, an init-only pod deleted at once) is reported after the watch has
+/// dropped it from the store. Kept [`DELETED_POD_GRACE`], at most [`MAX_DELETED_PODS`].
+#[derive(Clone, Default)]
+pub struct DeletedPods(Arc<Mutex<DeletedMap>>);
+
+/// UID (or static-pod hash) -> the deleted object and when the deletion was seen.
+type DeletedMap = HashMap<String, (Arc<Pod>, Instant)>;
+
+/// How long a deleted pod still names its I/O: longer than any interval, and than the time the
+/// last requests of a dead container take to complete (writeback included).
+pub const DELETED_POD_GRACE: Duration = Duration::from_secs(600);
+pub const MAX_DELETED_PODS: usize = 4096;
+
+impl DeletedPods {
+    pub fn insert(&self, pod: Pod, now: Instant) {
+        let pod = Arc::new(pod);
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.retain(|_, (_, t)| now.saturating_duration_since(*t) < DELETED_POD_GRACE);
+        if map.len() >= MAX_DELETED_PODS {
+            map.clear();
+        }
+        let meta = &pod.metadata;
+        for key in [meta.uid.clone(), meta.annotations.as_ref().and_then(|a| a.get(MIRROR_ANNOTATION).cloned())]
+            .into_iter()
+            .flatten()
+        {
+            map.insert(key, (pod.clone(), now));
+        }
+    }
+
+    fn get(&self, key: &str, now: Instant) -> Option<Arc<Pod>> {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(key).filter(|(_, t)| now.saturating_duration_since(*t) < DELETED_POD_GRACE).map(|(p, _)| p.clone())
+    }
 }
 
 /// Watches this node's pods into `writer` forever, retrying with kube's default backoff (a
 /// missing RBAC rule can be fixed without restarting the agent).
-pub async fn run_watcher(client: Client, node_name: String, writer: Writer<Pod>) {
+pub async fn run_watcher(client: Client, node_name: String, writer: Writer<Pod>, deleted: DeletedPods) {
     let store = writer.as_reader();
     let api: Api<Pod> = Api::all(client);
     let events = watcher(api, watcher_config(&node_name)).map_ok(|ev| ev.modify(slim)).default_backoff();
@@ -70,6 +112,9 @@ pub async fn run_watcher(client: Client, node_name: String, writer: Writer<Pod>)
     while let Some(item) = stream.next().await {
         match item {
             Ok(event) => {
+                if let watcher::Event::Delete(pod) = &event {
+                    deleted.insert(pod.clone(), Instant::now());
+                }
                 if failing {
                     failing = false;
                     tracing::info!(node = %node_name, "pod watch recovered; pod names are back");
@@ -159,11 +204,18 @@ fn slim_container(c: ContainerStatus) -> ContainerStatus {
 #[derive(Clone, Default)]
 pub struct PodDirectory {
     store: Option<Store<Pod>>,
+    deleted: DeletedPods,
 }
 
 impl PodDirectory {
     pub fn new(store: Option<Store<Pod>>) -> Self {
-        PodDirectory { store }
+        PodDirectory { store, deleted: DeletedPods::default() }
+    }
+
+    /// Also look in these recently deleted pods (filled by the watcher).
+    pub fn with_deleted(mut self, deleted: DeletedPods) -> Self {
+        self.deleted = deleted;
+        self
     }
 
     pub fn store(&self) -> Option<&Store<Pod>> {
@@ -173,7 +225,8 @@ impl PodDirectory {
     /// Index of the pods whose UID (or static-pod config hash) is in `uids`, built from one pass
     /// over the store: the store is keyed by namespace/name, and one node has at most a few
     /// hundred pods, so a pass per interval is cheaper than keeping a second index in sync.
-    pub fn index(&self, uids: &HashSet<&str>) -> HashMap<String, Arc<Pod>> {
+    /// Pods deleted from the API within [`DELETED_POD_GRACE`] are found too.
+    pub fn index(&self, uids: &HashSet<&str>, now: Instant) -> HashMap<String, Arc<Pod>> {
         let mut out = HashMap::new();
         let Some(store) = &self.store else { return out };
         if uids.is_empty() {
@@ -188,6 +241,13 @@ impl PodDirectory {
                 && uids.contains(hash.as_str())
             {
                 out.insert(hash.clone(), pod.clone());
+            }
+        }
+        for uid in uids {
+            if !out.contains_key(*uid)
+                && let Some(pod) = self.deleted.get(uid, now)
+            {
+                out.insert(uid.to_string(), pod);
             }
         }
         out
@@ -283,10 +343,28 @@ mod tests {
         writer.apply_watcher_event(&watcher::Event::Apply(pod));
         let dir = PodDirectory::new(Some(writer.as_reader()));
         let hash = "9f86d081884c7d659a2feaa0c55ad015";
-        let idx = dir.index(&["u-1", hash, "u-2"].into_iter().collect());
+        let idx = dir.index(&["u-1", hash, "u-2"].into_iter().collect(), Instant::now());
         assert_eq!(idx.len(), 2);
         assert_eq!(idx["u-1"].metadata.name.as_deref(), Some("web-0"));
         assert_eq!(idx[hash].metadata.name.as_deref(), Some("web-0"));
-        assert!(PodDirectory::new(None).index(&["u-1"].into_iter().collect()).is_empty());
+        assert!(PodDirectory::new(None).index(&["u-1"].into_iter().collect(), Instant::now()).is_empty());
+    }
+
+    #[test]
+    fn deleted_pods_still_name_their_io_for_a_grace_period() {
+        let mut writer: Writer<Pod> = Writer::default();
+        let deleted = DeletedPods::default();
+        let dir = PodDirectory::new(Some(writer.as_reader())).with_deleted(deleted.clone());
+        let pod: Pod = serde_json::from_value(pod_json("u-9")).unwrap();
+        writer.apply_watcher_event(&watcher::Event::Apply(pod.clone()));
+        writer.apply_watcher_event(&watcher::Event::Delete(pod.clone()));
+        let t0 = Instant::now();
+        let want: HashSet<&str> = ["u-9"].into_iter().collect();
+        assert!(dir.index(&want, t0).is_empty(), "gone from the store, not yet recorded");
+        deleted.insert(pod, t0);
+        assert_eq!(dir.index(&want, t0 + Duration::from_secs(30))["u-9"].metadata.name.as_deref(), Some("web-0"));
+        let hash: HashSet<&str> = ["9f86d081884c7d659a2feaa0c55ad015"].into_iter().collect();
+        assert_eq!(dir.index(&hash, t0).len(), 1, "static pods by their config hash too");
+        assert!(dir.index(&want, t0 + DELETED_POD_GRACE).is_empty(), "forgotten after the grace period");
     }
 }

@@ -207,3 +207,38 @@ fn resolve_cgroup_root_prefers_the_flag() {
     assert_eq!(resolve_cgroup_root(None, t.dir.path()), t.dir.path().join("sys/fs/cgroup"));
     assert!(!is_cgroup2(t.dir.path()));
 }
+
+#[test]
+fn pod_rows_carry_their_pods_io_pressure_and_other_rows_none() {
+    let t = Tree::new();
+    let pod_dir = format!("kubepods/burstable/pod{UID}");
+    let ctr = t.mk(&format!("{pod_dir}/{CID}"));
+    let svc = t.mk("system.slice/containerd.service");
+    let psi = |some: u64| {
+        format!(
+            "some avg10=2.00 avg60=1.00 avg300=0.50 total={some}\nfull avg10=1.00 avg60=0.50 avg300=0.25 total=10\n"
+        )
+    };
+    let file = t.dir.path().join(&pod_dir).join("io.pressure");
+    std::fs::write(&file, psi(5000)).unwrap();
+    // The baseline is taken when attribution starts.
+    let mut a = Attribution::without_api(t.dir.path().to_path_buf(), 50).unwrap();
+    std::fs::write(&file, psi(5600)).unwrap();
+    let out = a.attribute(&[delta(ctr, 3), delta(svc, 1)]);
+    let p = out[0].io_pressure.expect("the pod's io.pressure");
+    assert_eq!((p.some.avg10, p.some.total_us, p.some.delta_us, p.full.delta_us), (2.0, 5600, Some(600), Some(0)));
+    assert_eq!(out[1].cgroup.as_deref(), Some("/system.slice/containerd.service"));
+    assert_eq!(out[1].io_pressure, None, "not a pod");
+    // Idle interval: the baseline still moves, so the next delta is for one interval.
+    std::fs::write(&file, psi(5700)).unwrap();
+    assert!(a.attribute(&[]).is_empty());
+    std::fs::write(&file, psi(5750)).unwrap();
+    let out = a.attribute(&[delta(ctr, 1)]);
+    assert_eq!(out[0].io_pressure.unwrap().some.delta_us, Some(50));
+    // PSI unavailable for the pod (or turned off): absent, not zero.
+    std::fs::remove_file(&file).unwrap();
+    assert_eq!(a.attribute(&[delta(ctr, 1)])[0].io_pressure, None);
+    a.set_pressure_root(None);
+    std::fs::write(&file, psi(5800)).unwrap();
+    assert_eq!(a.attribute(&[delta(ctr, 1)])[0].io_pressure, None);
+}

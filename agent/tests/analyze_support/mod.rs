@@ -152,6 +152,7 @@ pub fn snapshot(
         losses: cur.then(Losses::default),
         losses_total: cur.then(Losses::default),
         agent: cur.then(|| AgentInfo { version: "0.1.0".into(), attach: "btf".into(), path: None }),
+        io_pressure: None,
     }
 }
 

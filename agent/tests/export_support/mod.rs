@@ -96,6 +96,7 @@ pub fn interval(seq: u64) -> Interval {
         count: reads.count,
         bytes: reads.bytes,
         device_time: reads.device_time,
+        io_pressure: None,
     });
     iv.devices.push(DeviceInterval {
         id: 7 << 20 | 7,

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use super::metrics::{self, BUCKETS, MetricDef, attr};
-use crate::{interval::Interval, losses::Losses};
+use crate::{interval::Interval, losses::Losses, pressure::Pressure};
 
 /// Per-pod series with no I/O for this long are forgotten, so pod churn cannot grow memory
 /// without bound. A pod that resumes I/O later starts a new series (new start time).
@@ -76,10 +76,36 @@ struct PodSeries {
 }
 
 /// Everything needed to build the points, summed over all snapshots since the agent started.
+/// One pod's I/O stall (PSI) summed over the intervals that carried it, ns.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct StallKey {
+    namespace: Option<String>,
+    pod: Option<String>,
+    pod_uid: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Stall {
+    start_ns: u64,
+    last_seen_ns: u64,
+    some_ns: u128,
+    full_ns: u128,
+}
+
+impl Stall {
+    fn add(&mut self, p: &Pressure) {
+        self.some_ns += u128::from(p.some.delta_us.unwrap_or(0)) * 1000;
+        self.full_ns += u128::from(p.full.delta_us.unwrap_or(0)) * 1000;
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Totals {
     ops: BTreeMap<OpKey, OpSeries>,
     pods: BTreeMap<PodKey, PodSeries>,
+    /// PSI: the node's (present once an interval carried it) and each pod's.
+    node_stall: Option<Stall>,
+    pod_stall: BTreeMap<StallKey, Stall>,
     /// `None` until the first interval, whose table of kinds the totals then follow.
     losses: Option<Losses>,
     /// Device -> (in flight at the end of the last snapshot, that snapshot's peak).
@@ -146,6 +172,7 @@ impl Totals {
             s.bytes += u128::from(p.bytes);
             s.device_time.add(&p.device_time);
         }
+        self.add_pressure(iv, series_start, end_ns);
         match &mut self.losses {
             Some(l) => l.add_all(&iv.losses),
             None => self.losses = Some(iv.losses.clone()),
@@ -157,9 +184,29 @@ impl Totals {
             *p = (*p).max(d.peak);
         }
         self.pods.retain(|_, s| end_ns.saturating_sub(s.last_seen_ns) < POD_SERIES_TTL_NS);
+        self.pod_stall.retain(|_, s| end_ns.saturating_sub(s.last_seen_ns) < POD_SERIES_TTL_NS);
         self.last_ns = self.last_ns.max(end_ns);
         self.snapshots += 1;
         self.since_collect += 1;
+    }
+
+    /// PSI deltas; a pod's pressure is on each of its series, counted once per interval.
+    fn add_pressure(&mut self, iv: &Interval, series_start: u64, end_ns: u64) {
+        if let Some(p) = &iv.io_pressure {
+            self.node_stall.get_or_insert_with(|| Stall { start_ns: series_start, ..Stall::default() }).add(p);
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for row in &iv.pods {
+            let Some(p) = &row.io_pressure else { continue };
+            let l = &row.labels;
+            let key = StallKey { namespace: l.namespace.clone(), pod: l.pod.clone(), pod_uid: l.pod_uid.clone() };
+            if !seen.insert(key.clone()) {
+                continue;
+            }
+            let s = self.pod_stall.entry(key).or_insert_with(|| Stall { start_ns: series_start, ..Stall::default() });
+            s.last_seen_ns = end_ns;
+            s.add(p);
+        }
     }
 
     /// Starts a new OTLP window: the peak gauge restarts from the current depth.
@@ -260,6 +307,23 @@ impl Totals {
             }
             push(&metrics::POD_REQUEST_DURATION, a.clone(), s.start_ns, Value::Hist(Box::new(s.device_time.clone())));
             push(&metrics::POD_IO, a, s.start_ns, Value::Counter(s.bytes));
+        }
+        let kinds = |s: &Stall| [("some", s.some_ns), ("full", s.full_ns)];
+        if let Some(s) = &self.node_stall {
+            for (kind, ns) in kinds(s) {
+                push(&metrics::NODE_IO_STALL, vec![(attr::PRESSURE_KIND, kind.into())], s.start_ns, Value::Counter(ns));
+            }
+        }
+        for (k, s) in &self.pod_stall {
+            let mut a: Attrs = [(attr::NAMESPACE, &k.namespace), (attr::POD, &k.pod), (attr::POD_UID, &k.pod_uid)]
+                .into_iter()
+                .filter_map(|(key, v)| v.clone().map(|v| (key, v)))
+                .collect();
+            a.push((attr::PRESSURE_KIND, String::new()));
+            for (kind, ns) in kinds(s) {
+                a.last_mut().unwrap().1 = kind.into();
+                push(&metrics::POD_IO_STALL, a.clone(), s.start_ns, Value::Counter(ns));
+            }
         }
         for (dev, (count, peak)) in &self.inflight {
             let a = vec![(attr::DEVICE, dev.clone())];

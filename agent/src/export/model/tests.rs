@@ -42,6 +42,7 @@ pub fn interval(end_s: f64, interval_s: f64, reads: &[(u32, u64)], read_sum_ns: 
         count,
         bytes: count * 4096,
         device_time,
+        io_pressure: None,
     });
     iv.losses = Losses::default().with("stale_evicted", 1).with("requeued", 2);
     iv
