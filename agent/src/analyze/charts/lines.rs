@@ -80,20 +80,49 @@ pub fn requests(
     data: &DeviceColumns,
     anomalies: &[Anomaly],
 ) -> Result<Vec<u8>> {
-    let rate = |n: u64, c: usize| if cols.seconds[c] > 0.0 { n as f64 / cols.seconds[c] } else { 0.0 };
-    let max = (0..cols.len()).map(|c| rate(data.requests[c], c)).fold(0.0, f64::max);
+    let chart = RateChart {
+        title: "requests per second",
+        desc: "completed requests per second (IOPS)",
+        scale: 1.0,
+        total: data.requests.clone(),
+        per_op: data.ops.as_deref(),
+    };
+    rate_chart(device, frame, cols, anomalies, &chart)
+}
+
+/// A per-second rate over time, in total and per op: IOPS and MB/s share this one chart.
+pub(super) struct RateChart<'a> {
+    pub title: &'static str,
+    pub desc: &'static str,
+    /// Divisor of the counts (1 for requests, 10^6 for MB).
+    pub scale: f64,
+    /// Count of each column, all ops.
+    pub total: Vec<u64>,
+    /// Count of each column per op (dataset::OPS order), when the input has `ops`.
+    pub per_op: Option<&'a [[u64; 5]]>,
+}
+
+pub(super) fn rate_chart(
+    device: &str,
+    frame: &Frame,
+    cols: &Columns,
+    anomalies: &[Anomaly],
+    spec: &RateChart,
+) -> Result<Vec<u8>> {
+    let rate = |n: u64, c: usize| if cols.seconds[c] > 0.0 { n as f64 / spec.scale / cols.seconds[c] } else { 0.0 };
+    let max = (0..cols.len()).map(|c| rate(spec.total[c], c)).fold(0.0, f64::max);
     let (top, ticks) = linear_ticks(max * 1.35);
     let label = |v: &f64| si(*v);
     let avg = if cols.per_column > 1 { format!(" (mean per {} snapshots)", cols.per_column) } else { String::new() };
     render(|root| {
         root.fill(&WHITE).map_err(draw_err)?;
-        let (strip, body) = titled(root, &format!("{device}: requests per second{avg}"))?;
-        let y = YAxis { lo: 0.0, hi: top, ticks, label: &label, desc: "completed requests per second (IOPS)".into() };
+        let (strip, body) = titled(root, &format!("{device}: {}{avg}", spec.title))?;
+        let y = YAxis { lo: 0.0, hi: top, ticks, label: &label, desc: spec.desc.into() };
         let mut ch = chart(&body, frame, y)?;
         let mut legend = Legend::new();
         let overlay = draw_overlay(&mut ch, frame, anomalies, false)?;
-        draw_line(&mut ch, cols, |c| Some(rate(data.requests[c], c)), BLACK, "all ops", &mut legend)?;
-        if let Some(ops) = &data.ops {
+        draw_line(&mut ch, cols, |c| Some(rate(spec.total[c], c)), BLACK, "all ops", &mut legend)?;
+        if let Some(ops) = spec.per_op {
             for (i, name) in OPS.iter().enumerate() {
                 if ops.iter().all(|o| o[i] == 0) {
                     continue;

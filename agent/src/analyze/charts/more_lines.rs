@@ -3,10 +3,10 @@
 
 use plotters::prelude::*;
 
-use super::super::dataset::{NONE, OPS};
+use super::super::dataset::NONE;
 use super::super::stats::Anomaly;
 use super::super::units::{human_us, si};
-use super::lines::{OP_COLORS, bin_note, draw_line};
+use super::lines::{RateChart, bin_note, draw_line, rate_chart};
 use super::{
     Columns, DeviceColumns, FAMILY, Frame, LABEL_PX, Legend, YAxis, chart, draw_err, draw_legend, draw_overlay,
     draw_steps, linear_ticks, percentile_color, render, titled,
@@ -23,30 +23,14 @@ pub fn throughput(
     anomalies: &[Anomaly],
 ) -> Result<Option<Vec<u8>>> {
     let Some(bytes) = &data.bytes else { return Ok(None) };
-    let rate = |b: u64, c: usize| if cols.seconds[c] > 0.0 { b as f64 / 1e6 / cols.seconds[c] } else { 0.0 };
-    let total = |c: usize| rate(bytes[c].iter().sum(), c);
-    let max = (0..cols.len()).map(total).fold(0.0, f64::max);
-    let (top, ticks) = linear_ticks(max * 1.35);
-    let label = |v: &f64| si(*v);
-    let avg = if cols.per_column > 1 { format!(" (mean per {} snapshots)", cols.per_column) } else { String::new() };
-    render(|root| {
-        root.fill(&WHITE).map_err(draw_err)?;
-        let (strip, body) = titled(root, &format!("{device}: throughput{avg}"))?;
-        let y = YAxis { lo: 0.0, hi: top, ticks, label: &label, desc: "MB/s (10⁶ bytes per second)".into() };
-        let mut ch = chart(&body, frame, y)?;
-        let mut legend = Legend::new();
-        let overlay = draw_overlay(&mut ch, frame, anomalies, false)?;
-        draw_line(&mut ch, cols, |c| Some(total(c)), BLACK, "all ops", &mut legend)?;
-        for (i, name) in OPS.iter().enumerate() {
-            if bytes.iter().all(|b| b[i] == 0) {
-                continue;
-            }
-            draw_line(&mut ch, cols, |c| Some(rate(bytes[c][i], c)), OP_COLORS[i], name, &mut legend)?;
-        }
-        legend.extend(overlay);
-        draw_legend(&strip, &ch, &legend)
-    })
-    .map(Some)
+    let chart = RateChart {
+        title: "throughput",
+        desc: "MB/s (10⁶ bytes per second)",
+        scale: 1e6,
+        total: bytes.iter().map(|b| b.iter().sum()).collect(),
+        per_op: Some(bytes),
+    };
+    rate_chart(device, frame, cols, anomalies, &chart).map(Some)
 }
 
 /// The requested percentiles of each column over time, on a log2 latency axis.
