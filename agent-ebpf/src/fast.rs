@@ -23,8 +23,8 @@
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use blkio_agent_common::{
-    CONTROL_ARMED_NS, CONTROL_FAST_SINCE, EVENT_PARTIAL_COMPLETION, EVENT_REQUEUED, SELFTEST_AGREE, SELFTEST_DISAGREE,
-    gauge_counts_end, gauge_counts_issue, log2_slot, request_bytes,
+    CONTROL_ARMED_NS, CONTROL_FAST_SINCE, EVENT_FAST_COMPLETION, EVENT_PARTIAL_COMPLETION, EVENT_REQUEUED,
+    SELFTEST_AGREE, SELFTEST_DISAGREE, gauge_counts_end, gauge_counts_issue, log2_slot, request_bytes,
 };
 
 use crate::{
@@ -191,11 +191,7 @@ pub fn complete(rq: Rq, nr_bytes: u32, remaining: u32, cgroup_id: u64) -> bool {
         return false;
     }
     let fast_since = control(CONTROL_FAST_SINCE);
-    // Flags from BTF enumerators are the kernel's own values: nothing to test, and three loads
-    // per I/O saved.
-    if conf!(stats_flags_from_btf) == 0 {
-        self_test(rq, fast_since != 0);
-    }
+    self_test(rq, fast_since != 0);
     let issued = rq.stats_issue_ns();
     if issued == 0 {
         return false;
@@ -220,6 +216,7 @@ pub fn complete(rq: Rq, nr_bytes: u32, remaining: u32, cgroup_id: u64) -> bool {
     let op = classify_req_op(raw_op);
     record_hist(dev, op, bytes, device_ns, queue_ns, device_slot);
     record_cgroup(cgroup_id, dev.id, op, bytes, device_ns, device_slot);
+    count(EVENT_FAST_COMPLETION);
     true
 }
 

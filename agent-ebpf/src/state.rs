@@ -11,10 +11,10 @@ use aya_ebpf::{
 };
 use blkio_agent_common::{
     CONTROL_EPOCH, CONTROL_SLOTS, COUNTER_SLOTS, CgroupKey, CgroupStats, DEVICE_INDEX_PROBES, DEVICE_INDEX_SIZE,
-    DeviceHists, DeviceInflight, EVENT_PARTIAL_COMPLETION, EVENT_REQUEUED, EVENT_SLOW_COMPLETION, HistKey,
-    LOSS_CGROUP_MAP_FULL, LOSS_COMPLETE_WITHOUT_START, LOSS_DEVICE_MAP_FULL, LOSS_HIST_UPDATE_FAILED,
-    LOSS_STALE_EVICTED, LOSS_START_INSERT_FAILED, MAX_CGROUP_KEYS, MAX_DENSE_DEVICES, MAX_DEVICES, MAX_HIST_KEYS,
-    MAX_INFLIGHT_REQUESTS, OP_COUNT, OpHist, RequestKey, RequestStart, device_index_match, device_index_pos, log2_slot,
+    DeviceHists, DeviceInflight, EVENT_PARTIAL_COMPLETION, EVENT_REQUEUED, HistKey, LOSS_CGROUP_MAP_FULL,
+    LOSS_COMPLETE_WITHOUT_START, LOSS_DEVICE_MAP_FULL, LOSS_HIST_UPDATE_FAILED, LOSS_STALE_EVICTED,
+    LOSS_START_INSERT_FAILED, MAX_CGROUP_KEYS, MAX_DENSE_DEVICES, MAX_DEVICES, MAX_HIST_KEYS, MAX_INFLIGHT_REQUESTS,
+    OP_COUNT, OpHist, RequestKey, RequestStart, device_index_match, device_index_pos, log2_slot,
 };
 
 use crate::conf;
@@ -189,7 +189,6 @@ pub fn on_complete(key: RequestKey, completion: Completion, bio_cgroup: u64) {
         if start.insert_ns != 0 && start.insert_ns <= start.issue_ns { start.issue_ns - start.insert_ns } else { 0 };
     let device_slot = log2_slot(device_ns / 1000);
     record_hist(dev, start.op, start.bytes, device_ns, queue_ns, device_slot);
-    count(EVENT_SLOW_COMPLETION);
     let cgroup_id = if start.cgroup_id != 0 { start.cgroup_id } else { bio_cgroup };
     record_cgroup(cgroup_id, start.dev, start.op, start.bytes, device_ns, device_slot);
 }

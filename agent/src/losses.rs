@@ -231,7 +231,7 @@ mod tests {
         }
         let kernel_kinds = KINDS.iter().filter(|k| matches!(k.source, Source::Kernel(_))).count();
         // The fast-path counters are reported in `agent.path`, not as losses.
-        let path_counters = [kernel::EVENT_SLOW_COMPLETION, kernel::SELFTEST_AGREE, kernel::SELFTEST_DISAGREE];
+        let path_counters = [kernel::EVENT_FAST_COMPLETION, kernel::SELFTEST_AGREE, kernel::SELFTEST_DISAGREE];
         assert!(KINDS.iter().all(|k| path_counters.iter().all(|&p| k.source != Source::Kernel(p))));
         assert_eq!(
             kernel_kinds + path_counters.len(),

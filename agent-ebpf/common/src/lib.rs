@@ -84,10 +84,8 @@ pub const LOSS_CGROUP_MAP_FULL: u32 = 5;
 /// and partial completions (the request stays in flight until its last bytes complete).
 pub const EVENT_REQUEUED: u32 = 6;
 pub const EVENT_PARTIAL_COMPLETION: u32 = 7;
-/// Completions counted from the start map (the slow path). Userspace derives the fast path's
-/// completions as all recorded completions minus these, so the fast path itself updates no
-/// counter per I/O (a per-CPU array lookup is a helper call before 6.10).
-pub const EVENT_SLOW_COMPLETION: u32 = 8;
+/// Completions counted from the request's own timestamps (the fast path, no start map).
+pub const EVENT_FAST_COMPLETION: u32 = 8;
 /// Flag self-test (see [`Config::stats_flags_from_btf`]): completions whose `QUEUE_FLAG_STATS`,
 /// `RQF_STATS` and `io_start_time_ns` agreed (counted only while the fast path is not yet on) and
 /// those that disagreed (always counted: one disagreement keeps or turns the fast path off).

@@ -70,7 +70,7 @@ pub struct Collector<M = AyaMaps> {
     totals: Losses,
     /// The fast path's state; the collector feeds it the flag self-test counts.
     fast: FastPath,
-    /// Cumulative slow-path completions and flag disagreements at the last read.
+    /// Cumulative fast-path completions and flag disagreements at the last read.
     prev_path: (u64, u64),
 }
 
@@ -162,7 +162,7 @@ impl<M: MapRead + MapControl> Collector<M> {
         let mut devices = read::devices(&ops, &mut self.names, &self.filter);
         let resynced = self.depths(ended_epoch, &raw.inflight, &completed, &mut devices);
         let cgroups = self.cgroup_deltas(raw.cgroups);
-        let path = self.path(&raw.counters, completed.values().sum());
+        let path = self.path(&raw.counters);
         let mut losses = self.base.loss_deltas(&raw.counters, raw.recursion);
         losses.add_all(&std::mem::take(&mut self.pending));
         losses.add(INFLIGHT_RESYNC, resynced);
@@ -200,11 +200,10 @@ impl<M: MapRead + MapControl> Collector<M> {
 
     /// Feeds the flag self-test (`loader::fastpath`), which may turn the fast path on, and
     /// returns the path in effect with this interval's path counters.
-    /// `completed`: this interval's recorded completions, all devices and paths.
-    fn path(&mut self, counters: &maps::Counters, completed: u64) -> PathStatus {
-        use blkio_agent_common::{EVENT_SLOW_COMPLETION, SELFTEST_AGREE, SELFTEST_DISAGREE};
-        let (slow, disagree) = (counters[EVENT_SLOW_COMPLETION as usize], counters[SELFTEST_DISAGREE as usize]);
-        let (prev_slow, prev_disagree) = std::mem::replace(&mut self.prev_path, (slow, disagree));
+    fn path(&mut self, counters: &maps::Counters) -> PathStatus {
+        use blkio_agent_common::{EVENT_FAST_COMPLETION, SELFTEST_AGREE, SELFTEST_DISAGREE};
+        let (fast, disagree) = (counters[EVENT_FAST_COMPLETION as usize], counters[SELFTEST_DISAGREE as usize]);
+        let (prev_fast, prev_disagree) = std::mem::replace(&mut self.prev_path, (fast, disagree));
         let now = crate::loader::monotonic_ns();
         if let Some(since) = self.fast.update(counters[SELFTEST_AGREE as usize], disagree, now)
             && let Err(e) = self.maps.set_fast_since(since)
@@ -214,8 +213,7 @@ impl<M: MapRead + MapControl> Collector<M> {
         PathStatus {
             fast: self.fast.state.as_str(),
             flags: self.fast.flags_from.map(|f| f.as_str()),
-            // The fast path counts nothing itself (see EVENT_SLOW_COMPLETION).
-            fast_completions: completed.saturating_sub(slow.wrapping_sub(prev_slow)),
+            fast_completions: fast.wrapping_sub(prev_fast),
             flag_disagreements: disagree.wrapping_sub(prev_disagree),
         }
     }
