@@ -262,6 +262,10 @@ async fn retryable_statuses_honour_retry_after_and_others_drop_the_batch() {
     rx.log.script([Reply::Status(StatusCode::BAD_REQUEST, None)]);
     exporters.publish(&interval(1));
     wait_for("the rejected attempt", Duration::from_secs(10), || rx.log.attempts.lock().unwrap().len() == 3).await;
+    // The receiver logs the attempt before it replies: wait until the sender has counted the 400
+    // too, or the next batch can be encoded before its failure counter moved.
+    wait_for("the rejection counted", Duration::from_secs(10), || exporters.otlp_stats().unwrap().dropped_batches == 1)
+        .await;
     exporters.publish(&interval(2));
     // Counted as sent once the reply is back (the receiver logs before replying).
     wait_for("the next batch", Duration::from_secs(10), || exporters.otlp_stats().unwrap().sent_batches == 2).await;
