@@ -64,7 +64,7 @@ pub struct RunArgs {
     #[arg(long, env = "BLKIO_AGENT_FSYNC")]
     pub fsync: bool,
 
-    /// Segment mode for log shippers: write sealed `<node>-<UTC time>-<seq>.jsonl` files here.
+    /// Segment mode for log shippers: write sealed `<node>-<UTC time>-<run>-<seq>.jsonl` files here.
     #[arg(long, env = "BLKIO_AGENT_OUTPUT_DIR")]
     pub output_dir: Option<PathBuf>,
 
@@ -146,6 +146,12 @@ pub struct RunArgs {
     /// Address of the Prometheus `/metrics`, `/healthz`, `/readyz` server, or `off`.
     #[arg(long, env = "BLKIO_AGENT_METRICS_ADDR", default_value = "0.0.0.0:9435")]
     pub metrics_addr: String,
+
+    /// Largest exported time-histogram bound, seconds (OTLP and Prometheus; JSONL keeps every
+    /// slot). The last bound is the first slot edge 2^(k+1) µs at or above it (16 -> 16.777216 s);
+    /// longer requests are in the overflow (+Inf) bucket, sums and counts stay exact.
+    #[arg(long, env = "BLKIO_AGENT_HISTOGRAM_MAX", default_value_t = 16.0, value_parser = parse_positive_secs)]
+    pub histogram_max: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -28,11 +28,14 @@ pub fn bucket_high(slot: u32) -> u64 {
     if slot >= 63 { u64::MAX } else { (1u64 << (slot + 1)) - 1 }
 }
 
-/// Upper bound of slot `k` in seconds for a µs histogram, as OTLP/Prometheus bucket bounds:
-/// `(2^(k+1) - 1) / 1e6`. Computed as integer / 1e6 (one rounding) so that e.g. 15 µs is
-/// `1.5e-5`, not `1.4999999999999999e-5`.
+/// Exact upper edge of slot `k` in seconds for a µs histogram, as OTLP/Prometheus bucket bounds:
+/// `2^(k+1) / 1e6`. The kernel floors nanoseconds to whole µs before taking the log2, so slot `k`
+/// holds real durations in `[2^k, 2^(k+1))` µs: a 31.9 µs request is counted as 31 µs in slot 4,
+/// whose real edge is 32 µs, not 31 (the JSONL's integer `bucket_high` stays `2^(k+1) - 1`, the
+/// seed's contract). Computed as integer / 1e6 (one rounding) so that e.g. 16 µs is exactly
+/// `1.6e-5`.
 pub fn upper_bound_seconds(slot: u32) -> f64 {
-    bucket_high(slot) as f64 / 1e6
+    (1u64 << (slot + 1).min(63)) as f64 / 1e6
 }
 
 /// The value at percentile `p` (0 < p <= 100) of a log2 histogram given as per-slot counts,
@@ -100,10 +103,11 @@ mod tests {
 
     #[test]
     fn second_bounds_are_exact_decimals() {
-        assert_eq!(upper_bound_seconds(0), 1e-6);
-        assert_eq!(upper_bound_seconds(3), 15e-6);
-        assert_eq!(upper_bound_seconds(3).to_string(), "0.000015");
-        assert_eq!(upper_bound_seconds(9), 1023e-6);
+        assert_eq!(upper_bound_seconds(0), 2e-6);
+        assert_eq!(upper_bound_seconds(3), 16e-6);
+        assert_eq!(upper_bound_seconds(3).to_string(), "0.000016");
+        assert_eq!(upper_bound_seconds(9), 1024e-6);
+        assert_eq!(upper_bound_seconds(23), 16.777216);
     }
 
     #[test]

@@ -54,7 +54,7 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "localhost".into())
 }
 
-fn open_output(args: &RunArgs, node: &str) -> crate::Result<Option<Writer>> {
+fn open_output(args: &RunArgs, node: &str, run: &crate::interval::RunIdentity) -> crate::Result<Option<Writer>> {
     if args.no_output {
         return Ok(None);
     }
@@ -66,6 +66,7 @@ fn open_output(args: &RunArgs, node: &str) -> crate::Result<Option<Writer>> {
             max_age: Duration::from_secs_f64(args.segment_max_age),
             retain_bytes: args.retain_bytes,
             retain_files: args.retain_files,
+            run: run.id[..8].to_string(),
         })?,
         None => Sink::file(&args.output)?,
     };
@@ -77,7 +78,8 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let filter = DeviceFilter::new(&args.devices)?;
     let names = DeviceNames::new(&args.proc_root, &args.sys_root)?;
     // The output is opened before anything is attached: an unwritable path fails fast.
-    let writer = open_output(&args, &node)?;
+    let run_identity = crate::interval::RunIdentity::new();
+    let writer = open_output(&args, &node, &run_identity)?;
 
     let health = Arc::new(Health::default());
     health.set_interval(Duration::from_secs_f64(args.interval));
@@ -118,6 +120,8 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     );
 
     let mut node_pressure = crate::pressure::NodePressure::new(&args.proc_root);
+    let mut disk_times = crate::devices::DiskTimes::new(&args.proc_root);
+    tracing::info!(run_id = %run_identity.id, "run identity (every snapshot's run_id)");
     let live = LiveView::new(args.live);
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
@@ -165,6 +169,8 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         };
         let mut interval = collected.interval;
         interval.io_pressure = node_pressure.sample();
+        interval.disk_time = disk_times.sample(interval.devices.iter().map(|d| (d.id, d.name.as_str())));
+        interval.run = Some(run_identity.clone());
         if let Some(a) = attribution.as_mut() {
             interval.pods = a.attribute_series(&collected.cgroups);
         }

@@ -31,6 +31,12 @@ pub struct Snapshot {
     /// Snapshot number since the agent started (0-based); restarts at 0 with the agent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seq: Option<u64>,
+    /// Random id of the agent run (128-bit hex): `(node, run_id, seq)` is unique across restarts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+    /// When that run started, Unix epoch seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_started: Option<f64>,
     /// Device time (issue -> complete), all ops combined, devices with completions only.
     #[serde(default)]
     pub latency_histogram: Vec<DeviceHistogram>,
@@ -55,6 +61,25 @@ pub struct Snapshot {
     /// The node's `/proc/pressure/io` (PSI); absent where the kernel has no PSI.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub io_pressure: Option<Pressure>,
+    /// Busy time and weighted I/O time per device from `/proc/diskstats` (iostat's `%util` and
+    /// `aqu-sz`); absent in older files and before the second diskstats reading.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disk_time: Vec<DiskTimeStats>,
+}
+
+/// One entry of `disk_time`: `/proc/diskstats` fields 10 and 11 over the interval.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DiskTimeStats {
+    pub device_id: u64,
+    pub device_name: String,
+    /// ms with at least one request in flight (field 10, `io_ticks`).
+    pub io_time_ms: u64,
+    /// ms of request time summed over all requests (field 11, `time_in_queue`).
+    pub weighted_io_time_ms: u64,
+    /// `io_time_ms / interval`: fraction of the interval the device was busy (iostat `%util`/100).
+    pub utilization: f64,
+    /// `weighted_io_time_ms / interval`: average number of requests in flight (iostat `aqu-sz`).
+    pub avg_queue_size: f64,
 }
 
 /// One entry of `latency_histogram` (the seed's shape plus `sum_us`/`sum_ns`).
@@ -288,6 +313,9 @@ mod tests {
             losses_total: None,
             agent: None,
             io_pressure: None,
+            run_id: None,
+            run_started: None,
+            disk_time: vec![],
         };
         let line = serde_json::to_string(&snap).unwrap();
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
@@ -356,6 +384,16 @@ mod tests {
             }),
         });
         s.io_pressure = Some(psi());
+        s.run_id = Some("0123456789abcdef0123456789abcdef".into());
+        s.run_started = Some(1_696_262_000.5);
+        s.disk_time.push(DiskTimeStats {
+            device_id: 1,
+            device_name: "loop0".into(),
+            io_time_ms: 1000,
+            weighted_io_time_ms: 7500,
+            utilization: 0.2,
+            avg_queue_size: 1.5,
+        });
         s
     }
 
@@ -398,17 +436,55 @@ mod tests {
         let none = serde_json::to_value(&snap).unwrap();
         assert!(none.get("io_pressure").is_none() && none["pods"][0].get("io_pressure").is_none());
         assert!(validator.is_valid(&none));
+        // Run identity and diskstats times: present and checked; absent (older files) is valid.
+        assert!(full["run_id"].is_string() && full["disk_time"][0]["avg_queue_size"] == 1.5);
+        let mut bad = full.clone();
+        bad["run_id"] = "not-hex".into();
+        assert!(!validator.is_valid(&bad));
+        let mut bad = full.clone();
+        bad["disk_time"][0].as_object_mut().unwrap().remove("io_time_ms");
+        assert!(!validator.is_valid(&bad));
+        let mut old = full.clone();
+        for key in ["run_id", "run_started", "disk_time"] {
+            old.as_object_mut().unwrap().remove(key);
+        }
+        // A file written before a loss kind was added lacks it (map_read_failures, and every
+        // kind after the first schema's).
+        for l in ["losses", "losses_total"] {
+            let obj = old[l].as_object_mut().unwrap();
+            obj.retain(|k, _| FIRST_SCHEMA_KINDS.contains(&k.as_str()));
+            assert_eq!(obj.len(), FIRST_SCHEMA_KINDS.len());
+        }
+        let errors: Vec<String> = validator.iter_errors(&old).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "an older line must keep validating: {errors:?}");
     }
 
-    /// The schema's `losses` object is the table of kinds: every key required, described as the
-    /// table describes it, and nothing else.
+    /// The kinds of the first schema (`losses` objects of every file ever written have them).
+    /// Kinds added since are optional in the schema, so older files keep validating.
+    const FIRST_SCHEMA_KINDS: &[&str] = &[
+        "start_insert_failed",
+        "complete_without_start",
+        "stale_evicted",
+        "hist_update_failed",
+        "device_map_full",
+        "cgroup_map_full",
+        "recursion_misses",
+        "inflight_resync",
+        "write_failures",
+        "requeued",
+        "partial_completion",
+    ];
+
+    /// The schema's `losses` object is the table of kinds: the first schema's keys required,
+    /// every kind described as the table describes it, and nothing else.
     #[test]
     fn json_schema_losses_are_the_table_of_kinds() {
         let schema = schema();
         let losses = &schema["$defs"]["losses"];
         let required: Vec<&str> = losses["required"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
         let keys: Vec<&str> = crate::losses::KINDS.iter().map(|k| k.key).collect();
-        assert_eq!(required, keys);
+        assert_eq!(required, FIRST_SCHEMA_KINDS, "new kinds must stay optional: old files lack them");
+        assert_eq!(&keys[..FIRST_SCHEMA_KINDS.len()], FIRST_SCHEMA_KINDS, "new kinds go at the end of the table");
         let props = losses["properties"].as_object().unwrap();
         assert_eq!(props.len(), keys.len(), "the schema has kinds the table does not");
         for k in crate::losses::KINDS {

@@ -52,7 +52,7 @@ async fn grpc_points_equal_the_published_snapshots() {
                     .unwrap();
             let (slots, count, sum_ns) = expected(&snaps[..=i], op);
             assert_eq!(temporality, AggregationTemporality::Cumulative as i32);
-            assert_eq!(p.bucket_counts, slots);
+            assert_eq!(p.bucket_counts, time_buckets(&slots));
             assert_eq!(p.count, count);
             assert_eq!(p.sum, Some(sum_ns as f64 / 1e9));
             assert_eq!(p.explicit_bounds, exact_time_bounds());
@@ -115,7 +115,7 @@ async fn grpc_collector_down_then_up_resumes() {
     let newest = &got.last().unwrap().request;
     let (p, temporality) = hist(newest, "blkio.request.duration", &[("blkio.operation", "read")]).unwrap();
     assert_eq!(temporality, AggregationTemporality::Delta as i32);
-    assert_eq!(p.bucket_counts, expected(&[snapshot(100)], "read").0);
+    assert_eq!(p.bucket_counts, time_buckets(&expected(&[snapshot(100)], "read").0));
     // Queued batches kept their order; the dropped ones are counted.
     let times: Vec<u64> =
         got.iter().map(|r| hist(&r.request, "blkio.request.duration", &[]).unwrap().0.time_unix_nano).collect();

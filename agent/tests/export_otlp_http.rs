@@ -71,7 +71,7 @@ async fn cumulative_points_equal_the_published_snapshots() {
             .unwrap_or_else(|| panic!("no {op} point in request {i}"));
             let (slots, count, sum_ns) = expected(&snaps[..=i], op);
             assert_eq!(temporality, AggregationTemporality::Cumulative as i32);
-            assert_eq!(p.bucket_counts, slots, "{op} buckets in request {i}");
+            assert_eq!(p.bucket_counts, time_buckets(&slots), "{op} buckets in request {i}");
             assert_eq!(p.count, count);
             assert_eq!(p.sum, Some(sum_ns as f64 / 1e9));
             assert_eq!(p.explicit_bounds, exact_time_bounds());
@@ -86,17 +86,20 @@ async fn cumulative_points_equal_the_published_snapshots() {
     assert_eq!(metric(last, "blkio.request.size").unwrap().unit, "By");
     assert_eq!(metric(last, "system.disk.operation_time").unwrap().unit, "s");
 
-    // Discard has no disk.io.direction, only blkio.operation.
-    let (discard, _) = hist(last, "blkio.request.duration", &[("blkio.operation", "discard")]).unwrap();
-    assert!(!discard.attributes.iter().any(|kv| kv.key == "disk.io.direction"));
+    // Discard has a direction too (`write`: every series has one), and keeps its operation.
+    let (discard, _) =
+        hist(last, "blkio.request.duration", &[("blkio.operation", "discard"), ("disk.io.direction", "write")])
+            .unwrap();
     assert_eq!(discard.count, 4);
 
     // Size histogram: bytes, exact sum.
     let (size, _) = hist(last, "blkio.request.size", &[("blkio.operation", "read")]).unwrap();
     let read_bytes: u64 = snaps.iter().flat_map(|s| &s.ops).filter(|o| o.op == "read").map(|o| o.bytes).sum();
     assert_eq!(size.sum, Some(read_bytes as f64));
-    assert_eq!(size.bucket_counts[12], size.count);
-    assert_eq!(size.explicit_bounds[12], 8191.0);
+    // Size buckets: the first bound is 511 B (slots 0..=8), so slot 12 is bucket 4.
+    assert_eq!(size.bucket_counts[4], size.count);
+    assert_eq!(size.explicit_bounds[4], 8191.0);
+    assert_eq!((size.explicit_bounds[0], size.explicit_bounds.len()), (511.0, 19));
 
     // Derived counters equal the exact count and sums.
     let (_, ops) = number(last, "system.disk.operations", &[("blkio.operation", "read")]).unwrap();
@@ -176,7 +179,7 @@ async fn delta_temporality_sends_each_interval_once() {
         let (slots, count, sum_ns) = expected(&snaps[i..=i], "read");
         assert_eq!(
             (p.bucket_counts.clone(), p.count, p.sum),
-            (slots, count, Some(sum_ns as f64 / 1e9)),
+            (time_buckets(&slots), count, Some(sum_ns as f64 / 1e9)),
             "interval {i}"
         );
         // Each window starts where the previous ended.
@@ -232,7 +235,7 @@ async fn collector_down_then_up_resumes_with_bounded_queue() {
     let last = rx.log.last().unwrap().request;
     let (p, _) = hist(&last, "blkio.request.duration", &[("blkio.operation", "read")]).unwrap();
     let (slots, count, _) = expected(&all, "read");
-    assert_eq!((p.bucket_counts.clone(), p.count), (slots, count));
+    assert_eq!((p.bucket_counts.clone(), p.count), (time_buckets(&slots), count));
     // The outage is visible in the agent's own metrics.
     let (_, failures) = number(&last, "blkio.agent.export.failures", &[("error.type", "transport")]).unwrap();
     assert!(failures >= 3.0, "{failures}");
@@ -296,7 +299,7 @@ async fn export_interval_merges_snapshots_and_shutdown_flushes() {
     assert_eq!(rx.log.len(), 1, "shutdown sends what was published since the last export");
     let last = rx.log.last().unwrap().request;
     let (p, _) = hist(&last, "blkio.request.duration", &[("blkio.operation", "read")]).unwrap();
-    assert_eq!(p.bucket_counts, expected(&snaps, "read").0);
+    assert_eq!(p.bucket_counts, time_buckets(&expected(&snaps, "read").0));
     rx.stop().await;
 }
 

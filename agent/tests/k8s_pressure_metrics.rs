@@ -6,7 +6,7 @@
 
 use blkio_agent::{
     export::{
-        model::{AgentCounters, Totals, Value},
+        model::{AgentCounters, PeakWindow, Totals, Value},
         prometheus,
     },
     interval::{Hist, Interval, PodLabels, PodSeries},
@@ -49,7 +49,7 @@ fn snapshot(end: f64, node: Option<Pressure>, pods: Vec<PodSeries>) -> Interval 
 }
 
 fn counter(t: &Totals, name: &str, kind: &str) -> Option<u128> {
-    let c = t.collect(&AgentCounters::default(), false);
+    let c = t.collect(&AgentCounters::default(), PeakWindow::Scrape);
     let p = c
         .points
         .iter()
@@ -74,7 +74,7 @@ fn stall_counters_sum_the_interval_deltas_once_per_pod() {
     assert_eq!(counter(&t, "blkio.node.io.pressure.stall", "full"), Some(400_000));
     assert_eq!(counter(&t, "blkio.pod.io.pressure.stall", "some"), Some(730_000));
     assert_eq!(counter(&t, "blkio.pod.io.pressure.stall", "full"), Some(205_000));
-    let c = t.collect(&AgentCounters::default(), false);
+    let c = t.collect(&AgentCounters::default(), PeakWindow::Scrape);
     let text = prometheus::render(&c, &[]);
     let line = text
         .lines()
@@ -88,7 +88,7 @@ fn stall_counters_sum_the_interval_deltas_once_per_pod() {
 fn no_psi_means_no_stall_metrics_rather_than_zeros() {
     let mut t = Totals::default();
     t.add(&snapshot(100.0, None, vec![row("read", None)]));
-    let c = t.collect(&AgentCounters::default(), false);
+    let c = t.collect(&AgentCounters::default(), PeakWindow::Scrape);
     assert!(c.points.iter().all(|p| !p.metric.name.contains("pressure")), "absent, not zero");
     assert!(c.points.iter().any(|p| p.metric.name == "blkio.pod.io"), "the pod's I/O is still exported");
 }

@@ -13,6 +13,13 @@ use privileged_support::*;
 const WRITES: u32 = 3000;
 const READS: u32 = 2000;
 
+/// `/proc/diskstats` fields 10 and 11 (io_ticks, time_in_queue) of `name`, ms.
+fn disk_times(name: &str) -> (u64, u64) {
+    let text = std::fs::read_to_string("/proc/diskstats").unwrap();
+    let s = blkio_agent::devices::parse_diskstats(&text).into_iter().find(|d| d.name == name).expect("in diskstats");
+    (s.io_ticks_ms, s.time_in_queue_ms)
+}
+
 /// Runs the known workload under an agent started with `attach` and checks exactness against
 /// the kernel's own counters.
 fn exact_counts(attach: &str) {
@@ -20,6 +27,7 @@ fn exact_counts(attach: &str) {
     let dev = LoopDev::new(64);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.jsonl");
+    let times_at_start = disk_times(&dev.name);
     let mut agent = Agent::start_with_env(
         &["--attach", attach, "--interval", "0.25", "--flush-every", "1", "--output", out.to_str().unwrap()],
         &[("BLKIO_AGENT_LOG", "info,blkio_agent::collector=debug")],
@@ -27,14 +35,17 @@ fn exact_counts(attach: &str) {
     let slot_given = format!("device given a dense slot device={}", dev.name);
     assert!(!agent.stderr().contains(&slot_given), "no I/O on the new device yet, so no slot");
     let before = dev.diskstats();
+    let times_before = disk_times(&dev.name);
     // The writes start on the fallback maps (a new device has no dense slot); after a snapshot the
     // device gets one and the reads go to the dense maps: the totals must not care.
     dev.dd_write(WRITES);
     agent.wait_for_log(&slot_given, Duration::from_secs(10));
     dev.dd_read(READS);
     let after = dev.diskstats();
+    let times_after = disk_times(&dev.name);
     agent.wait_snapshots(2);
     let log = agent.stop(libc::SIGINT);
+    let times_at_end = disk_times(&dev.name);
     assert!(log.contains(&format!("attach={attach}")) || log.contains(&format!("attach=\"{attach}\"")), "{log}");
 
     let snaps = read_jsonl(&out);
@@ -73,6 +84,29 @@ fn exact_counts(attach: &str) {
     let l = |k: &str| losses.get(k);
     assert_eq!(l("start_insert_failed") + l("hist_update_failed") + l("device_map_full"), 0, "{losses:?}");
     assert_eq!(last.agent.as_ref().unwrap().attach, attach);
+
+    // diskstats busy and weighted time: the JSONL's deltas add up to the kernel's counters
+    // between the agent's first and last readings, which lie between these four readings.
+    let sum = |f: fn(&blkio_agent::snapshot::DiskTimeStats) -> u64| -> u64 {
+        snaps.iter().flat_map(|s| &s.disk_time).filter(|d| d.device_name == dev.name).map(f).sum()
+    };
+    let (io, weighted) = (sum(|d| d.io_time_ms), sum(|d| d.weighted_io_time_ms));
+    assert!(times_after.0 > times_before.0, "the workload kept the device busy: {times_before:?} -> {times_after:?}");
+    assert!((times_after.0 - times_before.0..=times_at_end.0 - times_at_start.0).contains(&io), "io_time {io} ms");
+    assert!(
+        (times_after.1 - times_before.1..=times_at_end.1 - times_at_start.1).contains(&weighted),
+        "weighted_io_time {weighted} ms"
+    );
+    for d in
+        snaps.iter().flat_map(|s| s.disk_time.iter().map(move |d| (s, d))).filter(|(_, d)| d.device_name == dev.name)
+    {
+        let (s, d) = d;
+        assert_eq!(d.utilization, d.io_time_ms as f64 / (s.interval_s * 1000.0));
+    }
+    // One run: the same run id on every line, seq counting up from 0.
+    let run = snaps[0].run_id.clone().expect("run_id");
+    assert!(snaps.iter().all(|s| s.run_id.as_ref() == Some(&run) && s.run_started == snaps[0].run_started));
+    assert!(snaps.iter().enumerate().all(|(i, s)| s.seq == Some(i as u64)), "seq 0, 1, 2, ...");
 }
 
 #[test]

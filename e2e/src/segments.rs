@@ -15,10 +15,15 @@ pub struct Segment {
     pub snapshots: Vec<Snapshot>,
 }
 
-/// Splits `<node>-<UTC time>-<seq>.jsonl` for the given node; `None` if it is not one.
+/// Splits `<node>-<UTC time>-<run>-<seq>.jsonl` (`<run>`: 8 hex digits; older agents wrote
+/// none) for the given node; `None` if it is not one.
 pub fn parse_name(file_name: &str, node: &str) -> Option<(String, u64)> {
     let rest = file_name.strip_prefix(node)?.strip_prefix('-')?.strip_suffix(".jsonl")?;
     let (utc, seq) = rest.rsplit_once('-')?;
+    let utc = match utc.rsplit_once('-') {
+        Some((t, run)) if run.len() == 8 && run.bytes().all(|c| c.is_ascii_hexdigit()) => t,
+        _ => utc,
+    };
     let b = utc.as_bytes();
     let utc_ok = b.len() == 16
         && b[8] == b'T'
@@ -97,6 +102,8 @@ mod tests {
     #[test]
     fn segment_names() {
         assert_eq!(parse_name("n1-20251002T142000Z-000003.jsonl", "n1"), Some(("20251002T142000Z".into(), 3)));
+        assert_eq!(parse_name("n1-20251002T142000Z-0a1b2c3d-000003.jsonl", "n1"), Some(("20251002T142000Z".into(), 3)));
+        assert_eq!(parse_name("n1-20251002T142000Z-0a1b2c3-000003.jsonl", "n1"), None);
         // Node names contain dashes; the node is matched as a prefix, not split on.
         assert_eq!(
             parse_name("kind-worker-20251002T142000Z-000012.jsonl", "kind-worker"),

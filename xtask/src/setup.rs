@@ -1,7 +1,7 @@
 //! Installs what building and testing need, idempotently: Debian packages (fio, bpftool,
-//! libbpf-tools, docker.io, qemu and busybox-static for the kernel matrix), PyPI packages for tests
-//! (duckdb), the nightly's rust-src (eBPF build-std), the musl target (image),
-//! and bpf-linker linked against the nightly's own LLVM.
+//! libbpf-tools, docker.io, qemu and busybox-static for the kernel matrix, prometheus for
+//! promtool), PyPI packages for tests (duckdb), the nightly's rust-src (eBPF build-std), the musl
+//! target (image), and bpf-linker linked against the nightly's own LLVM.
 
 use std::{
     env,
@@ -15,7 +15,9 @@ use anyhow::{Context as _, bail};
 /// overhead comparison), docker.io (image and docker-level e2e), e2fsprogs (mkfs for tests),
 /// musl-tools (`musl-gcc` for `ring` in the static image build); for the kernel matrix
 /// (`cargo xtask kernels`): qemu-system-x86 (the guests), busybox-static (their userland),
-/// xz-utils and zstd (compressed modules).
+/// xz-utils and zstd (compressed modules); prometheus for `promtool check metrics` over a real
+/// `/metrics` scrape (agent/tests/export_prometheus.rs; the package also ships the server, which
+/// the tests do not use).
 const APT_PACKAGES: &[&str] = &[
     "fio",
     "bpftool",
@@ -27,6 +29,7 @@ const APT_PACKAGES: &[&str] = &[
     "busybox-static",
     "xz-utils",
     "zstd",
+    "prometheus",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// PyPI packages for tests: duckdb runs the fleet query of docs/analyzer.md

@@ -153,3 +153,35 @@ fn the_baseline_follows_slow_drift() {
     let v: Vec<f64> = (0..1000).map(|i| 100.0 * 2f64.powf(i as f64 / 500.0)).collect();
     assert!(detect(&series(&v), CFG).is_empty());
 }
+
+/// The incremental window gives exactly the medians of collecting and sorting the same last
+/// [`WINDOW`] intervals, through pushes past the window, NaN measures, ties and clears.
+#[test]
+fn the_rolling_window_medians_equal_sorting_the_window() {
+    let mut state = 7u64;
+    let mut w = Window::default();
+    let mut reference: VecDeque<Base> = VecDeque::new();
+    for i in 0..2000 {
+        let x = noise(&mut state);
+        let b = Base {
+            p99: (x * 8.0).round(), // many ties
+            iops: if i % 7 == 0 { f64::NAN } else { x * 1000.0 },
+            size: if i % 3 == 0 { -0.0 } else { 4096.0 * x },
+            depth: if i < 50 { f64::NAN } else { x },
+        };
+        if i == 900 {
+            w.clear();
+            reference.clear();
+        }
+        w.push(b);
+        reference.push_back(b);
+        if reference.len() > WINDOW {
+            reference.pop_front();
+        }
+        let (got, want) = (w.medians(), medians(reference.iter().copied()));
+        assert_eq!(w.len(), reference.len());
+        for (g, e) in got.fields().into_iter().zip(want.fields()) {
+            assert!(g.to_bits() == e.to_bits() || (g.is_nan() && e.is_nan()), "interval {i}: {g} vs {e}");
+        }
+    }
+}

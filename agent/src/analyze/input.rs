@@ -76,7 +76,7 @@ fn collect_dir(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| !p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.')))
         .collect();
-    // Segment names are `<node>-<UTC time>-<seq>.jsonl`, so name order is time order per node.
+    // Segment names are `<node>-<UTC time>-<run>-<seq>.jsonl`, so name order is time order per node.
     entries.sort();
     for p in entries {
         if p.is_dir() {

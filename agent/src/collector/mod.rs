@@ -193,6 +193,9 @@ impl<M: MapRead + MapControl> Collector<M> {
             path: Some(path),
             // The run loop adds the node's PSI (crate::pressure), which is not the kernel maps'.
             io_pressure: None,
+            // Also the run loop's: /proc/diskstats time counters and the run identity.
+            disk_time: Vec::new(),
+            run: None,
         };
         self.seq += 1;
         Ok(Collected { interval, cgroups, build_time: started.elapsed() })

@@ -113,6 +113,8 @@ pub struct ExportConfig {
     pub otlp: Option<OtlpConfig>,
     /// `None`: `--metrics-addr off`.
     pub metrics_addr: Option<SocketAddr>,
+    /// Exported histogram buckets (`--histogram-max`).
+    pub ranges: super::metrics::Ranges,
 }
 
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -130,6 +132,10 @@ impl ExportConfig {
         Ok(ExportConfig {
             otlp: OtlpConfig::from_vars(args.otlp_endpoint.as_deref(), args.otlp_protocol.as_deref(), vars)?,
             metrics_addr: parse_metrics_addr(&args.metrics_addr)?,
+            ranges: super::metrics::Ranges {
+                time: super::metrics::BucketRange::time_up_to(args.histogram_max),
+                size: super::metrics::BucketRange::SIZE,
+            },
         })
     }
 }

@@ -92,7 +92,7 @@ metric!(
     "{request}",
     Gauge,
     Unit,
-    "Highest number of requests in flight during the interval (during the export window for OTLP)."
+    "Highest number of requests in flight since the previous scrape (Prometheus) or export (OTLP), so that no interval's peak is missed."
 );
 metric!(DISK_OPERATIONS, "system.disk.operations", "{operation}", Counter, Unit, "Completed block requests (exact).");
 metric!(
@@ -102,6 +102,22 @@ metric!(
     Counter,
     NanosToSeconds,
     "Sum of the time each request took from insert to completion (queue + device time), as /proc/diskstats defines it."
+);
+metric!(
+    DISK_IO_TIME,
+    "system.disk.io_time",
+    "s",
+    Counter,
+    NanosToSeconds,
+    "Time the device had at least one request in flight (/proc/diskstats field 10, io_ticks): rate() is the utilization (iostat %util / 100)."
+);
+metric!(
+    DISK_WEIGHTED_IO_TIME,
+    "system.disk.weighted_io_time",
+    "s",
+    Counter,
+    NanosToSeconds,
+    "Request time summed over requests in flight (/proc/diskstats field 11, time_in_queue): rate() is the average queue size (iostat aqu-sz)."
 );
 metric!(DISK_IO, "system.disk.io", "By", Counter, Unit, "Bytes transferred by completed block requests (exact).");
 metric!(
@@ -183,6 +199,8 @@ pub const ALL: &[&MetricDef] = &[
     &DISK_OPERATIONS,
     &DISK_OPERATION_TIME,
     &DISK_IO,
+    &DISK_IO_TIME,
+    &DISK_WEIGHTED_IO_TIME,
     &NODE_IO_STALL,
     &POD_IO_STALL,
     &EVENTS_LOST,
@@ -211,17 +229,83 @@ pub mod attr {
     pub const PRESSURE_KIND: &str = "blkio.pressure.kind";
 }
 
-/// Number of buckets of every histogram point: one per kernel slot. The last slot also holds
-/// everything the kernel clamped into it, so it is the overflow bucket `(bound[30], +Inf)`.
+/// Number of kernel slots of every histogram (the totals keep all of them; the exported
+/// buckets are a [`BucketRange`] of them).
 pub const BUCKETS: usize = HIST_SLOTS;
 
-/// The 31 explicit bounds of a histogram: the inclusive upper edge of slots 0..=30.
+/// Which kernel slots get an explicit bound of their own when exported. Slots below `first` are
+/// merged into the first bucket (`le` = the edge of `first`), slots above `last` into the
+/// overflow bucket (`+Inf`): `last - first + 2` buckets, counts and sums unchanged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BucketRange {
+    pub first: u32,
+    pub last: u32,
+}
+
+impl BucketRange {
+    /// Every slot: 31 bounds (slot 31, where the kernel clamps everything larger, is `+Inf`).
+    pub const FULL: BucketRange = BucketRange { first: 0, last: BUCKETS as u32 - 2 };
+    /// Request sizes: the first bound is 511 B (block requests are whole 512 B sectors; flushes
+    /// carry 0 bytes and land there), the last 128 MiB - 1; larger (big discards) is `+Inf`.
+    pub const SIZE: BucketRange = BucketRange { first: 8, last: 26 };
+
+    /// Times up to `max_s` seconds: the last bound is the first slot edge `2^(k+1)` µs that is
+    /// `>= max_s` (16 s -> slot 23, edge 16.777216 s); at most the full range.
+    pub fn time_up_to(max_s: f64) -> BucketRange {
+        let us = (max_s * 1e6).ceil().max(1.0);
+        let last = (0..=Self::FULL.last).find(|&k| (1u64 << (k + 1)) as f64 >= us).unwrap_or(Self::FULL.last);
+        BucketRange { first: 0, last }
+    }
+
+    /// Number of exported buckets, `+Inf` included.
+    pub fn buckets(self) -> usize {
+        (self.last - self.first) as usize + 2
+    }
+
+    /// Per-bucket counts of the exported buckets (not cumulative), from the kernel's slots.
+    pub fn counts(self, slots: &[u64; BUCKETS]) -> Vec<u64> {
+        let (first, last) = (self.first as usize, self.last as usize);
+        let mut out = Vec::with_capacity(self.buckets());
+        out.push(slots[..=first].iter().sum());
+        out.extend_from_slice(&slots[first + 1..=last]);
+        out.push(slots[last + 1..].iter().sum());
+        out
+    }
+}
+
+/// The export ranges of the two kinds of histograms (`--histogram-max` sets the time range).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ranges {
+    pub time: BucketRange,
+    pub size: BucketRange,
+}
+
+/// The default `--histogram-max`, seconds.
+pub const DEFAULT_HISTOGRAM_MAX_S: f64 = 16.0;
+
+impl Default for Ranges {
+    fn default() -> Self {
+        Ranges { time: BucketRange::time_up_to(DEFAULT_HISTOGRAM_MAX_S), size: BucketRange::SIZE }
+    }
+}
+
+impl Ranges {
+    pub fn for_scale(&self, scale: Scale) -> BucketRange {
+        match scale {
+            Scale::NanosToSeconds => self.time,
+            Scale::Unit => self.size,
+        }
+    }
+}
+
+/// The explicit bounds of a histogram over `range`: the upper edge of slots `first..=last`.
 ///
-/// Time bounds are `(2^(k+1) - 1) / 1e6` seconds computed as integer / 1e6 (one rounding, so 15 µs
-/// is exactly `1.5e-5`); an integer µs value `v` in slot `k` is `<=` bound `k` and `>` bound
-/// `k - 1` after the same division, so the OTLP bucket of every request equals its kernel slot.
-pub fn explicit_bounds(scale: Scale) -> Vec<f64> {
-    (0..BUCKETS as u32 - 1)
+/// Time bounds are the exact edges `2^(k+1) / 1e6` seconds ([`upper_bound_seconds`]): the kernel
+/// floors ns to µs, so a request counted in slot `k` really took `[2^k, 2^(k+1))` µs. Size bounds
+/// are the inclusive integer edges `2^(k+1) - 1` bytes (sizes are exact integers). Either way the
+/// exported bucket of every request is its kernel slot.
+pub fn explicit_bounds(scale: Scale, range: BucketRange) -> Vec<f64> {
+    (range.first..=range.last)
         .map(|slot| match scale {
             Scale::NanosToSeconds => upper_bound_seconds(slot),
             Scale::Unit => bucket_high(slot) as f64,
@@ -245,28 +329,63 @@ mod tests {
 
     #[test]
     fn bounds_are_the_exact_slot_edges() {
-        let b = explicit_bounds(Scale::NanosToSeconds);
+        let b = explicit_bounds(Scale::NanosToSeconds, BucketRange::FULL);
         assert_eq!(b.len(), 31);
-        assert_eq!(b[0], 1e-6);
-        assert_eq!(b[3], 15e-6);
-        assert_eq!(b[9], 1023e-6);
-        assert_eq!(b[30], 2147.483647);
+        assert_eq!(b[0], 2e-6);
+        assert_eq!(b[3], 16e-6);
+        assert_eq!(b[9], 1024e-6);
+        assert_eq!(b[30], 2147.483648);
+        for (k, v) in b.iter().enumerate() {
+            assert_eq!(*v, 2f64.powi(k as i32 + 1) / 1e6, "slot {k}");
+        }
         assert!(b.windows(2).all(|w| w[0] < w[1]));
-        let bytes = explicit_bounds(Scale::Unit);
+        let bytes = explicit_bounds(Scale::Unit, BucketRange::FULL);
         assert_eq!(bytes[11], 4095.0);
         assert_eq!(bytes[30], (u32::MAX >> 1) as f64);
+        let sizes = explicit_bounds(Scale::Unit, BucketRange::SIZE);
+        assert_eq!((sizes[0], *sizes.last().unwrap(), sizes.len()), (511.0, 134_217_727.0, 19));
     }
 
     #[test]
-    fn every_integer_microsecond_lands_in_its_kernel_slot() {
-        let b = explicit_bounds(Scale::NanosToSeconds);
-        for v in (0u64..5000).chain([65_535, 65_536, 1 << 20, (1 << 31) - 1, 1 << 31, 1 << 40]) {
-            let secs = v as f64 / 1e6;
-            // OTLP bucket i holds values in (bounds[i-1], bounds[i]]; the last is unbounded.
-            let otlp_bucket = b.iter().position(|&ub| secs <= ub).unwrap_or(b.len());
-            let kernel_slot = (crate::histogram::log2_slot(v) as usize).min(BUCKETS - 1);
-            assert_eq!(otlp_bucket, kernel_slot, "{v} µs");
+    fn every_real_duration_lands_in_its_kernel_slot() {
+        let b = explicit_bounds(Scale::NanosToSeconds, BucketRange::FULL);
+        // Durations in ns, floored to µs as the kernel does; the real value must lie in its
+        // bucket (bound[k-1], bound[k]) (strictly below the edge: 31.999 µs is below 32 µs).
+        for ns in (0u64..5_000_000).step_by(997).chain([31_900, 31_999, 32_000, 65_535_999, (1 << 31) * 1000 - 1]) {
+            let secs = ns as f64 / 1e9;
+            let slot = (crate::histogram::log2_slot(ns / 1000) as usize).min(BUCKETS - 1);
+            let upper = b.get(slot).copied().unwrap_or(f64::INFINITY);
+            let lower = if slot == 0 { 0.0 } else { b[slot - 1] };
+            assert!(lower <= secs && secs < upper, "{ns} ns: slot {slot} is [{lower}, {upper})");
         }
+    }
+
+    #[test]
+    fn histogram_max_picks_the_first_edge_at_or_above_it() {
+        let r = BucketRange::time_up_to(16.0);
+        assert_eq!(r, BucketRange { first: 0, last: 23 });
+        assert_eq!(upper_bound_seconds(r.last), 16.777216);
+        assert_eq!(r.buckets(), 25);
+        assert_eq!(Ranges::default().time, r);
+        assert_eq!(BucketRange::time_up_to(16.777216).last, 23);
+        assert_eq!(BucketRange::time_up_to(16.78).last, 24);
+        assert_eq!(BucketRange::time_up_to(0.000001).last, 0);
+        assert_eq!(BucketRange::time_up_to(1e9), BucketRange::FULL);
+    }
+
+    #[test]
+    fn merged_buckets_keep_every_count() {
+        let mut slots = [0u64; BUCKETS];
+        for (i, s) in slots.iter_mut().enumerate() {
+            *s = i as u64 + 1;
+        }
+        let c = BucketRange::SIZE.counts(&slots);
+        assert_eq!(c.len(), BucketRange::SIZE.buckets());
+        assert_eq!(c[0], (1..=9).sum::<u64>(), "slots 0..=8 in the first bucket");
+        assert_eq!(c[1], 10);
+        assert_eq!(*c.last().unwrap(), (28..=32).sum::<u64>(), "slots 27..=31 overflow");
+        assert_eq!(c.iter().sum::<u64>(), slots.iter().sum::<u64>());
+        assert_eq!(BucketRange::FULL.counts(&slots), slots.to_vec());
     }
 
     #[test]

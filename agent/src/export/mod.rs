@@ -28,7 +28,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use self::config::{ExportConfig, OtlpConfig, Temporality, Vars};
-use self::model::{AgentCounters, Collected, ExportCounters, Totals};
+use self::metrics::Ranges;
+use self::model::{AgentCounters, Collected, ExportCounters, PeakWindow, Totals};
 use crate::interval::Interval;
 use crate::supervise::Supervisor;
 use crate::{Error, Result};
@@ -131,6 +132,7 @@ struct Shared {
     resource_strings: Vec<(String, String)>,
     start_ns: u64,
     otlp: Option<OtlpShared>,
+    ranges: Ranges,
 }
 
 struct OtlpShared {
@@ -161,9 +163,17 @@ impl Shared {
         }
     }
 
+    /// One scrape: the peak gauge covers the time since the previous scrape, which then
+    /// starts a new scrape window (so a 15 s scrape of a 1 s interval sees every peak).
     fn render_prometheus(&self) -> String {
         let counters = self.agent_counters();
-        let collected = self.state.lock().unwrap().totals.collect(&counters, false);
+        let mut collected = {
+            let mut st = self.state.lock().unwrap();
+            let c = st.totals.collect(&counters, PeakWindow::Scrape);
+            st.totals.reset_window(PeakWindow::Scrape);
+            c
+        };
+        collected.ranges = self.ranges;
         prometheus::render(&collected, &self.resource_strings)
     }
 
@@ -177,8 +187,9 @@ impl Shared {
             if st.totals.since_collect == 0 {
                 return;
             }
-            let cumulative = st.totals.collect(&counters, true);
-            st.totals.reset_window();
+            let mut cumulative = st.totals.collect(&counters, PeakWindow::Otlp);
+            cumulative.ranges = self.ranges;
+            st.totals.reset_window(PeakWindow::Otlp);
             match o.temporality {
                 Temporality::Cumulative => cumulative,
                 Temporality::Delta => {
@@ -251,6 +262,7 @@ impl Exporters {
             resource_strings: resource::string_attributes(&resource),
             start_ns: now_unix_ms() * 1_000_000,
             otlp: otlp_shared,
+            ranges: config.ranges,
         });
         let ticker = interval.map(|every| {
             let shared = shared.clone();

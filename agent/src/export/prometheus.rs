@@ -2,7 +2,8 @@
 //!
 //! Names follow the OTel-to-Prometheus compatibility rules: dots become underscores, the unit is
 //! appended (`_seconds`, `_bytes`; `{…}` annotations are dropped) and counters end in `_total`.
-//! Histograms use the same 31 exact bounds as OTLP, as cumulative `le` buckets plus `+Inf`.
+//! Histograms use the same exact bounds as OTLP (`Collected::ranges`), as cumulative `le` buckets
+//! plus `+Inf`.
 
 use std::fmt::Write;
 
@@ -87,10 +88,11 @@ pub fn render(c: &Collected, resource: &[(String, String)]) -> String {
         for p in points {
             match &p.value {
                 Value::Hist(h) => {
-                    let bounds = explicit_bounds(def.scale);
+                    let range = c.ranges.for_scale(def.scale);
+                    let bounds = explicit_bounds(def.scale, range);
                     let mut cumulative = 0u64;
-                    for (i, b) in bounds.iter().enumerate() {
-                        cumulative += h.slots[i];
+                    for (b, n) in bounds.iter().zip(range.counts(&h.slots)) {
+                        cumulative += n;
                         let _ = writeln!(out, "{name}_bucket{} {cumulative}", labels(p, Some(("le", &float(*b)))));
                     }
                     let count = h.count();
@@ -120,6 +122,6 @@ mod tests {
         assert_eq!(metric_name(&metrics::INFLIGHT), "blkio_inflight");
         assert_eq!(sanitize("k8s.pod.name"), "k8s_pod_name");
         assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
-        assert_eq!(float(15e-6), "0.000015");
+        assert_eq!(float(16e-6), "0.000016");
     }
 }

@@ -1,11 +1,11 @@
 //! The JSONL renderer: an [`Interval`] as the [`Snapshot`] contract (`docs/snapshot.schema.json`).
 
-use super::{DeviceInterval, Hist, Interval, PodSeries};
+use super::{DeviceInterval, DiskTime, Hist, Interval, PodSeries};
 use crate::{
     histogram::ns_to_us,
     snapshot::{
-        AgentInfo, DeviceHistogram, DeviceInflight, OpStats, PathInfo, PodStats, SCHEMA_VERSION, SizeHistogram,
-        Snapshot, TimeHistogram, buckets_from_slots, iso_timestamp,
+        AgentInfo, DeviceHistogram, DeviceInflight, DiskTimeStats, OpStats, PathInfo, PodStats, SCHEMA_VERSION,
+        SizeHistogram, Snapshot, TimeHistogram, buckets_from_slots, iso_timestamp,
     },
 };
 
@@ -20,6 +20,8 @@ impl Interval {
             interval_s: self.interval_s,
             node: Some(self.node.clone()),
             seq: Some(self.seq),
+            run_id: self.run.as_ref().map(|r| r.id.clone()),
+            run_started: self.run.as_ref().map(|r| r.started_s),
             latency_histogram: self.devices.iter().filter(|d| !d.ops.is_empty()).map(latency).collect(),
             inflight: self
                 .devices
@@ -49,7 +51,21 @@ impl Interval {
                 }),
             }),
             io_pressure: self.io_pressure,
+            disk_time: self.disk_time.iter().map(|d| disk_time(d, self.interval_s)).collect(),
         }
+    }
+}
+
+fn disk_time(d: &DiskTime, interval_s: f64) -> DiskTimeStats {
+    let ms = interval_s * 1000.0;
+    let per_ms = |v: u64| if ms > 0.0 { v as f64 / ms } else { 0.0 };
+    DiskTimeStats {
+        device_id: u64::from(d.id),
+        device_name: d.name.clone(),
+        io_time_ms: d.io_time_ms,
+        weighted_io_time_ms: d.weighted_io_time_ms,
+        utilization: per_ms(d.io_time_ms),
+        avg_queue_size: per_ms(d.weighted_io_time_ms),
     }
 }
 
@@ -157,5 +173,31 @@ mod tests {
             v = env!("CARGO_PKG_VERSION")
         );
         assert_eq!(line, expected);
+    }
+
+    /// Run identity on every line: two runs have different ids, each id is 128 random bits in
+    /// hex, and the start time is carried as is.
+    #[test]
+    fn every_line_carries_the_run_identity() {
+        let (a, b) = (crate::interval::RunIdentity::new(), crate::interval::RunIdentity::new());
+        assert_ne!(a.id, b.id);
+        for r in [&a, &b] {
+            assert!(
+                r.id.len() == 32 && r.id.bytes().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()),
+                "{}",
+                r.id
+            );
+        }
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+        assert!((a.started_s - now).abs() < 60.0, "{}", a.started_s);
+        let mut iv = Interval::empty(1_759_414_800.5, 5.0, "n1", 9, "btf");
+        iv.run = Some(crate::interval::RunIdentity { id: "00ff".repeat(8), started_s: 1_759_414_700.25 });
+        let v = serde_json::to_value(iv.snapshot()).unwrap();
+        assert_eq!(v["run_id"], "00ff".repeat(8));
+        assert_eq!(v["run_started"], 1_759_414_700.25);
+        assert_eq!(v["seq"], 9);
+        iv.run = None;
+        let v = serde_json::to_value(iv.snapshot()).unwrap();
+        assert!(v.get("run_id").is_none() && v.get("run_started").is_none());
     }
 }

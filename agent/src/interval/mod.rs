@@ -145,6 +145,58 @@ pub struct Interval {
     pub path: Option<PathStatus>,
     /// The node's `/proc/pressure/io` (PSI); `None` where the kernel has none.
     pub io_pressure: Option<Pressure>,
+    /// Busy and weighted I/O time of the interval's devices from `/proc/diskstats` (the run loop
+    /// adds them: they are the kernel's own counters, not the programs').
+    pub disk_time: Vec<DiskTime>,
+    /// Which run of the agent produced this interval; `None` only in fixtures.
+    pub run: Option<RunIdentity>,
+}
+
+/// One device's `/proc/diskstats` time counters over the interval (fields 10 and 11 of
+/// <https://www.kernel.org/doc/html/latest/admin-guide/iostats.html>), as iostat uses them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskTime {
+    pub id: u32,
+    pub name: String,
+    /// Field 10 delta: ms during which the device had at least one request in flight
+    /// (`io_ticks`; `%util` = this / interval).
+    pub io_time_ms: u64,
+    /// Field 11 delta: ms of request time summed over requests, i.e. in-flight count integrated
+    /// over time (`time_in_queue`; iostat's `aqu-sz` = this / interval).
+    pub weighted_io_time_ms: u64,
+}
+
+/// A run of the agent: random 128-bit id (hex) and start time, so that `(node, run_id, seq)` is
+/// unique across restarts and a restart shows as a new run id.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunIdentity {
+    pub id: String,
+    /// Unix epoch seconds when the agent started.
+    pub started_s: f64,
+}
+
+impl RunIdentity {
+    /// A new run starting now: 16 bytes from the kernel's CSPRNG (`getrandom(2)`).
+    pub fn new() -> RunIdentity {
+        let mut b = [0u8; 16];
+        // getrandom(2) only fails for bad arguments or before the pool is seeded at early boot
+        // (it then blocks, flags 0); the fallback keeps the agent running with a weaker id.
+        let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+        if n != b.len() as isize {
+            let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            b[..8].copy_from_slice(&(t.as_nanos() as u64).to_le_bytes());
+            b[8..12].copy_from_slice(&std::process::id().to_le_bytes());
+        }
+        let started_s =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+        RunIdentity { id: b.iter().map(|x| format!("{x:02x}")).collect(), started_s }
+    }
+}
+
+impl Default for RunIdentity {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// The fast path's state (`loader::fastpath`) and this interval's path counters.
@@ -175,6 +227,8 @@ impl Interval {
             losses_total: Losses::default(),
             path: None,
             io_pressure: None,
+            disk_time: Vec::new(),
+            run: None,
         }
     }
 }

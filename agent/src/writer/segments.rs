@@ -1,6 +1,6 @@
 //! Segment mode for log shippers: lines go into a staging file whose name no `*.jsonl` glob
 //! matches; at the size/age limit (and on shutdown) it is sealed — msync, truncate to the data,
-//! fsync, rename to a never-reused `<node>-<UTC time>-<seq>.jsonl`, fsync the directory — so a
+//! fsync, rename to a never-reused `<node>-<UTC time>-<run>-<seq>.jsonl`, fsync the directory — so a
 //! file matching `*.jsonl` is always complete and never changes again. Shippers (Fluent Bit,
 //! Vector, Filebeat, Alloy, OTel filelog) all handle this rename-on-seal pattern.
 
@@ -26,6 +26,10 @@ pub struct SegmentConfig {
     pub max_age: Duration,
     pub retain_bytes: u64,
     pub retain_files: u64,
+    /// The first 8 hex digits of the run id ([`crate::interval::RunIdentity`]): names stay unique
+    /// across restarts even when the directory was emptied (a shipper that deletes what it read)
+    /// and the agent restarts within the same second, where `seq` would start again at 0.
+    pub run: String,
 }
 
 struct Open {
@@ -62,7 +66,7 @@ fn sanitize(node: &str) -> String {
     if s.is_empty() { "node".into() } else { s }
 }
 
-/// `<node>-<time>-<seq>.jsonl` -> seq.
+/// `<node>-<time>[-<run>]-<seq>.jsonl` -> seq (names without the run are older agents').
 fn seq_of(name: &str) -> Option<u64> {
     let stem = name.strip_prefix('.').unwrap_or(name);
     let stem = stem.strip_suffix(STAGING_SUFFIX).unwrap_or(stem);
@@ -134,7 +138,7 @@ impl SegmentWriter {
 
     fn start_segment(&mut self) -> Result<()> {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
-        let name = format!("{}-{}-{:06}.jsonl", self.node, compact_utc(now), self.next_seq);
+        let name = format!("{}-{}-{}-{:06}.jsonl", self.node, compact_utc(now), sanitize(&self.cfg.run), self.next_seq);
         self.next_seq += 1;
         let final_path = self.cfg.dir.join(&name);
         let staging = self.cfg.dir.join(format!(".{name}{STAGING_SUFFIX}"));
@@ -247,7 +251,30 @@ mod tests {
             max_age: Duration::from_secs(3600),
             retain_bytes: u64::MAX,
             retain_files: 1000,
+            run: "0a1b2c3d".into(),
         }
+    }
+
+    /// Two runs in the same second over a directory a shipper emptied in between: `seq` starts
+    /// at 0 both times, the run keeps the names apart; the seq is still parsed from either form.
+    #[test]
+    fn names_stay_unique_across_restarts_into_an_emptied_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut names = Vec::new();
+        for run in ["0a1b2c3d", "99ff0011"] {
+            let mut c = cfg(dir.path());
+            c.run = run.into();
+            let (mut w, _) = SegmentWriter::open(c).unwrap();
+            w.append(b"{\"a\":1}\n").unwrap();
+            let sealed = w.seal().unwrap().unwrap();
+            let name = sealed.file_name().unwrap().to_string_lossy().into_owned();
+            assert!(name.starts_with("node-a-b-") && name.ends_with(&format!("-{run}-000000.jsonl")), "{name}");
+            names.push(name);
+            std::fs::remove_file(&sealed).unwrap();
+        }
+        assert_ne!(names[0], names[1]);
+        assert_eq!(seq_of(&names[1]), Some(0));
+        assert_eq!(seq_of("n-20250101T000000Z-000004.jsonl"), Some(4));
     }
 
     fn jsonl_files(dir: &Path) -> Vec<String> {

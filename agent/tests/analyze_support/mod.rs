@@ -153,6 +153,9 @@ pub fn snapshot(
         losses_total: cur.then(Losses::default),
         agent: cur.then(|| AgentInfo { version: "0.1.0".into(), attach: "btf".into(), path: None }),
         io_pressure: None,
+        run_id: None,
+        run_started: None,
+        disk_time: vec![],
     }
 }
 

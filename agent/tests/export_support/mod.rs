@@ -129,8 +129,18 @@ pub fn expected(snaps: &[Snapshot], op: &str) -> (Vec<u64>, u64, u64) {
     (slots, count, sum_ns)
 }
 
+/// Exported time bounds at the default `--histogram-max` (16 s): the exact slot edges
+/// `2^(k+1) / 1e6` s of slots 0..=23 (the last is 16.777216 s).
 pub fn exact_time_bounds() -> Vec<f64> {
-    (0..31u32).map(|k| ((1u64 << (k + 1)) - 1) as f64 / 1e6).collect()
+    (0..24u32).map(|k| (1u64 << (k + 1)) as f64 / 1e6).collect()
+}
+
+/// The exported (non-cumulative) time buckets of 32 kernel slots at the default range: slots
+/// 0..=23, then the overflow bucket holding slots 24..=31.
+pub fn time_buckets(slots: &[u64]) -> Vec<u64> {
+    let mut b = slots[..24].to_vec();
+    b.push(slots[24..].iter().sum());
+    b
 }
 
 // ---------- lookups in received requests ----------

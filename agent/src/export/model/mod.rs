@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use super::metrics::{self, BUCKETS, MetricDef, attr};
+use super::metrics::{self, BUCKETS, MetricDef, Ranges, attr};
 use crate::{interval::Interval, losses::Losses, pressure::Pressure};
 
 /// Per-pod series with no I/O for this long are forgotten, so pod churn cannot grow memory
@@ -110,8 +110,12 @@ pub struct Totals {
     losses: Option<Losses>,
     /// Device -> (in flight at the end of the last snapshot, that snapshot's peak).
     inflight: BTreeMap<String, (u64, u64)>,
-    /// Device -> highest peak since the last OTLP collection.
-    window_peak: BTreeMap<String, u64>,
+    /// Device -> highest depth since the window began, one window per reader: the OTLP export
+    /// and the `/metrics` scrape each see every peak once (the scrape window is restarted by
+    /// each scrape, the OTLP one by each export).
+    windows: [BTreeMap<String, u64>; 2],
+    /// Device -> /proc/diskstats (io_time, weighted_io_time) since start, ms.
+    disk_time: BTreeMap<String, (u64, u128, u128)>,
     /// Start of the first snapshot's interval: when counting began.
     pub start_ns: Option<u64>,
     /// End of the last snapshot's interval.
@@ -179,9 +183,16 @@ impl Totals {
         }
         let depths = || iv.devices.iter().filter_map(|d| d.depth.map(|depth| (&d.name, depth)));
         self.inflight = depths().map(|(name, d)| (name.clone(), (d.count, d.peak))).collect();
-        for (name, d) in depths() {
-            let p = self.window_peak.entry(name.clone()).or_default();
-            *p = (*p).max(d.peak);
+        for window in &mut self.windows {
+            for (name, d) in depths() {
+                let p = window.entry(name.clone()).or_default();
+                *p = (*p).max(d.peak);
+            }
+        }
+        for d in &iv.disk_time {
+            let t = self.disk_time.entry(d.name.clone()).or_insert((series_start, 0, 0));
+            t.1 += u128::from(d.io_time_ms);
+            t.2 += u128::from(d.weighted_io_time_ms);
         }
         self.pods.retain(|_, s| end_ns.saturating_sub(s.last_seen_ns) < POD_SERIES_TTL_NS);
         self.pod_stall.retain(|_, s| end_ns.saturating_sub(s.last_seen_ns) < POD_SERIES_TTL_NS);
@@ -209,15 +220,29 @@ impl Totals {
         }
     }
 
-    /// Starts a new OTLP window: the peak gauge restarts from the current depth.
-    pub fn reset_window(&mut self) {
-        self.window_peak.clear();
-        self.since_collect = 0;
+    /// Starts a new window for `reader`: its peak restarts from the current depth (the depth at
+    /// the end of the last interval is still in flight, so it is the floor of the next window,
+    /// as the collector floors each interval's peak). For OTLP this also restarts the count of
+    /// intervals since the last export.
+    pub fn reset_window(&mut self, reader: PeakWindow) {
+        self.windows[reader as usize] = self.inflight.iter().map(|(dev, (count, _))| (dev.clone(), *count)).collect();
+        if reader == PeakWindow::Otlp {
+            self.since_collect = 0;
+        }
     }
 
     pub fn losses(&self) -> Losses {
         self.losses.clone().unwrap_or_default()
     }
+}
+
+/// Which reader's window the peak gauge covers (see [`Totals::collect`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeakWindow {
+    /// Since the previous `/metrics` scrape.
+    Scrape = 0,
+    /// Since the previous OTLP export.
+    Otlp = 1,
 }
 
 pub type Attrs = Vec<(&'static str, String)>;
@@ -244,6 +269,8 @@ pub struct Point {
 pub struct Collected {
     pub time_ns: u64,
     pub points: Vec<Point>,
+    /// Which kernel slots the encoders export as buckets (`--histogram-max`).
+    pub ranges: Ranges,
 }
 
 /// The agent's own counters, read at collection time.
@@ -264,22 +291,28 @@ pub struct ExportCounters {
     pub queued: u64,
 }
 
+/// `disk.io.direction` of an op. The semantic conventions only define `read` and `write`, and
+/// every series carries one so that `sum by (disk_io_direction)` never yields an unlabeled
+/// group: reads are `read`; writes, discards, flushes and `other` (write-zeroes, zone management,
+/// driver-private ops) are `write`: none of them returns data to the host, all change or persist
+/// what the device stores. `blkio.operation` keeps the op itself (node_exporter's
+/// `writes_completed` is `blkio_operation="write"`, not `disk_io_direction="write"`).
+pub fn direction(op: &str) -> &'static str {
+    if op == "read" { "read" } else { "write" }
+}
+
 fn op_attrs(device: &str, op: &str) -> Attrs {
-    let mut a = vec![(attr::DEVICE, device.to_string())];
-    // disk.io.direction only has `read` and `write`; discard, flush and other carry only
-    // blkio.operation so that summing over direction matches /proc/diskstats' read/write fields.
-    if op == "read" || op == "write" {
-        a.push((attr::DIRECTION, op.to_string()));
-    }
-    a.push((attr::OPERATION, op.to_string()));
-    a
+    vec![
+        (attr::DEVICE, device.to_string()),
+        (attr::DIRECTION, direction(op).to_string()),
+        (attr::OPERATION, op.to_string()),
+    ]
 }
 
 impl Totals {
-    /// All points, cumulative since each series' start. `window_peak`: the peak gauge is the
-    /// highest since the last [`Totals::reset_window`] (OTLP windows) instead of the last
-    /// snapshot's (Prometheus).
-    pub fn collect(&self, agent: &AgentCounters, window_peak: bool) -> Collected {
+    /// All points, cumulative since each series' start. The peak gauge is the highest depth
+    /// since `reader`'s last [`Totals::reset_window`] (since the agent started before the first).
+    pub fn collect(&self, agent: &AgentCounters, reader: PeakWindow) -> Collected {
         let mut points = Vec::new();
         let mut push = |metric, attrs, start_ns, value| points.push(Point { metric, attrs, start_ns, value });
         for (k, s) in &self.ops {
@@ -328,8 +361,13 @@ impl Totals {
         for (dev, (count, peak)) in &self.inflight {
             let a = vec![(attr::DEVICE, dev.clone())];
             push(&metrics::INFLIGHT, a.clone(), self.last_ns, Value::Gauge(*count as u128));
-            let peak = if window_peak { self.window_peak.get(dev).copied().unwrap_or(*peak) } else { *peak };
+            let peak = self.windows[reader as usize].get(dev).copied().unwrap_or(*peak);
             push(&metrics::INFLIGHT_PEAK, a, self.last_ns, Value::Gauge(peak as u128));
+        }
+        for (dev, (start, io_ms, weighted_ms)) in &self.disk_time {
+            let a = vec![(attr::DEVICE, dev.clone())];
+            push(&metrics::DISK_IO_TIME, a.clone(), *start, Value::Counter(io_ms * 1_000_000));
+            push(&metrics::DISK_WEIGHTED_IO_TIME, a, *start, Value::Counter(weighted_ms * 1_000_000));
         }
         let start = self.start_ns.unwrap_or(agent.start_ns);
         // The agent's own counters began when it started, which is normally before the first
@@ -357,7 +395,7 @@ impl Totals {
             push(&metrics::EXPORT_DROPPED, vec![], agent_start, Value::Counter(e.dropped as u128));
             push(&metrics::EXPORT_QUEUED, vec![], self.last_ns, Value::Gauge(e.queued as u128));
         }
-        Collected { time_ns, points }
+        Collected { time_ns, points, ranges: Ranges::default() }
     }
 }
 
@@ -390,7 +428,7 @@ impl Collected {
             };
             points.push(Point { metric: p.metric, attrs: p.attrs.clone(), start_ns, value });
         }
-        Collected { time_ns: self.time_ns, points }
+        Collected { time_ns: self.time_ns, points, ranges: self.ranges }
     }
 }
 

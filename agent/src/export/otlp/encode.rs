@@ -43,7 +43,8 @@ pub fn request(c: &Collected, temporality: Temporality, resource: &Resource) -> 
         }
         let data = match def.kind {
             Kind::Histogram => {
-                let bounds = explicit_bounds(def.scale);
+                let range = c.ranges.for_scale(def.scale);
+                let bounds = explicit_bounds(def.scale, range);
                 Data::Histogram(Histogram {
                     aggregation_temporality: temporality,
                     data_points: points
@@ -55,7 +56,7 @@ pub fn request(c: &Collected, temporality: Temporality, resource: &Resource) -> 
                                 time_unix_nano: c.time_ns,
                                 count: h.count(),
                                 sum: Some(scaled(h.sum, def.scale)),
-                                bucket_counts: h.slots.to_vec(),
+                                bucket_counts: range.counts(&h.slots),
                                 explicit_bounds: bounds.clone(),
                                 ..Default::default()
                             }),
@@ -135,13 +136,17 @@ pub fn point_count(req: &ExportMetricsServiceRequest) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::export::model::{AgentCounters, Totals, tests::interval};
+    use crate::export::model::{AgentCounters, PeakWindow, Totals, tests::interval};
 
     #[test]
     fn histogram_points_carry_exact_buckets_and_bounds() {
         let mut t = Totals::default();
         t.add(&interval(1000.0, 5.0, &[(0, 1), (4, 10), (31, 2)], 2_500_000_000));
-        let req = request(&t.collect(&AgentCounters::default(), true), Temporality::Cumulative, &Resource::default());
+        let req = request(
+            &t.collect(&AgentCounters::default(), PeakWindow::Otlp),
+            Temporality::Cumulative,
+            &Resource::default(),
+        );
         let metrics = &req.resource_metrics[0].scope_metrics[0].metrics;
         let m = metrics.iter().find(|m| m.name == "blkio.request.duration").unwrap();
         assert_eq!(m.unit, "s");
@@ -150,17 +155,22 @@ mod tests {
         let p = &h.data_points[0];
         assert_eq!(p.count, 13);
         assert_eq!(p.sum, Some(2.5));
-        assert_eq!(p.bucket_counts.len(), 32);
-        assert_eq!(p.explicit_bounds.len(), 31);
-        assert_eq!((p.bucket_counts[0], p.bucket_counts[4], p.bucket_counts[31]), (1, 10, 2));
-        assert_eq!(p.explicit_bounds[4], 31e-6);
+        // Default --histogram-max (16 s): 24 bounds up to 16.777216 s, then the overflow bucket
+        // holding the kernel's slots 24..=31.
+        assert_eq!(p.bucket_counts.len(), 25);
+        assert_eq!(p.explicit_bounds.len(), 24);
+        assert_eq!((p.bucket_counts[0], p.bucket_counts[4], p.bucket_counts[24]), (1, 10, 2));
+        assert_eq!(p.explicit_bounds[4], 32e-6);
+        assert_eq!(p.explicit_bounds[23], 16.777216);
         assert_eq!(p.start_time_unix_nano, 995_000_000_000);
         assert_eq!(p.time_unix_nano, 1_000_000_000_000);
         let size = metrics.iter().find(|m| m.name == "blkio.request.size").unwrap();
         assert_eq!(size.unit, "By");
         let Some(Data::Histogram(h)) = &size.data else { panic!() };
         assert_eq!(h.data_points[0].sum, Some(13.0 * 4096.0));
-        assert_eq!(h.data_points[0].explicit_bounds[12], 8191.0);
+        // Sizes: first bound 511 B (slots 0..=8), so slot 12 is bucket 4.
+        assert_eq!(h.data_points[0].explicit_bounds[4], 8191.0);
+        assert_eq!(h.data_points[0].bucket_counts[4], 13);
         let ops = metrics.iter().find(|m| m.name == "system.disk.operations").unwrap();
         let Some(Data::Sum(s)) = &ops.data else { panic!() };
         assert!(s.is_monotonic);
