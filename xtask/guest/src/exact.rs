@@ -31,6 +31,8 @@ pub struct Totals {
     /// show that the fault paths ran).
     pub requeued: u64,
     pub partial: u64,
+    /// `losses_total.recursion_misses` of the last snapshot, when the counts were exact anyway.
+    pub recursion_misses: u64,
 }
 
 /// What a scenario expects besides "equal to diskstats".
@@ -105,7 +107,7 @@ pub fn totals(jsonl: &str, dev: &str, max_depth: Option<u64>) -> Result<(Totals,
 
 /// Every check of a scenario; `Ok` is the pass line's summary.
 pub fn check(jsonl: &str, dev: &str, disk: &DiskStats, exp: &Expect) -> Result<Totals, String> {
-    let (t, last) = totals(jsonl, dev, exp.max_depth)?;
+    let (mut t, last) = totals(jsonl, dev, exp.max_depth)?;
     let attach = last.pointer("/agent/attach").and_then(Value::as_str).unwrap_or("-");
     if attach != "btf" {
         return Err(format!("agent.attach={attach}, the scenarios run in btf mode"));
@@ -150,8 +152,17 @@ pub fn check(jsonl: &str, dev: &str, disk: &DiskStats, exp: &Expect) -> Result<T
             ));
         }
     }
+    // Counts exact: a program run the kernel skipped (`recursion_misses`: a tp_btf program
+    // re-entered on its CPU, e.g. an issue from a completion interrupt; seen once in three runs
+    // of nvme-qd32 on 7.2) did not cost a count here, and is reported in the pass line. Every
+    // other loss kind fails the scenario.
+    t.recursion_misses = last.pointer("/losses_total/recursion_misses").and_then(Value::as_u64).unwrap_or(0);
+    let lost: Vec<&String> = lost.iter().filter(|l| !l.starts_with("recursion_misses=")).collect();
     if !lost.is_empty() {
-        return Err(format!("counts exact but the BTF mode reported losses: {}", lost.join(" ")));
+        return Err(format!(
+            "counts exact but the BTF mode reported losses: {}",
+            lost.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ")
+        ));
     }
     if let Some(max) = exp.max_depth
         && t.peak * 2 < max
@@ -205,5 +216,11 @@ mod tests {
         assert!(check(&busy, "nullb1", &disk, &exp).unwrap_err().contains("in-flight count 1"));
         let lossy = j.replace("\"requeued\":2", "\"stale_evicted\":1");
         assert!(check(&lossy, "nullb1", &disk, &exp).unwrap_err().contains("stale_evicted=1"));
+        // A skipped program run is reported, not failed, when the counts are exact anyway...
+        let skipped = j.replace("\"requeued\":2", "\"recursion_misses\":1");
+        assert_eq!(check(&skipped, "nullb1", &disk, &exp).unwrap().recursion_misses, 1);
+        // ...and fails when they are not.
+        let e = check(&skipped, "nullb1", &DiskStats { writes: 7, ..disk }, &exp).unwrap_err();
+        assert!(e.contains("[losses: recursion_misses=1]"), "{e}");
     }
 }

@@ -167,12 +167,17 @@ pub fn run(name: &str, agent_args: &[String]) -> (Result<String, String>, Vec<St
             return Err(format!("ext4 did no flushes or writes: {disk:?}"));
         }
         Ok(format!(
-            "{dev}: {did}; {} (decided: {decided}) peak={} requeued={} partial={} snapshots={}",
+            "{dev}: {did}; {} (decided: {decided}) peak={} requeued={} partial={} snapshots={}{}",
             exact::summary(&t),
             t.peak,
             t.requeued,
             t.partial,
-            t.snapshots
+            t.snapshots,
+            if t.recursion_misses > 0 {
+                format!(" recursion_misses={} (counts exact)", t.recursion_misses)
+            } else {
+                String::new()
+            }
         ))
     })();
     (result, log)
