@@ -18,15 +18,21 @@
 mod fast;
 mod state;
 
+use aya_ebpf::helpers::bpf_ktime_get_ns;
 use aya_ebpf::{
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
-use blkio_agent_common::{Config, OP_DISCARD, OP_FLUSH, OP_OTHER, OP_READ, OP_WRITE, RequestKey};
+use blkio_agent_common::{
+    CONTROL_FAST_SINCE, Config, EVENT_FAST_COMPLETION, OP_DISCARD, OP_FLUSH, OP_OTHER, OP_READ, OP_WRITE, RequestKey,
+    gauge_counts_end, log2_slot,
+};
 
 use crate::fast::Rq;
 
-use crate::state::{Completion, on_complete, on_insert, on_issue, on_requeue};
+use crate::state::{
+    Completion, Device, control, count, on_complete, on_insert, on_issue, on_requeue, record_cgroup, record_hist,
+};
 
 /// The kernel layout and feature switches, written by userspace as one global before loading
 /// (`EbpfLoader::override_global("CONFIG", ..)`). It lands in `.rodata`, which aya freezes, so
@@ -180,10 +186,15 @@ fn try_rq_complete_btf(ctx: BtfTracePointContext) -> Result<(), i64> {
     let r = Rq(rq);
     let remaining = r.data_len();
     let op = classify_req_op(r.raw_op());
-    // A zero-byte completion of a request that is not a flush is the end of a PREFLUSH/FUA
-    // sequence (`blk_flush_complete_seq`, REQ_FSEQ_DONE): the data part already completed and
-    // was counted, or it had no data and the flush request itself was counted. Not device I/O.
-    if nr_bytes == 0 && remaining == 0 && op != OP_FLUSH {
+    // A zero-byte completion of a write is the end of a PREFLUSH/FUA sequence
+    // (`blk_flush_complete_seq`, REQ_FSEQ_DONE): the data part already completed and was counted,
+    // or it had no data (an empty PREFLUSH: fsync's `blkdev_issue_flush`) and was never issued —
+    // only the flush request was, counted as a flush. Other dataless requests (zone management:
+    // open, close, finish, reset) are issued and complete with 0 bytes like this: they go on to
+    // be counted down and counted as `other`. (Was: every zero-byte non-flush completion was
+    // skipped, which left each zone op +1 on the depth gauge for good and out of the counts.)
+    if nr_bytes == 0 && remaining == 0 && op == OP_WRITE {
+        empty_preflush(r);
         return Ok(());
     }
     let final_bytes = nr_bytes >= remaining;
@@ -195,6 +206,40 @@ fn try_rq_complete_btf(ctx: BtfTracePointContext) -> Result<(), i64> {
     let completion = if final_bytes { Completion::Final } else { Completion::Partial };
     on_complete(btf_key(rq), completion, cgroup_id);
     Ok(())
+}
+
+/// The REQ_FSEQ_DONE completion of a write. diskstats counts an empty PREFLUSH there as a write
+/// of 0 sectors (`blk_account_io_done()` once `RQF_FLUSH_SEQ` is cleared; the flush request it
+/// waited for is counted as a flush), so the agent counts it too: a write of 0 bytes whose
+/// device time is its whole life (the flush it waited for), never on the depth gauge (never
+/// issued). It is told apart from the end of a data write, already counted at its data
+/// completion, where the block layer stamps started requests: on a queue with
+/// `QUEUE_FLAG_STATS` a request that was started has `RQF_STATS`. Elsewhere (no stats on the
+/// queue, or the fast path not on yet) both are skipped, as before.
+/// <https://elixir.bootlin.com/linux/v6.18/source/block/blk-flush.c> (`blk_flush_complete_seq`)
+#[inline(always)]
+fn empty_preflush(r: Rq) {
+    if !fast::enabled() {
+        return;
+    }
+    let q_flags: u64 = fast::load(r.q(), conf!(q_queue_flags));
+    let rq_flags: u32 = fast::load(r.0, conf!(rq_rq_flags));
+    if q_flags & conf!(queue_flag_stats_mask) == 0 || u64::from(rq_flags) & conf!(rqf_stats_mask) != 0 {
+        return;
+    }
+    let allocated = r.start_time_ns();
+    if allocated == 0 || !gauge_counts_end(control(CONTROL_FAST_SINCE), allocated, 0) {
+        return;
+    }
+    let device_ns = unsafe { bpf_ktime_get_ns() }.saturating_sub(allocated);
+    let slot = log2_slot(device_ns / 1000);
+    let dev = Device::of(r.dev());
+    // A zero LLVM can see turns the shared maps' atomic `+= 0` into an atomic OR (an idempotent
+    // RMW), which 5.10's verifier rejects (BPF_OR atomics are 5.12+): hide it behind a volatile load.
+    let zero = unsafe { core::ptr::read_volatile(&0u32) };
+    record_hist(dev, OP_WRITE, zero, device_ns, u64::from(zero), slot);
+    record_cgroup(fast::bio_cgroup(r), dev.id, OP_WRITE, zero, device_ns, slot);
+    count(EVENT_FAST_COMPLETION);
 }
 
 // ---------------- classic tracepoints (no BTF) ----------------

@@ -67,7 +67,7 @@ pub fn losses_note(jsonl: &str) -> String {
 /// interrupt arriving during the issue program loses that completion. Kernels from 6.7 count it
 /// in the program's `recursion_misses`; older ones count nothing, and the agent sees the stale
 /// start entry. tp_btf programs are guarded per program, so the BTF mode does not lose them.
-const LOSS_KINDS: &[&str] =
+pub const LOSS_KINDS: &[&str] =
     &["recursion_misses", "stale_evicted", "inflight_resync", "complete_without_start", "start_insert_failed"];
 
 fn u(v: &Value, key: &str) -> Result<u64, String> {
@@ -257,7 +257,7 @@ mod tests {
             mode,
             writes,
             reads: 0,
-            disk: DiskStats { reads: 0, read_sectors: 0, writes, write_sectors: writes * 8 },
+            disk: DiskStats { writes, write_sectors: writes * 8, ..DiskStats::default() },
             stamps: true,
             fast_min: writes,
         }

@@ -49,13 +49,17 @@ fn find_now(kind: &str) -> Result<Option<String>, String> {
 }
 
 /// Completed requests and sectors from one `/proc/diskstats` line (the kernel's own counts;
-/// Documentation/admin-guide/iostats.rst: fields 1, 3, 5 and 7 after the name).
+/// Documentation/admin-guide/iostats.rst: fields 1, 3, 5 and 7 after the name; discards are
+/// fields 12 and 14 (since 4.18), flushes field 16 (since 5.5): 0 when the line is shorter).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct DiskStats {
     pub reads: u64,
     pub read_sectors: u64,
     pub writes: u64,
     pub write_sectors: u64,
+    pub discards: u64,
+    pub discard_sectors: u64,
+    pub flushes: u64,
 }
 
 impl DiskStats {
@@ -70,6 +74,9 @@ impl DiskStats {
             read_sectors: self.read_sectors - before.read_sectors,
             writes: self.writes - before.writes,
             write_sectors: self.write_sectors - before.write_sectors,
+            discards: self.discards - before.discards,
+            discard_sectors: self.discard_sectors - before.discard_sectors,
+            flushes: self.flushes - before.flushes,
         }
     }
 }
@@ -81,7 +88,16 @@ fn parse(text: &str, dev: &str) -> Option<DiskStats> {
             return None;
         }
         let n = |i: usize| f[i].parse::<u64>().ok();
-        Some(DiskStats { reads: n(3)?, read_sectors: n(5)?, writes: n(7)?, write_sectors: n(9)? })
+        let opt = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        Some(DiskStats {
+            reads: n(3)?,
+            read_sectors: n(5)?,
+            writes: n(7)?,
+            write_sectors: n(9)?,
+            discards: opt(14),
+            discard_sectors: opt(16),
+            flushes: opt(18),
+        })
     })
 }
 
@@ -92,12 +108,23 @@ mod tests {
     #[test]
     fn diskstats_line() {
         let text =
-            " 254       0 vda 120 3 4096 50 7 0 56 9 0 60 70 0 0 0 0 2 1\n 259 0 nvme0n1 1 0 8 0 2 0 16 0 0 0 0\n";
+            " 254       0 vda 120 3 4096 50 7 0 56 9 0 60 70 3 0 600 5 2 1\n 259 0 nvme0n1 1 0 8 0 2 0 16 0 0 0 0\n";
         assert_eq!(
             parse(text, "vda"),
-            Some(DiskStats { reads: 120, read_sectors: 4096, writes: 7, write_sectors: 56 })
+            Some(DiskStats {
+                reads: 120,
+                read_sectors: 4096,
+                writes: 7,
+                write_sectors: 56,
+                discards: 3,
+                discard_sectors: 600,
+                flushes: 2
+            })
         );
-        assert_eq!(parse(text, "nvme0n1"), Some(DiskStats { reads: 1, read_sectors: 8, writes: 2, write_sectors: 16 }));
+        assert_eq!(
+            parse(text, "nvme0n1"),
+            Some(DiskStats { reads: 1, read_sectors: 8, writes: 2, write_sectors: 16, ..DiskStats::default() })
+        );
         assert_eq!(parse(text, "vdb"), None);
     }
 }

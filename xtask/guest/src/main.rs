@@ -7,6 +7,9 @@
 mod agent;
 mod check;
 mod device;
+mod exact;
+mod faults;
+mod scenario;
 mod workload;
 
 use std::{fs, thread, time::Duration};
@@ -52,6 +55,19 @@ fn main() {
             let detail = result.unwrap_or_else(|e| e);
             emit(Event::Result(CellResult { mode: mode.clone(), device: device.clone(), pass, detail }));
         }
+    }
+    for name in &plan.scenarios {
+        let mode = "btf".to_string();
+        emit(Event::Cell { mode: mode.clone(), device: name.clone() });
+        let (result, log) = scenario::run(name, &plan.agent_args);
+        let pass = result.is_ok();
+        if plan.verbose || !pass {
+            for line in log {
+                emit(Event::AgentLog { mode: mode.clone(), device: name.clone(), line });
+            }
+        }
+        let detail = result.unwrap_or_else(|e| e);
+        emit(Event::Result(CellResult { mode, device: name.clone(), pass, detail }));
     }
     emit(Event::Done);
 }

@@ -4,6 +4,12 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The fault scenarios the guest knows (`xtask/guest/src/scenario.rs`).
+pub const SCENARIOS: &[&str] = &["null_blk-zoned", "null_blk-discard", "scsi_debug-faults", "nvme-qd32", "ext4-fsync"];
+
+/// The serial of the ext4 scenario's virtio disk (`-device virtio-blk-pci,serial=...`).
+pub const EXT4_SERIAL: &str = "blkioext4";
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Plan {
     /// `auto`, `btf`, `tracepoint` (passed to `blkio-agent run --attach`).
@@ -21,6 +27,10 @@ pub struct Plan {
     pub per_thread: u32,
     /// Echo every agent stderr line, not only those of failing cells.
     pub verbose: bool,
+    /// Fault and lifecycle scenarios (`xtask/guest/src/scenario.rs`), each run once in `btf`
+    /// mode after the device cells.
+    #[serde(default)]
+    pub scenarios: Vec<String>,
     /// Extra arguments appended to `blkio-agent run`.
     #[serde(default)]
     pub agent_args: Vec<String>,

@@ -8,7 +8,7 @@ use std::{fs::OpenOptions, os::fd::AsRawFd as _, os::unix::fs::OpenOptionsExt as
 
 pub const BLOCK: usize = 4096;
 
-struct Aligned(*mut u8);
+pub struct Aligned(pub *mut u8);
 
 impl Drop for Aligned {
     fn drop(&mut self) {
@@ -24,13 +24,13 @@ pub struct Counts {
     pub reads: u64,
 }
 
-struct Dev {
-    file: std::fs::File,
-    path: String,
-    blocks: u64,
+pub struct Dev {
+    pub file: std::fs::File,
+    pub path: String,
+    pub blocks: u64,
 }
 
-fn open(dev: &str) -> Result<Dev, String> {
+pub fn open(dev: &str) -> Result<Dev, String> {
     let path = format!("/dev/{dev}");
     let file = OpenOptions::new()
         .read(true)
@@ -46,7 +46,7 @@ fn open(dev: &str) -> Result<Dev, String> {
     Ok(Dev { file, path, blocks: size / BLOCK as u64 })
 }
 
-fn buffer() -> Result<Aligned, String> {
+pub fn buffer() -> Result<Aligned, String> {
     let mut p: *mut libc::c_void = std::ptr::null_mut();
     // SAFETY: out-pointer to a local; alignment is a power of two multiple of sizeof(void*).
     if unsafe { libc::posix_memalign(&mut p, BLOCK, BLOCK) } != 0 {
@@ -56,7 +56,7 @@ fn buffer() -> Result<Aligned, String> {
 }
 
 /// One 4 KiB request at block `block`.
-fn io(d: &Dev, buf: &Aligned, write: bool, block: u64) -> Result<(), String> {
+pub fn io(d: &Dev, buf: &Aligned, write: bool, block: u64) -> Result<(), String> {
     let off = (block % d.blocks * BLOCK as u64) as libc::off_t;
     let fd = d.file.as_raw_fd();
     // SAFETY: fd is open; buf is BLOCK bytes, aligned for O_DIRECT.

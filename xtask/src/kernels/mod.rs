@@ -24,6 +24,9 @@ use crate::{image::build_static, setup::workspace_root};
 
 pub const MODES: &[&str] = &["auto", "btf", "tracepoint"];
 pub const DEVICES: &[&str] = &["virtio", "nvme", "null_blk", "scsi_debug"];
+pub use blkio_guest::plan::SCENARIOS;
+/// The attach mode the fault scenarios run in (the exact one; `auto` picks it on every kernel here).
+pub const SCENARIO_MODE: &str = "btf";
 
 #[derive(clap::Args, Clone)]
 pub struct Opts {
@@ -36,6 +39,11 @@ pub struct Opts {
     /// Device kinds (comma-separated): virtio, nvme, null_blk, scsi_debug. Default: all.
     #[arg(long, value_delimiter = ',')]
     pub device: Vec<String>,
+    /// Fault scenarios (comma-separated, run in btf mode after the device cells):
+    /// null_blk-zoned, null_blk-discard, scsi_debug-faults, nvme-qd32, ext4-fsync, or none.
+    /// Default: all.
+    #[arg(long, value_delimiter = ',')]
+    pub scenario: Vec<String>,
     /// Use this static (musl) agent binary instead of building one.
     #[arg(long)]
     pub agent: Option<PathBuf>,
@@ -124,6 +132,11 @@ pub fn kernels(opts: Opts) -> anyhow::Result<()> {
     let series = pick(&opts.kernel, &series_names, "kernel series")?;
     let modes = pick(&opts.mode, MODES, "attach mode")?;
     let devices = pick(&opts.device, DEVICES, "device kind")?;
+    let scenarios = if opts.scenario.iter().any(|s| s == "none") {
+        Vec::new()
+    } else {
+        pick(&opts.scenario, SCENARIOS, "scenario")?
+    };
     for (tool, pkg) in [
         ("qemu-system-x86_64", "qemu-system-x86"),
         ("apt-get", "apt"),
@@ -158,11 +171,14 @@ pub fn kernels(opts: Opts) -> anyhow::Result<()> {
         threads: opts.threads,
         per_thread: opts.per_thread,
         verbose: opts.verbose,
+        scenarios: scenarios.clone(),
         agent_args: opts.agent_args.clone(),
     };
+    // The report's rows: the device kinds, then the scenarios (one column each: btf).
+    let rows: Vec<String> = devices.iter().chain(&scenarios).cloned().collect();
     let work_root = workspace_root().join("target/kernels");
     // Boot time + per cell: agent start under TCG (BTF parse, verifier), workload, stop.
-    let timeout = Duration::from_secs(90 + 60 * (modes.len() * devices.len()) as u64);
+    let timeout = Duration::from_secs(90 + 60 * (modes.len() * devices.len() + scenarios.len()) as u64);
     let runs: Mutex<Vec<KernelRun>> = Mutex::new(Vec::new());
     let next = Mutex::new(0usize);
     let run_one = |i: usize| -> KernelRun {
@@ -172,7 +188,7 @@ pub fn kernels(opts: Opts) -> anyhow::Result<()> {
         let (cells, facts) =
             match boot_kernel(k, &plan, &agent, &guest, &work_root.join(&k.release), timeout, opts.verbose, &label) {
                 Ok(r) => r,
-                Err(e) => (all_failed(k, &modes, &devices, &format!("{e:#}")), None),
+                Err(e) => (all_failed(k, &plan, &format!("{e:#}")), None),
             };
         KernelRun { index: i, cells, facts, elapsed: t.elapsed() }
     };
@@ -198,11 +214,11 @@ pub fn kernels(opts: Opts) -> anyhow::Result<()> {
     let mut runs = runs.into_inner().expect("lock");
     runs.sort_by_key(|r| r.index);
     let total = started.elapsed();
-    let table = report::render(&kernels, &runs, &modes, &devices, fetched, total, opts.jobs);
+    let table = report::render(&kernels, &runs, &modes, &rows, fetched, total, opts.jobs);
     println!("{table}");
     let _ = std::fs::write(work_root.join("matrix.md"), &table);
     if opts.record {
-        record(&table, &report::summary(&kernels, &runs, &modes, &devices))?;
+        record(&table, &report::summary(&kernels, &runs, &modes, &rows))?;
     }
     let cells = runs.iter().flat_map(|r| &r.cells);
     let (failed, all) = (cells.clone().filter(|c| !c.pass).count(), cells.count());
@@ -247,20 +263,24 @@ fn check_static(agent: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn all_failed(k: &fetch::Kernel, modes: &[String], devices: &[String], why: &str) -> Vec<Cell> {
+/// Every (mode, device) cell a plan runs: each attach mode on each device kind, then each
+/// scenario in [`SCENARIO_MODE`].
+fn plan_cells(plan: &Plan) -> Vec<(String, String)> {
     let mut out = Vec::new();
-    for d in devices {
-        for m in modes {
-            out.push(Cell {
-                kernel: k.release.clone(),
-                mode: m.clone(),
-                device: d.clone(),
-                pass: false,
-                detail: why.to_string(),
-            });
+    for d in &plan.devices {
+        for m in &plan.modes {
+            out.push((m.clone(), d.clone()));
         }
     }
+    out.extend(plan.scenarios.iter().map(|s| (SCENARIO_MODE.to_string(), s.clone())));
     out
+}
+
+fn all_failed(k: &fetch::Kernel, plan: &Plan, why: &str) -> Vec<Cell> {
+    plan_cells(plan)
+        .into_iter()
+        .map(|(mode, device)| Cell { kernel: k.release.clone(), mode, device, pass: false, detail: why.to_string() })
+        .collect()
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -275,7 +295,8 @@ fn boot_kernel(
     label: &str,
 ) -> anyhow::Result<(Vec<Cell>, Option<String>)> {
     std::fs::create_dir_all(work)?;
-    let mods = modules::resolve(&k.modules, &plan.devices)?;
+    let kinds: Vec<String> = plan.devices.iter().chain(&plan.scenarios).cloned().collect();
+    let mods = modules::resolve(&k.modules, &kinds)?;
     let initrd = work.join(format!("initramfs.cpio.{}", std::process::id()));
     initramfs::write(
         &initrd,
@@ -292,6 +313,7 @@ fn boot_kernel(
         initramfs: &initrd,
         work,
         devices: &plan.devices,
+        scenarios: &plan.scenarios,
         timeout,
         verbose,
         label,
@@ -304,17 +326,13 @@ fn boot_kernel(
         bail!("booted {} but the guest runs {r}", k.release);
     }
     let mut cells = Vec::new();
-    for d in &plan.devices {
-        for m in &plan.modes {
-            let got: Option<&CellResult> = out.results.iter().find(|r| &r.mode == m && &r.device == d);
-            let (pass, detail) = match got {
-                Some(r) => (r.pass, r.detail.clone()),
-                None => {
-                    (false, out.aborted.clone().unwrap_or_else(|| "the guest reported no result for this cell".into()))
-                }
-            };
-            cells.push(Cell { kernel: k.release.clone(), mode: m.clone(), device: d.clone(), pass, detail });
-        }
+    for (m, d) in plan_cells(plan) {
+        let got: Option<&CellResult> = out.results.iter().find(|r| r.mode == m && r.device == d);
+        let (pass, detail) = match got {
+            Some(r) => (r.pass, r.detail.clone()),
+            None => (false, out.aborted.clone().unwrap_or_else(|| "the guest reported no result for this cell".into())),
+        };
+        cells.push(Cell { kernel: k.release.clone(), mode: m, device: d, pass, detail });
     }
     eprintln!(
         "xtask: kernels: {} done in {:.0} s (console: {})",
@@ -336,5 +354,20 @@ mod tests {
         assert_eq!((o.writes, o.reads, o.threads, o.per_thread, o.jobs), (64, 96, 4, 32, 2));
         assert_eq!(pick(&[], MODES, "mode").unwrap(), ["auto", "btf", "tracepoint"]);
         assert!(pick(&["kprobe".into()], MODES, "mode").unwrap_err().to_string().contains("one of auto, btf"));
+        assert!(o.scenario.is_empty());
+        let plan = Plan {
+            modes: vec!["auto".into(), "btf".into()],
+            devices: vec!["nvme".into()],
+            writes: 1,
+            reads: 1,
+            threads: 0,
+            per_thread: 0,
+            verbose: false,
+            scenarios: vec!["ext4-fsync".into()],
+            agent_args: vec![],
+        };
+        let cells = plan_cells(&plan);
+        assert_eq!(cells.len(), 3);
+        assert_eq!(cells[2], ("btf".to_string(), "ext4-fsync".to_string()));
     }
 }

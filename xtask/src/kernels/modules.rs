@@ -22,7 +22,12 @@ pub fn for_device(kind: &str) -> &'static [(&'static str, &'static str)] {
         // One multi-queue device completing from a timer 20 µs after submission.
         "null_blk" => &[("null_blk", "nr_devices=1 queue_mode=2 irqmode=2 completion_nsec=20000 gb=1 bs=4096")],
         // sd_mod first, so the disk scsi_debug adds is attached as it is scanned.
-        "scsi_debug" => &[("sd_mod", ""), ("scsi_debug", "dev_size_mb=64 num_tgts=1 max_luns=1")],
+        "scsi_debug" | "scsi_debug-faults" => &[("sd_mod", ""), ("scsi_debug", "dev_size_mb=64 num_tgts=1 max_luns=1")],
+        // The scenarios' null_blk devices are made through configfs (xtask/guest/src/scenario.rs);
+        // the module's own device is the matrix's.
+        "null_blk-zoned" | "null_blk-discard" => for_device("null_blk"),
+        "nvme-qd32" => for_device("nvme"),
+        "ext4-fsync" => &[("virtio_pci", ""), ("virtio_blk", ""), ("ext4", "")],
         _ => &[],
     }
 }

@@ -13,7 +13,10 @@ use std::{
 };
 
 use anyhow::Context as _;
-use blkio_guest::protocol::{CellResult, Event};
+use blkio_guest::{
+    plan::EXT4_SERIAL,
+    protocol::{CellResult, Event},
+};
 
 /// Agent stderr lines of one cell echoed to the terminal (without --verbose).
 const AGENT_LINES_SHOWN: usize = 25;
@@ -24,6 +27,7 @@ pub struct Boot<'a> {
     /// Disk images and the console log go here.
     pub work: &'a Path,
     pub devices: &'a [String],
+    pub scenarios: &'a [String],
     pub timeout: Duration,
     /// Echo every console line.
     pub verbose: bool,
@@ -52,6 +56,24 @@ fn disk(work: &Path, name: &str) -> anyhow::Result<PathBuf> {
     Ok(p)
 }
 
+/// A 64 MiB ext4 file system for the `ext4-fsync` scenario, made with the host's mkfs.ext4
+/// (busybox has no mkfs.ext4): a journal (its commits are the PREFLUSH/FUA writes), no lazy
+/// initialization (no background writes during the scenario), and no metadata_csum (the
+/// guests' ext4 would need the crc32c crypto module, which nothing loads without modprobe).
+fn ext4_image(work: &Path) -> anyhow::Result<PathBuf> {
+    let p = disk(work, "ext4.img")?;
+    let out = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-b", "4096", "-O", "^metadata_csum,^metadata_csum_seed,^orphan_file"])
+        .args(["-E", "lazy_itable_init=0,lazy_journal_init=0,nodiscard"])
+        .arg(&p)
+        .output()
+        .context("cannot run mkfs.ext4 (fix: apt-get install e2fsprogs)")?;
+    if !out.status.success() {
+        anyhow::bail!("mkfs.ext4 {}: {}", p.display(), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(p)
+}
+
 pub fn boot(b: &Boot) -> anyhow::Result<Outcome> {
     fs::create_dir_all(b.work)?;
     let mut cmd = Command::new("qemu-system-x86_64");
@@ -64,11 +86,18 @@ pub fn boot(b: &Boot) -> anyhow::Result<Outcome> {
         cmd.arg("-drive").arg(format!("file={},if=none,id=vd0,format=raw", img.display()));
         cmd.args(["-device", "virtio-blk-pci,drive=vd0"]);
     }
-    if b.devices.iter().any(|d| d == "nvme") {
+    if b.devices.iter().any(|d| d == "nvme") || b.scenarios.iter().any(|s| s == "nvme-qd32") {
         let img = disk(b.work, "nvme.img")?;
-        cmd.arg("-drive").arg(format!("file={},if=none,id=nv0,format=raw", img.display()));
+        // Throttled (qemu's I/O limits delay completions), so that concurrent requests pile up
+        // in the device as on a busy disk: the nvme-qd32 scenario's depth reaches its 32 threads.
+        cmd.arg("-drive").arg(format!("file={},if=none,id=nv0,format=raw,throttling.iops-total=1000", img.display()));
         // Several I/O queue pairs: the guest uses one per CPU.
         cmd.args(["-device", "nvme,serial=blkio0001,drive=nv0,max_ioqpairs=4"]);
+    }
+    if b.scenarios.iter().any(|s| s == "ext4-fsync") {
+        let img = ext4_image(b.work)?;
+        cmd.arg("-drive").arg(format!("file={},if=none,id=vd1,format=raw", img.display()));
+        cmd.arg("-device").arg(format!("virtio-blk-pci,drive=vd1,serial={EXT4_SERIAL}"));
     }
     // Written under a per-process name, renamed to console.log when the boot ends.
     let console_path = b.work.join("console.log");
@@ -173,7 +202,7 @@ pub fn boot(b: &Boot) -> anyhow::Result<Outcome> {
     let _ = reader.join();
     drop(console);
     fs::rename(&console_tmp, &out.console)?;
-    for img in ["virtio.img", "nvme.img"] {
+    for img in ["virtio.img", "nvme.img", "ext4.img"] {
         let _ = fs::remove_file(b.work.join(format!("{img}.{}", std::process::id())));
     }
     let qemu_err = err_reader.join().unwrap_or_default();

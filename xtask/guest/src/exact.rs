@@ -1,0 +1,226 @@
+//! The check every fault scenario ends with: per op, the agent's counts and bytes over the whole
+//! JSONL equal the device's `/proc/diskstats` delta, the in-flight gauge is back to 0 (and, where
+//! the scenario knows its concurrency, never above it), and the BTF mode reported no losses.
+//!
+//! How the agent's ops map to diskstats' groups: `read`, `write`, `discard` and `flush` are the
+//! same groups (`op_stat_group()`,
+//! <https://elixir.bootlin.com/linux/v6.18/source/include/linux/blk_types.h>; flushes are counted
+//! per flush request, `blk_account_io_flush()`). Every other op — zone management (open, close,
+//! finish, reset), write-zeroes — is the agent's `other`, while diskstats folds it into reads or
+//! writes by the op's direction bit (`op_stat_group()` -> `op_is_write()`, the op's low bit).
+//! Zone management ops are all odd, so "writes" of 0 sectors: measured on 5.10, 6.1, 6.12 and 7.2
+//! (16 zone ops, diskstats writes = data writes + 16), and 6.18's BTF has ZONE_OPEN = 11,
+//! ZONE_CLOSE = 13, ZONE_FINISH = 15, ZONE_RESET = 17, ZONE_RESET_ALL = 19. So a scenario says
+//! how many such ops it issued in each direction, and the check subtracts them.
+
+use serde_json::Value;
+
+use crate::{check::LOSS_KINDS, device::DiskStats};
+
+/// Ops the agent reports, in the order of its JSONL `op` names.
+pub const OPS: [&str; 5] = ["read", "write", "discard", "flush", "other"];
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Totals {
+    pub count: [u64; 5],
+    pub bytes: [u64; 5],
+    /// Highest `inflight.peak` (or count) of any snapshot.
+    pub peak: u64,
+    pub snapshots: usize,
+    /// `losses_total.requeued` and `.partial_completion` of the last snapshot (not losses: they
+    /// show that the fault paths ran).
+    pub requeued: u64,
+    pub partial: u64,
+    /// `losses_total.recursion_misses` of the last snapshot, when the counts were exact anyway.
+    pub recursion_misses: u64,
+}
+
+/// What a scenario expects besides "equal to diskstats".
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Expect {
+    /// Dataless ops the scenario issued that diskstats counts as reads / writes and the agent as
+    /// `other` (zone management).
+    pub other_as_reads: u64,
+    pub other_as_writes: u64,
+    /// Every snapshot's in-flight count and peak at most this; the highest peak at least half.
+    pub max_depth: Option<u64>,
+}
+
+fn u(v: &Value, key: &str) -> Result<u64, String> {
+    v.get(key).and_then(Value::as_u64).ok_or_else(|| format!("missing or non-integer `{key}`"))
+}
+
+fn bucket_sum(h: &Value, what: &str) -> Result<u64, String> {
+    let b = h.get("buckets").and_then(Value::as_array).ok_or_else(|| format!("{what}: no `buckets` array"))?;
+    b.iter().map(|b| u(b, "count").map_err(|e| format!("{what}: {e}"))).sum()
+}
+
+/// Sums the device's ops over every snapshot, checking each histogram against its count and
+/// each snapshot's depth against `max_depth`.
+pub fn totals(jsonl: &str, dev: &str, max_depth: Option<u64>) -> Result<(Totals, Value), String> {
+    if jsonl.is_empty() || !jsonl.ends_with('\n') {
+        return Err("the JSONL is empty or does not end with a newline".into());
+    }
+    let mut t = Totals::default();
+    let mut last = Value::Null;
+    for (i, line) in jsonl.lines().enumerate() {
+        let snap: Value = serde_json::from_str(line).map_err(|e| format!("JSONL line {} is not JSON: {e}", i + 1))?;
+        // An interval without completions may have no `ops`.
+        for e in snap.get("ops").and_then(Value::as_array).into_iter().flatten() {
+            if e.get("device_name").and_then(Value::as_str) != Some(dev) {
+                return Err(format!("line {}: ops entry for another device (--devices {dev})", i + 1));
+            }
+            let op = e.get("op").and_then(Value::as_str).ok_or("ops entry without op")?;
+            let k = OPS.iter().position(|o| *o == op).ok_or_else(|| format!("unknown op {op:?}"))?;
+            let count = u(e, "count")?;
+            for h in ["device_time", "queue_time", "size"] {
+                let what = format!("line {}: ops[{op}].{h}", i + 1);
+                let sum = bucket_sum(e.get(h).ok_or_else(|| format!("{what} missing"))?, &what)?;
+                if sum != count {
+                    return Err(format!("{what} buckets sum to {sum}, count is {count}"));
+                }
+            }
+            t.count[k] += count;
+            t.bytes[k] += u(e, "bytes")?;
+        }
+        let inflight = snap
+            .get("inflight")
+            .and_then(Value::as_array)
+            .and_then(|a| a.iter().find(|e| e.get("device_name").and_then(Value::as_str) == Some(dev)));
+        if let Some(f) = inflight {
+            let count = u(f, "count")?;
+            let peak = f.get("peak").and_then(Value::as_u64).unwrap_or(count);
+            if let Some(max) = max_depth
+                && (count > max || peak > max)
+            {
+                return Err(format!("line {}: in-flight count {count} / peak {peak} above the {max} in flight", i + 1));
+            }
+            t.peak = t.peak.max(peak).max(count);
+        }
+        t.snapshots += 1;
+        last = snap;
+    }
+    let losses = |k: &str| last.get("losses_total").and_then(|l| l.get(k)).and_then(Value::as_u64).unwrap_or(0);
+    (t.requeued, t.partial) = (losses("requeued"), losses("partial_completion"));
+    Ok((t, last))
+}
+
+/// Every check of a scenario; `Ok` is the pass line's summary.
+pub fn check(jsonl: &str, dev: &str, disk: &DiskStats, exp: &Expect) -> Result<Totals, String> {
+    let (mut t, last) = totals(jsonl, dev, exp.max_depth)?;
+    let attach = last.pointer("/agent/attach").and_then(Value::as_str).unwrap_or("-");
+    if attach != "btf" {
+        return Err(format!("agent.attach={attach}, the scenarios run in btf mode"));
+    }
+    let depth = last
+        .get("inflight")
+        .and_then(Value::as_array)
+        .and_then(|a| a.iter().find(|e| e.get("device_name").and_then(Value::as_str) == Some(dev)))
+        .ok_or_else(|| format!("the last snapshot has no inflight entry for {dev}"))
+        .and_then(|e| u(e, "count"))?;
+    if depth != 0 {
+        return Err(format!("in-flight count {depth} in the last snapshot, not 0"));
+    }
+    let lost: Vec<String> = LOSS_KINDS
+        .iter()
+        .filter_map(|k| {
+            let n = last.pointer(&format!("/losses_total/{k}")).and_then(Value::as_u64).filter(|n| *n > 0)?;
+            Some(format!("{k}={n}"))
+        })
+        .collect();
+    let other = exp.other_as_reads + exp.other_as_writes;
+    let want = [
+        ("read", disk.reads.checked_sub(exp.other_as_reads), disk.read_sectors * 512),
+        ("write", disk.writes.checked_sub(exp.other_as_writes), disk.write_sectors * 512),
+        ("discard", Some(disk.discards), disk.discard_sectors * 512),
+        ("flush", Some(disk.flushes), 0),
+        ("other", Some(other), 0),
+    ];
+    for (k, (op, count, bytes)) in want.into_iter().enumerate() {
+        let Some(count) = count else {
+            return Err(format!("/proc/diskstats counted fewer {op}s than the scenario's {other} zone ops: {disk:?}"));
+        };
+        if t.count[k] != count || t.bytes[k] != bytes {
+            return Err(format!(
+                "{op}: agent {} ops / {} bytes, /proc/diskstats {count} / {bytes} (zone ops as reads {}, as writes {}); agent {}; diskstats {disk:?}{}",
+                t.count[k],
+                t.bytes[k],
+                exp.other_as_reads,
+                exp.other_as_writes,
+                summary(&t),
+                if lost.is_empty() { String::new() } else { format!(" [losses: {}]", lost.join(" ")) }
+            ));
+        }
+    }
+    // Counts exact: a program run the kernel skipped (`recursion_misses`: a tp_btf program
+    // re-entered on its CPU, e.g. an issue from a completion interrupt; seen once in three runs
+    // of nvme-qd32 on 7.2) did not cost a count here, and is reported in the pass line. Every
+    // other loss kind fails the scenario.
+    t.recursion_misses = last.pointer("/losses_total/recursion_misses").and_then(Value::as_u64).unwrap_or(0);
+    let lost: Vec<&String> = lost.iter().filter(|l| !l.starts_with("recursion_misses=")).collect();
+    if !lost.is_empty() {
+        return Err(format!(
+            "counts exact but the BTF mode reported losses: {}",
+            lost.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ")
+        ));
+    }
+    if let Some(max) = exp.max_depth
+        && t.peak * 2 < max
+    {
+        return Err(format!("the highest in-flight peak was {}, below half of the {max} in flight", t.peak));
+    }
+    Ok(t)
+}
+
+/// `read=N/B write=N/B ...` for the ops that occurred.
+pub fn summary(t: &Totals) -> String {
+    OPS.iter()
+        .enumerate()
+        .filter(|(k, _)| t.count[*k] > 0)
+        .map(|(k, op)| format!("{op}={}/{}", t.count[k], t.bytes[k]))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snap(op: &str, n: u64, bytes: u64, inflight: u64, peak: u64) -> String {
+        let b = |n: u64| serde_json::json!([{"slot": 3, "count": n}]);
+        let h = |n: u64| serde_json::json!({"buckets": b(n)});
+        serde_json::json!({
+            "ops": [{"device_name": "nullb1", "op": op, "count": n, "bytes": bytes,
+                     "device_time": h(n), "queue_time": h(n), "size": h(n)}],
+            "inflight": [{"device_name": "nullb1", "count": inflight, "peak": peak}],
+            "agent": {"attach": "btf"},
+            "losses_total": {"requeued": 2}
+        })
+        .to_string()
+    }
+
+    #[test]
+    fn zone_ops_map_to_diskstats_and_defects_fail() {
+        let j = format!("{}\n{}\n", snap("write", 4, 16384, 1, 3), snap("other", 3, 0, 0, 1));
+        let disk = DiskStats { writes: 6, write_sectors: 32, reads: 1, ..DiskStats::default() };
+        let exp = Expect { other_as_reads: 1, other_as_writes: 2, max_depth: Some(4) };
+        let t = check(&j, "nullb1", &disk, &exp).unwrap();
+        assert_eq!((t.count[1], t.count[4], t.peak, t.requeued), (4, 3, 3, 2));
+        assert_eq!(summary(&t), "write=4/16384 other=3/0");
+        // One zone op diskstats saw and the agent did not.
+        let e = check(&j, "nullb1", &DiskStats { writes: 7, ..disk }, &exp).unwrap_err();
+        assert!(e.starts_with("write: agent 4 ops"), "{e}");
+        assert!(check(&j, "nullb1", &disk, &Expect { max_depth: Some(2), ..exp }).unwrap_err().contains("above"));
+        assert!(check(&j, "nullb1", &disk, &Expect { max_depth: Some(8), ..exp }).unwrap_err().contains("below half"));
+        let busy = format!("{}\n", snap("write", 4, 16384, 1, 1));
+        assert!(check(&busy, "nullb1", &disk, &exp).unwrap_err().contains("in-flight count 1"));
+        let lossy = j.replace("\"requeued\":2", "\"stale_evicted\":1");
+        assert!(check(&lossy, "nullb1", &disk, &exp).unwrap_err().contains("stale_evicted=1"));
+        // A skipped program run is reported, not failed, when the counts are exact anyway...
+        let skipped = j.replace("\"requeued\":2", "\"recursion_misses\":1");
+        assert_eq!(check(&skipped, "nullb1", &disk, &exp).unwrap().recursion_misses, 1);
+        // ...and fails when they are not.
+        let e = check(&skipped, "nullb1", &DiskStats { writes: 7, ..disk }, &exp).unwrap_err();
+        assert!(e.contains("[losses: recursion_misses=1]"), "{e}");
+    }
+}
