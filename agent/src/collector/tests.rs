@@ -312,3 +312,58 @@ fn write_failures_reach_the_next_interval() {
     assert_eq!((iv.losses.get("write_failures"), iv.losses_total.get("write_failures")), (2, 2));
     assert_eq!(c.collect().unwrap().interval.losses.get("write_failures"), 0);
 }
+
+/// diskstats of the fixture with loop0's writes at `writes` and `in_flight` in flight.
+fn set_loop0_diskstats(root: &Path, writes: u64, in_flight: u64) {
+    let path = root.join("proc/diskstats");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut lines: Vec<String> = text.lines().map(String::from).collect();
+    lines[0] = format!("   7       0 loop0 1 0 8 1 {writes} 0 16 2 {in_flight} 4 5 6 7 8 9 10 11");
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+}
+
+#[test]
+fn unseen_completions_are_reconciled_with_diskstats_and_taken_off_the_gauge() {
+    let root = fixture();
+    // The baseline is taken when the collector starts: loop0 has 2 writes then.
+    let mut c = collector(root.path(), &[], FakeMaps::default());
+    // 10 writes complete; the programs saw 9, so one request stays counted in the gauge, which
+    // peaked at 4 (the real depth: 3).
+    for _ in 0..9 {
+        c.maps.complete(LOOP0, OP_WRITE, 3, 0);
+    }
+    c.maps.fallback_inflight.insert(LOOP0, KernelInflight { inflight: 1, peak: [4, 0], peak_epoch: [0, 0] });
+    set_loop0_diskstats(root.path(), 12, 0);
+    let iv = c.collect().unwrap().interval;
+    let d = device(&iv, "loop0");
+    assert_eq!(d.ops[0].count + d.unseen.unwrap(), 10, "agent + unseen == diskstats");
+    assert_eq!((iv.losses.get("unseen_completions"), iv.losses_total.get("unseen_completions")), (1, 1));
+    let depth = d.depth.unwrap();
+    assert_eq!((depth.count, depth.peak), (0, 3), "the unseen completion is taken off the gauge and its peak");
+    let snap = iv.snapshot();
+    assert_eq!(snap.inflight.iter().find(|i| i.device_name == "loop0").unwrap().unseen_completions, Some(1));
+    // Reconciled devices without a loss say 0; the others are not reconciled at all.
+    let iv = c.collect().unwrap().interval;
+    assert_eq!((device(&iv, "loop0").unseen, iv.losses.get("unseen_completions")), (Some(0), 0));
+    assert_eq!(device(&iv, "loop0").depth.unwrap().count, 0);
+    // Idle with the raw gauge at 1: the resync writes the kernel gauge back to 0 and counts
+    // nothing more, since the reconciliation already counted that completion.
+    let iv = c.collect().unwrap().interval;
+    assert_eq!(c.maps.fallback_inflight[&LOOP0].inflight, 0, "the kernel gauge was reset");
+    assert_eq!((iv.losses_total.get("inflight_resync"), iv.losses_total.get("unseen_completions")), (0, 1));
+    assert_eq!(device(&c.collect().unwrap().interval, "loop0").depth.unwrap().count, 0);
+}
+
+#[test]
+fn a_busy_device_is_never_over_reported() {
+    let root = fixture();
+    let mut c = collector(root.path(), &[], FakeMaps::default());
+    // diskstats read before the maps: 5 writes done then, 7 by the time the maps are read.
+    for _ in 0..7 {
+        c.maps.complete(LOOP0, OP_WRITE, 3, 0);
+    }
+    c.maps.gauge(LOOP0, 3);
+    set_loop0_diskstats(root.path(), 2 + 5, 3);
+    let iv = c.collect().unwrap().interval;
+    assert_eq!((iv.losses.get("unseen_completions"), device(&iv, "loop0").depth.unwrap().count), (0, 3));
+}

@@ -28,6 +28,7 @@ pub fn interval(end_s: f64, interval_s: f64, reads: &[(u32, u64)], read_sum_ns: 
             size: hist(&[(12, count)], count * 4096),
         }],
         depth: Some(Depth { count: 2, peak: 9, sysfs: None }),
+        unseen: None,
     });
     iv.pods.push(PodSeries {
         labels: PodLabels {
@@ -125,6 +126,7 @@ fn a_new_loss_kind_in_the_table_reaches_jsonl_prometheus_and_otlp() {
         lost: true,
         source: Source::Agent,
         description: "A kind added by this test.",
+        required: false,
     };
     let kinds: &'static [LossKind] = Box::leak(KINDS.iter().copied().chain([fake]).collect::<Vec<_>>().into());
     let mut iv = interval(100.0, 5.0, &[(4, 1)], 1);
