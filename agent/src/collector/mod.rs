@@ -325,8 +325,11 @@ impl<M: MapRead + MapControl> Collector<M> {
                     Ok(()) => {
                         self.resync.was_reset(dev);
                         self.reconcile.gauge_reset(dev);
-                        // Those the reconciliation explained were counted as unseen already.
-                        resynced += (v.inflight - correction).unsigned_abs();
+                        // The raw gauge's entries, as before reconciliation existed: consumers
+                        // (and the kernel matrix's checks) account each missed completion by
+                        // `stale_evicted` + `inflight_resync`; `unseen_completions` is the
+                        // reconciled count of the same completions, not an extra loss.
+                        resynced += v.inflight.unsigned_abs();
                         depth = 0;
                         tracing::warn!(
                             device = dev,
