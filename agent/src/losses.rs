@@ -34,19 +34,10 @@ pub struct LossKind {
     pub source: Source,
     /// Also the description in `docs/snapshot.schema.json`.
     pub description: &'static str,
-    /// Required in the schema's `losses` objects. Kinds added after the schema's first release
-    /// are optional there, so files of older agents keep validating (this agent always writes
-    /// every kind).
-    pub required: bool,
 }
 
 const fn kind(key: &'static str, lost: bool, source: Source, description: &'static str) -> LossKind {
-    LossKind { key, label: key, lost, source, description, required: true }
-}
-
-/// A kind newer than the schema's first release: optional in `docs/snapshot.schema.json`.
-const fn newer_kind(key: &'static str, lost: bool, source: Source, description: &'static str) -> LossKind {
-    LossKind { required: false, ..kind(key, lost, source, description) }
+    LossKind { key, label: key, lost, source, description }
 }
 
 pub type Kinds = &'static [LossKind];
@@ -116,7 +107,7 @@ pub const KINDS: &[LossKind] = &[
         Source::Agent,
         "Intervals whose kernel maps could not be read; the next snapshot covers them (the kernel's counts are cumulative).",
     ),
-    newer_kind(
+    kind(
         "unseen_completions",
         true,
         Source::Agent,

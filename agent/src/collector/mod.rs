@@ -308,7 +308,8 @@ impl<M: MapRead + MapControl> Collector<M> {
             // peak was raised with at most that many of them still counted, so the corrected
             // peak is never above a depth the device had; it can be below by those that
             // happened after it within the interval).
-            let correction = self.reconcile.correction(dev) as i64;
+            let correction = self.reconcile.correction(dev);
+            let offset = self.reconcile.offset(dev);
             let mut depth = (v.inflight - correction).max(0) as u64;
             let interval_peak =
                 if v.peak_epoch[slot] == ended_epoch { (v.peak[slot] - correction).max(0) as u64 } else { 0 };
@@ -318,29 +319,23 @@ impl<M: MapRead + MapControl> Collector<M> {
             // The kernel's own count is only needed to judge a gauge that looks stuck (non-zero
             // with nothing completing); reading sysfs for every device every interval would be
             // most of the snapshot's cost on a node with many disks.
-            let sysfs = if v.inflight != 0 && done == 0 { self.names.sysfs_inflight(&name) } else { None };
-            // Only done on an idle device, where the reset cannot race with the programs' adds.
-            if self.resync.stale(dev, v.inflight, sysfs, done) {
-                match self.slots.reset_inflight(&mut self.maps, dev) {
-                    Ok(()) => {
-                        self.resync.was_reset(dev);
-                        self.reconcile.gauge_reset(dev);
-                        // The raw gauge's entries, as before reconciliation existed: consumers
-                        // (and the kernel matrix's checks) account each missed completion by
-                        // `stale_evicted` + `inflight_resync`; `unseen_completions` is the
-                        // reconciled count of the same completions, not an extra loss.
-                        resynced += v.inflight.unsigned_abs();
-                        depth = 0;
-                        tracing::warn!(
-                            device = dev,
-                            gauge = v.inflight,
-                            "in-flight depth disagreed with sysfs on an idle device; reset"
-                        );
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %crate::error::chain(&e), device = dev, "cannot reset a stuck depth gauge")
-                    }
-                }
+            let sysfs = if v.inflight != offset && done == 0 { self.names.sysfs_inflight(&name) } else { None };
+            // Only on an idle device. The kernel gauge is not written (that would race with the
+            // programs' atomic adds if I/O started right then): its value is set aside instead.
+            // Judged on the raw gauge past earlier resyncs, as when the kernel gauge itself was
+            // reset: every missed completion whose request stayed counted is counted once in
+            // `inflight_resync` (or `stale_evicted`), the kernel matrix checks that sum;
+            // `unseen_completions` reconciles the same completions with diskstats.
+            if self.resync.stale(dev, v.inflight - offset, sysfs, done) {
+                self.reconcile.gauge_reset(dev, v.inflight);
+                self.resync.was_reset(dev);
+                resynced += (v.inflight - offset).unsigned_abs();
+                depth = 0;
+                tracing::warn!(
+                    device = dev,
+                    gauge = v.inflight,
+                    "in-flight depth disagreed with sysfs on an idle device; reset"
+                );
             }
             self.prev_depth.insert(dev, depth);
             let entry = devices.entry(dev).or_insert_with(|| DeviceInterval {

@@ -81,6 +81,10 @@ struct Device {
 #[derive(Debug, Default)]
 pub struct Reconcile {
     devices: HashMap<u32, Device>,
+    /// Raw gauge values set aside by the idle resync (`gauge_reset`): the kernel gauge is never
+    /// written by userspace (a write would race with the programs' atomic adds), so a stuck
+    /// gauge is repaired by remembering its value here.
+    offsets: HashMap<u32, i64>,
     /// Gauge decrements the programs made for requests they saw issued again without a
     /// completion (`stale_evicted`: the slow path moves the old entry's depth down), not yet
     /// matched with an unseen completion. The counter is global, so it is matched with whichever
@@ -171,17 +175,25 @@ impl Reconcile {
         out
     }
 
-    /// Requests the device's gauge still counts although the kernel completed them: subtract
-    /// from the gauge (and its peak).
-    pub fn correction(&self, dev: u32) -> u64 {
-        self.devices.get(&dev).map_or(0, |d| d.correction)
+    /// What to subtract from the device's raw kernel gauge (and its peak): requests it still
+    /// counts although the kernel completed them, plus what the idle resync set aside.
+    pub fn correction(&self, dev: u32) -> i64 {
+        let unseen = self.devices.get(&dev).map_or(0, |d| d.correction as i64);
+        unseen + self.offsets.get(&dev).copied().unwrap_or(0)
     }
 
-    /// The kernel gauge was reset to 0: nothing left to correct.
-    pub fn gauge_reset(&mut self, dev: u32) {
+    /// What the idle resyncs set aside from the device's raw gauge so far.
+    pub fn offset(&self, dev: u32) -> i64 {
+        self.offsets.get(&dev).copied().unwrap_or(0)
+    }
+
+    /// The idle resync: the device is idle, so its whole raw gauge (`raw`) is set aside; nothing
+    /// the reconciliation found is left to correct on top.
+    pub fn gauge_reset(&mut self, dev: u32, raw: i64) {
         if let Some(d) = self.devices.get_mut(&dev) {
             d.correction = 0;
         }
+        self.offsets.insert(dev, raw);
     }
 
     /// Completions the agent missed on `dev` since its baseline (`None`: not reconciled).
@@ -289,8 +301,8 @@ mod tests {
         r2.update(&stats(0, 2, 1), &agent(0, 0, 0), &seen(), 0);
         r2.update(&stats(0, 2, 1), &agent(0, 0, 0), &seen(), 1);
         assert_eq!(r2.correction(LOOP0), 1);
-        r2.gauge_reset(LOOP0);
-        assert_eq!((r2.correction(LOOP0), r2.unseen_total(LOOP0)), (0, Some(2)));
+        r2.gauge_reset(LOOP0, 1);
+        assert_eq!((r2.correction(LOOP0), r2.unseen_total(LOOP0)), (1, Some(2)), "the raw gauge set aside");
     }
 
     #[test]

@@ -126,7 +126,6 @@ fn a_new_loss_kind_in_the_table_reaches_jsonl_prometheus_and_otlp() {
         lost: true,
         source: Source::Agent,
         description: "A kind added by this test.",
-        required: false,
     };
     let kinds: &'static [LossKind] = Box::leak(KINDS.iter().copied().chain([fake]).collect::<Vec<_>>().into());
     let mut iv = interval(100.0, 5.0, &[(4, 1)], 1);
