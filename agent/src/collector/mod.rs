@@ -150,12 +150,16 @@ impl<M: MapRead + MapControl> Collector<M> {
     /// Reads every map and builds the interval that just ended. On a failed read nothing is
     /// built and nothing is lost: the failure is counted and the next call covers this interval.
     pub fn collect(&mut self) -> Result<Collected> {
-        let started = Instant::now();
+        let work_started = Instant::now();
         // New epoch first: issues from now on raise the other peak slot, so the slot of the
         // interval that just ended is stable while we read it.
         // diskstats before the maps: every completion it counts had its programs run (if at all)
         // before the maps are read, so the reconciliation never claims a seen one.
         let before = self.names.diskstats();
+        // The interval's boundary: the maps are read right after (the diskstats read is not
+        // part of the interval's measured length, so a slow one does not skew `interval_s`
+        // against the snapshot's end time).
+        let started = Instant::now();
         let ended_epoch = self.epoch;
         self.epoch += 1;
         let read = self.maps.set_epoch(self.epoch).and_then(|()| read_all(&self.maps, self.slots.devices()));
@@ -213,7 +217,7 @@ impl<M: MapRead + MapControl> Collector<M> {
             io_pressure: None,
         };
         self.seq += 1;
-        Ok(Collected { interval, cgroups, build_time: started.elapsed() })
+        Ok(Collected { interval, cgroups, build_time: work_started.elapsed() })
     }
 
     /// Reconciles the maps' counts with diskstats (`before`: read before the maps); sets each
