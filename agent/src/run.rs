@@ -24,6 +24,8 @@ use crate::{
 
 pub fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
     init_tracing();
+    // Before any other thread exists (see `loader::early`): spares aya's 23 MB parse of kernel BTF.
+    loader::early::prepare();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("blkio-agent")

@@ -21,11 +21,12 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 
 /// A loader with `config` as the `CONFIG` global and no kernel BTF relocation (Rust eBPF objects
 /// have no CO-RE relocations). aya 0.14 parses all of vmlinux BTF in `EbpfLoader::new()` (about
-/// 16 MB of heap); `.btf(None)` drops that copy at once, before the next parse.
+/// 23 MB of heap) unless the loader was made early ([`super::early`]); `.btf(None)` drops any
+/// such copy at once.
 fn loader(config: &Config, attribute: bool) -> EbpfLoader<'_> {
-    super::memory_mark("before EbpfLoader::new");
-    let mut loader = EbpfLoader::new();
-    super::memory_mark("after EbpfLoader::new (aya's own vmlinux parse)");
+    super::memory_mark("before the loader");
+    let mut loader: EbpfLoader<'_> = super::early::take();
+    super::memory_mark("loader made");
     loader.btf(None).override_global("CONFIG", config, true);
     if !attribute {
         // Preallocated (older kernels refuse anything else for tracing programs): one entry when

@@ -3,10 +3,12 @@
 //! One concern per module: [`layout`] (what the programs need to know about the kernel, from BTF or
 //! tracefs, as one [`blkio_agent_common::Config`]), [`caps`] (capabilities, `RLIMIT_MEMLOCK`),
 //! [`attach`] (load, attach, arm, fall back), [`fastpath`] (when the no-start-map path is
-//! trusted), [`progstats`] (`BPF_OBJ_GET_INFO_BY_FD`).
+//! trusted), [`progstats`] (`BPF_OBJ_GET_INFO_BY_FD`), [`early`] (loaders made before aya can parse
+//! kernel BTF).
 
 mod attach;
 pub mod caps;
+pub mod early;
 pub mod fastpath;
 pub mod layout;
 mod progstats;
