@@ -193,6 +193,11 @@ impl DeviceNames {
         n
     }
 
+    /// `/proc/diskstats` now (the kernel's completion counts, for the reconciliation).
+    pub fn diskstats(&self) -> Result<Vec<DiskStats>> {
+        read_diskstats(&self.proc_root)
+    }
+
     /// `/sys/block/<name>/inflight`: reads and writes the kernel has in flight.
     pub fn sysfs_inflight(&self, name: &str) -> Option<u64> {
         let path = self.sys_root.join("sys/block").join(name).join("inflight");

@@ -160,6 +160,7 @@ mod tests {
                 size: Hist::default(),
             }],
             depth: Some(Depth { count: 2, peak: 9, sysfs: None }),
+            unseen: None,
         });
         iv
     }

@@ -107,12 +107,19 @@ pub const KINDS: &[LossKind] = &[
         Source::Agent,
         "Intervals whose kernel maps could not be read; the next snapshot covers them (the kernel's counts are cumulative).",
     ),
+    kind(
+        "unseen_completions",
+        true,
+        Source::Agent,
+        "Completions the kernel counted (/proc/diskstats) that the agent did not record, reconciled per device; agent total + unseen_completions == diskstats over any span that starts and ends idle.",
+    ),
 ];
 
 /// Agent-side kinds the collector and the run loop count (keys of [`KINDS`]).
 pub const INFLIGHT_RESYNC: &str = "inflight_resync";
 pub const WRITE_FAILURES: &str = "write_failures";
 pub const MAP_READ_FAILURES: &str = "map_read_failures";
+pub const UNSEEN_COMPLETIONS: &str = "unseen_completions";
 
 /// One count per kind of a table (normally [`KINDS`]): an interval's deltas or the totals since
 /// start. Serialized as a JSON object in table order.
@@ -248,7 +255,7 @@ mod tests {
             text.starts_with(r#"{"start_insert_failed":0,"complete_without_start":0,"stale_evicted":3,"#),
             "{text}"
         );
-        assert!(text.ends_with(r#""map_read_failures":1}"#), "{text}");
+        assert!(text.ends_with(r#""map_read_failures":1,"unseen_completions":0}"#), "{text}");
         assert_eq!(serde_json::from_str::<Losses>(&text).unwrap(), l);
         let old: Losses = serde_json::from_str(r#"{"stale_evicted":2,"a_future_kind":9}"#).unwrap();
         assert_eq!((old.get("stale_evicted"), old.get("requeued"), old.lost()), (2, 0, 2));

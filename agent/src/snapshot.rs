@@ -118,6 +118,10 @@ pub struct DeviceInflight {
     /// read only when the agent's count is non-zero while nothing completed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sysfs_count: Option<u64>,
+    /// Completions of the device in the interval that `/proc/diskstats` counted and the agent
+    /// did not record (`losses.unseen_completions` per device); absent when not reconciled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unseen_completions: Option<u64>,
 }
 
 /// Detail for one (device, op): op is `read`, `write`, `discard`, `flush` or `other`.
@@ -347,6 +351,7 @@ mod tests {
         s.latency_histogram[0].sum_us = Some(0.001);
         s.inflight[0].peak = Some(30);
         s.inflight[0].sysfs_count = Some(24);
+        s.inflight[0].unseen_completions = Some(1);
         s.ops.push(OpStats {
             device_id: 1,
             device_name: "loop0".into(),

@@ -1,7 +1,7 @@
 //! The control path: what the agent writes into the kernel's maps — the interval epoch, dense
-//! device slots, the depth reset of a gauge that lost completions, and the eviction of idle
-//! attribution entries. (Arming the depth gauge happens once, in the loader, before the first
-//! interval.)
+//! device slots and the eviction of idle attribution entries — and the judgement of a depth
+//! gauge that lost completions (repaired in userspace, never by writing the gauge). (Arming the
+//! depth gauge happens once, in the loader, before the first interval.)
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -12,7 +12,7 @@ use blkio_agent_common::{
     CgroupKey, DEVICE_INDEX_PROBES, DEVICE_INDEX_SIZE, MAX_DENSE_DEVICES, device_index_entry, device_index_pos,
 };
 
-use super::maps::{MapControl, MapRead};
+use super::maps::MapControl;
 use crate::error::Result;
 
 /// Which devices have a dense slot. The programs find a device's histograms and gauge through
@@ -77,21 +77,6 @@ impl DenseSlots {
         }
         Ok(placed)
     }
-
-    /// Sets the device's depth to 0 in both halves (peaks kept). Only for an idle device: the
-    /// write would race with the programs' atomic adds otherwise.
-    pub fn reset_inflight<M: MapRead + MapControl>(&self, maps: &mut M, dev: u32) -> Result<()> {
-        if let Some(slot) = self.slot_of(dev) {
-            let mut v = maps.dense_inflight(slot)?;
-            v.inflight = 0;
-            maps.set_dense_inflight(slot, v)?;
-        }
-        if let Some((_, mut v)) = maps.fallback_inflight()?.into_iter().find(|(d, _)| *d == dev) {
-            v.inflight = 0;
-            maps.set_fallback_inflight(dev, v)?;
-        }
-        Ok(())
-    }
 }
 
 /// The first empty position among the device's probes, or `None` (the programs would not look
@@ -103,7 +88,8 @@ pub fn free_position(table: &[u64; DEVICE_INDEX_SIZE as usize], dev: u32) -> Opt
 /// Judges gauges that lost completions. Our depth counts requests whose issue we saw and whose
 /// completion we have not. If the kernel says the device is idle, nothing completed in two
 /// intervals, and the raw gauge has not moved, their completions were lost (the kernel skipped
-/// the programs): the gauge is reset and the requests counted in `inflight_resync`.
+/// the programs): the gauge's value is set aside (`Reconcile::gauge_reset`) and the requests
+/// counted in `inflight_resync`.
 #[derive(Default)]
 pub struct Resync {
     /// Raw kernel gauge at the previous read.

@@ -35,15 +35,13 @@ pub trait MapRead {
     fn recursion_misses(&self) -> u64;
 }
 
-/// What the agent writes into the kernel's maps (the programs never write these entries, or
-/// only with atomic adds that the callers take care not to race with).
+/// What the agent writes into the kernel's maps (entries the programs only read; the gauges the
+/// programs update are never written from here).
 pub trait MapControl {
     /// `CONTROL[CONTROL_EPOCH]`: which peak slot the programs raise.
     fn set_epoch(&mut self, epoch: u64) -> Result<()>;
     /// `DEVICE_INDEX[pos]`.
     fn set_index(&mut self, pos: u32, entry: u64) -> Result<()>;
-    fn set_dense_inflight(&mut self, slot: u32, v: KernelInflight) -> Result<()>;
-    fn set_fallback_inflight(&mut self, dev: u32, v: KernelInflight) -> Result<()>;
     fn remove_cgroup(&mut self, key: &CgroupKey) -> Result<()>;
     /// `CONTROL[CONTROL_FAST_SINCE]`: requests allocated from then on take the fast path.
     fn set_fast_since(&mut self, since_ns: u64) -> Result<()>;
@@ -141,14 +139,6 @@ impl MapControl for AyaMaps {
 
     fn set_index(&mut self, pos: u32, entry: u64) -> Result<()> {
         self.index.set(pos, entry, 0).map_err(write_err("DEVICE_INDEX"))
-    }
-
-    fn set_dense_inflight(&mut self, slot: u32, v: KernelInflight) -> Result<()> {
-        self.dense_inflight.set(slot, v, 0).map_err(write_err("DENSE_INFLIGHT"))
-    }
-
-    fn set_fallback_inflight(&mut self, dev: u32, v: KernelInflight) -> Result<()> {
-        self.inflight.insert(dev, v, 0).map_err(write_err("INFLIGHT"))
     }
 
     fn remove_cgroup(&mut self, key: &CgroupKey) -> Result<()> {

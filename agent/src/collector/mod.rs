@@ -9,10 +9,12 @@
 //! - [`maps`]: the seam (read and control traits; the aya implementation).
 //! - [`read`]: the read path — deltas, dense/fallback merges, naming and filtering.
 //! - [`control`]: the control path — dense slots, depth resync, attribution eviction.
+//! - [`reconcile`]: completions the kernel counted and the programs did not see (diskstats).
 
 pub mod control;
 pub mod maps;
 pub mod read;
+pub mod reconcile;
 #[cfg(test)]
 mod tests;
 
@@ -31,13 +33,14 @@ pub use self::{
 use self::{
     control::{DenseSlots, Eviction, Resync},
     read::{Baselines, op_name, read_all},
+    reconcile::{Reconcile, agent_counts},
 };
 use crate::{
     devices::{DeviceFilter, DeviceNames},
     error::Result,
     interval::{Depth, DeviceInterval, Interval, PathStatus},
     loader::{FastPath, Probes},
-    losses::{INFLIGHT_RESYNC, Losses, MAP_READ_FAILURES, WRITE_FAILURES},
+    losses::{INFLIGHT_RESYNC, Losses, MAP_READ_FAILURES, UNSEEN_COMPLETIONS, WRITE_FAILURES},
 };
 
 /// One interval's result.
@@ -56,6 +59,7 @@ pub struct Collector<M = AyaMaps> {
     base: Baselines,
     slots: DenseSlots,
     resync: Resync,
+    reconcile: Reconcile,
     eviction: Eviction,
     /// Depth at the end of the previous interval: the floor of this interval's peak.
     prev_depth: HashMap<u32, u64>,
@@ -93,8 +97,17 @@ impl Collector<AyaMaps> {
 
 impl<M: MapRead + MapControl> Collector<M> {
     pub fn with_maps(maps: M, attach: &'static str, names: DeviceNames, filter: DeviceFilter, node: String) -> Self {
+        // The reconciliation's baseline: the maps now, then diskstats (in that order, see
+        // `reconcile`). If either read fails, the first interval takes it instead.
+        let mut reconcile = Reconcile::default();
+        if let Ok(raw) = read_all(&maps, &[])
+            && let Ok(after) = names.diskstats()
+        {
+            reconcile.baseline(&after, &agent_counts(&raw.hists));
+        }
         Collector {
             maps,
+            reconcile,
             attach,
             epoch: 0,
             base: Baselines::default(),
@@ -137,9 +150,16 @@ impl<M: MapRead + MapControl> Collector<M> {
     /// Reads every map and builds the interval that just ended. On a failed read nothing is
     /// built and nothing is lost: the failure is counted and the next call covers this interval.
     pub fn collect(&mut self) -> Result<Collected> {
-        let started = Instant::now();
+        let work_started = Instant::now();
         // New epoch first: issues from now on raise the other peak slot, so the slot of the
         // interval that just ended is stable while we read it.
+        // diskstats before the maps: every completion it counts had its programs run (if at all)
+        // before the maps are read, so the reconciliation never claims a seen one.
+        let before = self.names.diskstats();
+        // The interval's boundary: the maps are read right after (the diskstats read is not
+        // part of the interval's measured length, so a slow one does not skew `interval_s`
+        // against the snapshot's end time).
+        let started = Instant::now();
         let ended_epoch = self.epoch;
         self.epoch += 1;
         let read = self.maps.set_epoch(self.epoch).and_then(|()| read_all(&self.maps, self.slots.devices()));
@@ -160,10 +180,12 @@ impl<M: MapRead + MapControl> Collector<M> {
             *completed.entry(dev).or_default() += d.count;
         }
         let mut devices = read::devices(&ops, &mut self.names, &self.filter);
+        let mut losses = self.base.loss_deltas(&raw.counters, raw.recursion);
+        let unseen = self.reconcile_counts(before, &raw, losses.get("stale_evicted"), &mut devices);
+        losses.add(UNSEEN_COMPLETIONS, unseen);
         let resynced = self.depths(ended_epoch, &raw.inflight, &completed, &mut devices);
         let cgroups = self.cgroup_deltas(raw.cgroups);
         let path = self.path(&raw.counters);
-        let mut losses = self.base.loss_deltas(&raw.counters, raw.recursion);
         losses.add_all(&std::mem::take(&mut self.pending));
         losses.add(INFLIGHT_RESYNC, resynced);
         self.totals.add_all(&losses);
@@ -198,7 +220,57 @@ impl<M: MapRead + MapControl> Collector<M> {
             run: None,
         };
         self.seq += 1;
-        Ok(Collected { interval, cgroups, build_time: started.elapsed() })
+        Ok(Collected { interval, cgroups, build_time: work_started.elapsed() })
+    }
+
+    /// Reconciles the maps' counts with diskstats (`before`: read before the maps); sets each
+    /// reconciled device's `unseen` and returns the interval's unseen completions of the
+    /// devices the filter keeps. `evicted`: this interval's `stale_evicted`.
+    fn reconcile_counts(
+        &mut self,
+        before: Result<Vec<crate::devices::DiskStats>>,
+        raw: &read::Raw,
+        evicted: u64,
+        devices: &mut BTreeMap<u32, DeviceInterval>,
+    ) -> u64 {
+        let before = match before {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %crate::error::chain(&e), "cannot read diskstats; completions not reconciled this interval");
+                return 0;
+            }
+        };
+        let agent = agent_counts(&raw.hists);
+        let seen: std::collections::BTreeSet<u32> =
+            raw.hists.keys().map(|k| k.dev).chain(raw.inflight.keys().copied()).collect();
+        let new = self.reconcile.update(&before, &agent, &seen, evicted);
+        if self.reconcile.needs_baseline(&before)
+            && let Ok(after) = self.names.diskstats()
+        {
+            self.reconcile.baseline(&after, &agent);
+        }
+        let mut total = 0;
+        for (&dev, &n) in &new {
+            let name = self.names.name(dev);
+            if !self.filter.allows(&name) {
+                continue;
+            }
+            total += n;
+            tracing::debug!(device = %name, unseen = n, "completions the kernel counted and the programs did not see");
+            devices.entry(dev).or_insert_with(|| DeviceInterval {
+                id: dev,
+                name,
+                ops: Vec::new(),
+                depth: None,
+                unseen: None,
+            });
+        }
+        for (&dev, d) in devices.iter_mut() {
+            if self.reconcile.unseen_total(dev).is_some() {
+                d.unseen = Some(new.get(&dev).copied().unwrap_or(0));
+            }
+        }
+        total
     }
 
     /// Feeds the flag self-test (`loader::fastpath`), which may turn the fast path on, and
@@ -236,39 +308,50 @@ impl<M: MapRead + MapControl> Collector<M> {
             if !self.filter.allows(&name) {
                 continue;
             }
-            // Raw kernel value: below 0 if arming was late (see CONTROL_ARMED_NS), reported as 0;
-            // above the truth when the kernel did not run the completion program for some
-            // completions (docs/performance.md, "Completions the kernel does not show").
-            let mut depth = v.inflight.max(0) as u64;
-            let interval_peak = if v.peak_epoch[slot] == ended_epoch { v.peak[slot].max(0) as u64 } else { 0 };
+            // The raw kernel value is below 0 if arming was late (see CONTROL_ARMED_NS), reported
+            // as 0, and above the truth by the completions the kernel did not show the programs
+            // (docs/performance.md, "Completions the kernel does not show"): those the
+            // reconciliation found are subtracted at once, from the depth and from the peak (the
+            // peak was raised with at most that many of them still counted, so the corrected
+            // peak is never above a depth the device had; it can be below by those that
+            // happened after it within the interval).
+            let correction = self.reconcile.correction(dev);
+            let offset = self.reconcile.offset(dev);
+            let mut depth = (v.inflight - correction).max(0) as u64;
+            let interval_peak =
+                if v.peak_epoch[slot] == ended_epoch { (v.peak[slot] - correction).max(0) as u64 } else { 0 };
             let floor = self.prev_depth.get(&dev).copied().unwrap_or(0);
             let peak = interval_peak.max(floor).max(depth);
             let done = completed.get(&dev).copied().unwrap_or(0);
             // The kernel's own count is only needed to judge a gauge that looks stuck (non-zero
             // with nothing completing); reading sysfs for every device every interval would be
             // most of the snapshot's cost on a node with many disks.
-            let sysfs = if v.inflight != 0 && done == 0 { self.names.sysfs_inflight(&name) } else { None };
-            // Only done on an idle device, where the reset cannot race with the programs' adds.
-            if self.resync.stale(dev, v.inflight, sysfs, done) {
-                match self.slots.reset_inflight(&mut self.maps, dev) {
-                    Ok(()) => {
-                        self.resync.was_reset(dev);
-                        resynced += v.inflight.unsigned_abs();
-                        depth = 0;
-                        tracing::warn!(
-                            device = dev,
-                            gauge = v.inflight,
-                            "in-flight depth disagreed with sysfs on an idle device; reset"
-                        );
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %crate::error::chain(&e), device = dev, "cannot reset a stuck depth gauge")
-                    }
-                }
+            let sysfs = if v.inflight != offset && done == 0 { self.names.sysfs_inflight(&name) } else { None };
+            // Only on an idle device. The kernel gauge is not written (that would race with the
+            // programs' atomic adds if I/O started right then): its value is set aside instead.
+            // Judged on the raw gauge past earlier resyncs, as when the kernel gauge itself was
+            // reset: every missed completion whose request stayed counted is counted once in
+            // `inflight_resync` (or `stale_evicted`), the kernel matrix checks that sum;
+            // `unseen_completions` reconciles the same completions with diskstats.
+            if self.resync.stale(dev, v.inflight - offset, sysfs, done) {
+                self.reconcile.gauge_reset(dev, v.inflight);
+                self.resync.was_reset(dev);
+                resynced += (v.inflight - offset).unsigned_abs();
+                depth = 0;
+                tracing::warn!(
+                    device = dev,
+                    gauge = v.inflight,
+                    "in-flight depth disagreed with sysfs on an idle device; reset"
+                );
             }
             self.prev_depth.insert(dev, depth);
-            let entry =
-                devices.entry(dev).or_insert_with(|| DeviceInterval { id: dev, name, ops: Vec::new(), depth: None });
+            let entry = devices.entry(dev).or_insert_with(|| DeviceInterval {
+                id: dev,
+                name,
+                ops: Vec::new(),
+                depth: None,
+                unseen: self.reconcile.unseen_total(dev).map(|_| 0),
+            });
             entry.depth = Some(Depth { count: depth, peak, sysfs });
         }
         resynced

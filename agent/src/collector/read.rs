@@ -211,7 +211,13 @@ pub(super) fn devices(
         if !filter.allows(&name) {
             continue;
         }
-        let entry = out.entry(dev).or_insert_with(|| DeviceInterval { id: dev, name, ops: Vec::new(), depth: None });
+        let entry = out.entry(dev).or_insert_with(|| DeviceInterval {
+            id: dev,
+            name,
+            ops: Vec::new(),
+            depth: None,
+            unseen: None,
+        });
         entry.ops.push(OpInterval {
             op: op_name(op),
             count: d.count,

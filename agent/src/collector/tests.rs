@@ -111,14 +111,6 @@ impl MapControl for FakeMaps {
         self.index.insert(pos, entry);
         Ok(())
     }
-    fn set_dense_inflight(&mut self, slot: u32, v: KernelInflight) -> Result<()> {
-        self.dense_inflight.insert(slot, v);
-        Ok(())
-    }
-    fn set_fallback_inflight(&mut self, dev: u32, v: KernelInflight) -> Result<()> {
-        self.fallback_inflight.insert(dev, v);
-        Ok(())
-    }
     fn remove_cgroup(&mut self, key: &CgroupKey) -> Result<()> {
         self.cgroups.remove(key);
         Ok(())
@@ -278,7 +270,11 @@ fn a_stuck_gauge_on_an_idle_device_is_reset_and_counted() {
     let depths: Vec<u64> =
         (0..3).map(|_| device(&c.collect().unwrap().interval, "loop0").depth.unwrap().count).collect();
     assert_eq!(depths, vec![3, 3, 0], "reset after two intervals of disagreement");
-    assert_eq!(c.maps.dense_inflight[&0].inflight, 0, "the kernel gauge was written");
+    assert_eq!(
+        c.maps.dense_inflight.get(&0).map_or(0, |v| v.inflight) + c.maps.fallback_inflight[&LOOP0].inflight,
+        3,
+        "the kernel gauge is never written (its value is set aside)"
+    );
     let iv = c.collect().unwrap().interval;
     assert_eq!(iv.losses_total.get("inflight_resync"), 3);
     assert_eq!(device(&iv, "loop0").depth.unwrap().count, 0);
@@ -311,4 +307,62 @@ fn write_failures_reach_the_next_interval() {
     let iv = c.collect().unwrap().interval;
     assert_eq!((iv.losses.get("write_failures"), iv.losses_total.get("write_failures")), (2, 2));
     assert_eq!(c.collect().unwrap().interval.losses.get("write_failures"), 0);
+}
+
+/// diskstats of the fixture with loop0's writes at `writes` and `in_flight` in flight.
+fn set_loop0_diskstats(root: &Path, writes: u64, in_flight: u64) {
+    let path = root.join("proc/diskstats");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut lines: Vec<String> = text.lines().map(String::from).collect();
+    lines[0] = format!("   7       0 loop0 1 0 8 1 {writes} 0 16 2 {in_flight} 4 5 6 7 8 9 10 11");
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+}
+
+#[test]
+fn unseen_completions_are_reconciled_with_diskstats_and_taken_off_the_gauge() {
+    let root = fixture();
+    // The baseline is taken when the collector starts: loop0 has 2 writes then.
+    let mut c = collector(root.path(), &[], FakeMaps::default());
+    // 10 writes complete; the programs saw 9, so one request stays counted in the gauge, which
+    // peaked at 4 (the real depth: 3).
+    for _ in 0..9 {
+        c.maps.complete(LOOP0, OP_WRITE, 3, 0);
+    }
+    c.maps.fallback_inflight.insert(LOOP0, KernelInflight { inflight: 1, peak: [4, 0], peak_epoch: [0, 0] });
+    set_loop0_diskstats(root.path(), 12, 0);
+    let iv = c.collect().unwrap().interval;
+    let d = device(&iv, "loop0");
+    assert_eq!(d.ops[0].count + d.unseen.unwrap(), 10, "agent + unseen == diskstats");
+    assert_eq!((iv.losses.get("unseen_completions"), iv.losses_total.get("unseen_completions")), (1, 1));
+    let depth = d.depth.unwrap();
+    assert_eq!((depth.count, depth.peak), (0, 3), "the unseen completion is taken off the gauge and its peak");
+    let snap = iv.snapshot();
+    assert_eq!(snap.inflight.iter().find(|i| i.device_name == "loop0").unwrap().unseen_completions, Some(1));
+    // Reconciled devices without a loss say 0; the others are not reconciled at all.
+    let iv = c.collect().unwrap().interval;
+    assert_eq!((device(&iv, "loop0").unseen, iv.losses.get("unseen_completions")), (Some(0), 0));
+    assert_eq!(device(&iv, "loop0").depth.unwrap().count, 0);
+    // Idle with the raw gauge at 1: the resync sets it aside (and counts the raw entry it drops,
+    // as it always did); nothing is corrected twice.
+    let iv = c.collect().unwrap().interval;
+    assert_eq!(c.maps.fallback_inflight[&LOOP0].inflight, 1, "the kernel gauge is never written");
+    assert_eq!((iv.losses_total.get("inflight_resync"), iv.losses_total.get("unseen_completions")), (1, 1));
+    assert_eq!(c.reconcile.correction(LOOP0), 1, "the raw gauge, set aside once");
+    // A request issued and completed later moves the gauge from there.
+    c.maps.fallback_inflight.get_mut(&LOOP0).unwrap().inflight = 2;
+    assert_eq!(device(&c.collect().unwrap().interval, "loop0").depth.unwrap().count, 1);
+}
+
+#[test]
+fn a_busy_device_is_never_over_reported() {
+    let root = fixture();
+    let mut c = collector(root.path(), &[], FakeMaps::default());
+    // diskstats read before the maps: 5 writes done then, 7 by the time the maps are read.
+    for _ in 0..7 {
+        c.maps.complete(LOOP0, OP_WRITE, 3, 0);
+    }
+    c.maps.gauge(LOOP0, 3);
+    set_loop0_diskstats(root.path(), 2 + 5, 3);
+    let iv = c.collect().unwrap().interval;
+    assert_eq!((iv.losses.get("unseen_completions"), device(&iv, "loop0").depth.unwrap().count), (0, 3));
 }

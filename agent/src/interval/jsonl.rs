@@ -33,6 +33,7 @@ impl Interval {
                         count: depth.count,
                         peak: Some(depth.peak),
                         sysfs_count: depth.sysfs,
+                        unseen_completions: d.unseen,
                     })
                 })
                 .collect(),
@@ -137,12 +138,14 @@ mod tests {
             name: "loop0".into(),
             ops: vec![OpInterval { op: "read", count: 2, bytes: 8192, device_time: h, queue_time: h, size: h }],
             depth: Some(Depth { count: 1, peak: 4, sysfs: None }),
+            unseen: None,
         });
         iv.devices.push(DeviceInterval {
             id: 8 << 20,
             name: "sda".into(),
             ops: vec![],
             depth: Some(Depth { count: 0, peak: 0, sysfs: Some(0) }),
+            unseen: None,
         });
         iv.pods.push(PodSeries {
             labels: PodLabels { cgroup: Some("system.slice".into()), ..Default::default() },
@@ -157,7 +160,7 @@ mod tests {
         let line = serde_json::to_string(&iv.snapshot()).unwrap();
         let b = r#"[{"slot":4,"count":2,"bucket_low":16,"bucket_high":31}]"#;
         let t = format!(r#"{{"sum_ns":40500,"sum_us":40.5,"buckets":{b}}}"#);
-        let zero = r#"{"start_insert_failed":0,"complete_without_start":0,"stale_evicted":0,"hist_update_failed":0,"device_map_full":0,"cgroup_map_full":0,"recursion_misses":0,"inflight_resync":0,"write_failures":0,"requeued":0,"partial_completion":0,"map_read_failures":0}"#;
+        let zero = r#"{"start_insert_failed":0,"complete_without_start":0,"stale_evicted":0,"hist_update_failed":0,"device_map_full":0,"cgroup_map_full":0,"recursion_misses":0,"inflight_resync":0,"write_failures":0,"requeued":0,"partial_completion":0,"map_read_failures":0,"unseen_completions":0}"#;
         let expected = format!(
             concat!(
                 r#"{{"schema_version":1,"timestamp":1759414800.123,"iso_timestamp":"2025-10-02T14:20:00.123000+00:00","interval_s":5.0,"node":"n1","seq":3,"#,

@@ -76,6 +76,9 @@ pub struct DeviceInterval {
     pub name: String,
     pub ops: Vec<OpInterval>,
     pub depth: Option<Depth>,
+    /// Completions in the interval that the kernel counted (`/proc/diskstats`) and the agent did
+    /// not record (`collector::reconcile`); `None` for a device that is not reconciled.
+    pub unseen: Option<u64>,
 }
 
 impl DeviceInterval {

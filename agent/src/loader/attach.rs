@@ -1,4 +1,5 @@
-//! Load the object with its [`Config`], attach each program, arm the depth gauge.
+//! Load the object with its [`Config`], verify every program, attach them ends first, arm the
+//! depth gauge.
 
 use std::path::Path;
 
@@ -8,7 +9,7 @@ use aya::{
 };
 use blkio_agent_common::{ARM_LEAD_NS, CONTROL_ARMED_NS, CONTROL_FAST_SINCE, Config, MAX_CGROUP_KEYS};
 
-use super::{Attached, CgroupSource, FastPath, HOOKS, Probes, layout::BtfLayout, layout::TracepointLayout};
+use super::{Attached, CgroupSource, FastPath, HOOKS, Hook, Probes, layout::BtfLayout, layout::TracepointLayout};
 use crate::{
     btf::Btf,
     error::{Error, Result},
@@ -76,7 +77,9 @@ pub(super) fn load_btf(
     super::memory_mark("after load");
     let aya_btf = attach_btf(&layout.attach_ids)?;
     super::memory_mark("after the attach-id table");
-    let mut programs = Vec::new();
+    // Every program is verified before any is attached: a verification takes tens of ms, and
+    // completions during it would be missed by programs already attached.
+    let mut loaded = Vec::new();
     for hook in HOOKS.iter() {
         // With the kernel's stamps queue time starts at allocation on both paths: no insert hook.
         if config.fast_layout != 0 && hook.tracepoint == "block_rq_insert" {
@@ -93,14 +96,17 @@ pub(super) fn load_btf(
             (_, _) => "rq_requeue_btf_q",
         };
         let prog: &mut BtfTracePoint = program(&mut ebpf, name)?;
-        let attached = prog
-            .load(hook.tracepoint, &aya_btf)
-            .map_err(|e| load_error(name, hook.tracepoint, "BTF tracepoints (tp_btf)", e))
-            .and_then(|()| prog.attach().map_err(|e| Error::bpf(format!("cannot attach {name}"), e)));
-        match attached {
+        match prog.load(hook.tracepoint, &aya_btf) {
+            Ok(()) => loaded.push((hook, name)),
+            Err(e) => optional(hook, load_error(name, hook.tracepoint, "BTF tracepoints (tp_btf)", e))?,
+        }
+    }
+    let mut programs = Vec::new();
+    for (hook, name) in in_attach_order(loaded) {
+        let prog: &mut BtfTracePoint = program(&mut ebpf, name)?;
+        match prog.attach() {
             Ok(_) => programs.push(name),
-            Err(e) if !hook.required => tracing::warn!(error = %crate::error::chain(&e), "optional hook not attached"),
-            Err(e) => return Err(e),
+            Err(e) => optional(hook, Error::bpf(format!("cannot attach {name}"), e))?,
         }
     }
     drop(aya_btf);
@@ -118,7 +124,7 @@ pub(super) fn load_tracepoints(attribution: Option<CgroupSource>) -> Result<Prob
     let mut ebpf = loader(&config, attribution.is_some())
         .load(EBPF_OBJECT)
         .map_err(|e| Error::bpf("cannot load the eBPF object", e))?;
-    let mut programs = Vec::new();
+    let mut loaded = Vec::new();
     for hook in HOOKS.iter() {
         let name: &'static str = match hook.tracepoint {
             "block_rq_issue" => "rq_issue_tp",
@@ -127,19 +133,44 @@ pub(super) fn load_tracepoints(attribution: Option<CgroupSource>) -> Result<Prob
             _ => "rq_requeue_tp",
         };
         let prog: &mut TracePoint = program(&mut ebpf, name)?;
-        let attached =
-            prog.load().map_err(|e| load_error(name, hook.tracepoint, "classic tracepoints", e)).and_then(|()| {
-                prog.attach("block", hook.tracepoint)
-                    .map_err(|e| Error::bpf(format!("cannot attach {name} to block/{}", hook.tracepoint), e))
-            });
-        match attached {
+        match prog.load() {
+            Ok(()) => loaded.push((hook, name)),
+            Err(e) => optional(hook, load_error(name, hook.tracepoint, "classic tracepoints", e))?,
+        }
+    }
+    let mut programs = Vec::new();
+    for (hook, name) in in_attach_order(loaded) {
+        let prog: &mut TracePoint = program(&mut ebpf, name)?;
+        match prog.attach("block", hook.tracepoint) {
             Ok(_) => programs.push(name),
-            Err(e) if !hook.required => tracing::warn!(error = %crate::error::chain(&e), "optional hook not attached"),
-            Err(e) => return Err(e),
+            Err(e) => optional(hook, Error::bpf(format!("cannot attach {name} to block/{}", hook.tracepoint), e))?,
         }
     }
     arm(&mut ebpf, false)?;
     Ok(Probes { ebpf, mode: Attached::Tracepoint, programs, cgroup_source: attribution, fast: FastPath::unavailable() })
+}
+
+/// The order programs are attached in: every end of a request (completion, requeue) is watched
+/// before its start (insert, issue), so no request is counted up whose end could go unseen
+/// because its program was not attached yet. That is the slow path's arming rule: a request is
+/// counted up when the issue program stores its start, and down only by the completion or
+/// requeue that finds it, so requests issued before the issue program was attached are never
+/// counted at all (`complete_without_start`). The fast path has no entry to find, so it waits
+/// for `CONTROL_ARMED_NS` (see [`arm`]), written once everything is attached.
+const ATTACH_ORDER: [&str; 4] = ["block_rq_complete", "block_rq_requeue", "block_rq_insert", "block_rq_issue"];
+
+fn in_attach_order<'h>(mut loaded: Vec<(&'h Hook, &'static str)>) -> Vec<(&'h Hook, &'static str)> {
+    loaded.sort_by_key(|(hook, _)| ATTACH_ORDER.iter().position(|&t| t == hook.tracepoint));
+    loaded
+}
+
+/// A hook that could not be loaded or attached: an error if it is required, a warning otherwise.
+fn optional(hook: &Hook, e: Error) -> Result<()> {
+    if hook.required {
+        return Err(e);
+    }
+    tracing::warn!(error = %crate::error::chain(&e), "optional hook not attached");
+    Ok(())
 }
 
 /// What `BtfTracePoint::load` reads from the BTF it is given: only
@@ -235,6 +266,17 @@ where
 #[cfg(test)]
 mod tests {
     use super::verifier_reason;
+
+    #[test]
+    fn ends_are_attached_before_starts() {
+        use super::{HOOKS, in_attach_order};
+        let loaded = HOOKS.iter().map(|h| (h, h.tracepoint)).collect();
+        let order: Vec<&str> = in_attach_order(loaded).into_iter().map(|(_, n)| n).collect();
+        assert_eq!(order, ["block_rq_complete", "block_rq_requeue", "block_rq_insert", "block_rq_issue"]);
+        let without_insert = HOOKS.iter().filter(|h| h.tracepoint != "block_rq_insert").map(|h| (h, h.tracepoint));
+        let order: Vec<&str> = in_attach_order(without_insert.collect()).into_iter().map(|(_, n)| n).collect();
+        assert_eq!(order, ["block_rq_complete", "block_rq_requeue", "block_rq_issue"]);
+    }
 
     #[test]
     fn verifier_reason_is_the_last_meaningful_line() {

@@ -100,6 +100,7 @@ pub fn snapshot(
             count: d.inflight,
             peak: cur.then_some(d.peak),
             sysfs_count: cur.then_some(d.inflight),
+            unseen_completions: None,
         });
         if cur {
             for op in ["read", "write", "discard", "flush"] {

@@ -267,3 +267,23 @@ pub fn op_counts(snaps: &[Snapshot], device: &str) -> std::collections::BTreeMap
     }
     m
 }
+
+/// Completions of one device that the kernel counted and the agent did not record
+/// (`inflight[].unseen_completions`), summed over snapshots.
+pub fn unseen(snaps: &[Snapshot], device: &str) -> u64 {
+    snaps
+        .iter()
+        .flat_map(|s| &s.inflight)
+        .filter(|i| i.device_name == device)
+        .filter_map(|i| i.unseen_completions)
+        .sum()
+}
+
+/// `agent + unseen == kernel`, with the unseen part bounded (at most 1 in 1000) and printed: this
+/// VM's kernel sometimes completes a request without running the BPF programs (GUIDE), and the
+/// agent must count those, not hide them.
+pub fn assert_reconciled(what: &str, agent: u64, unseen: u64, kernel: u64) {
+    eprintln!("{what}: agent {agent} + unseen {unseen} vs diskstats {kernel}");
+    assert_eq!(agent + unseen, kernel, "{what}: agent {agent} + unseen_completions {unseen} == diskstats {kernel}");
+    assert!(unseen * 1000 <= kernel.max(1), "{what}: {unseen} unseen of {kernel} is more than 1 in 1000");
+}

@@ -28,6 +28,7 @@ pub fn interval(end_s: f64, interval_s: f64, reads: &[(u32, u64)], read_sum_ns: 
             size: hist(&[(12, count)], count * 4096),
         }],
         depth: Some(Depth { count: 2, peak: 9, sysfs: None }),
+        unseen: None,
     });
     iv.pods.push(PodSeries {
         labels: PodLabels {
