@@ -163,7 +163,7 @@ fn cell(plan: &Plan, mode: &str, kind: &str) -> (Result<String, String>, Vec<Str
             o.write_bytes,
             o.read_bytes,
             o.snapshots,
-        ) + &if o.lost > 0 { format!(" lost={} (reported as losses)", o.lost) } else { String::new() }
+        ) + &if o.lost > 0 { format!(" lost={} (reported)", o.lost) } else { String::new() }
             + &losses)
     })();
     (result, log)
