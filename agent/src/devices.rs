@@ -85,7 +85,6 @@ pub fn wrapping_delta_u32(prev: u64, cur: u64) -> u64 {
 /// Busy and weighted I/O time per device between two `/proc/diskstats` readings, for the
 /// devices the intervals carry (whole disks: partitions are counted in their disk).
 pub struct DiskTimes {
-    proc_root: PathBuf,
     /// id -> (io_ticks, time_in_queue) at the previous reading.
     prev: HashMap<u32, (u64, u64)>,
     /// Every device an interval has carried: reported from then on, busy or not.
@@ -94,31 +93,30 @@ pub struct DiskTimes {
 
 impl DiskTimes {
     pub fn new(proc_root: &Path) -> DiskTimes {
-        let mut d = DiskTimes { proc_root: proc_root.to_path_buf(), prev: HashMap::new(), seen: Default::default() };
+        let mut d = DiskTimes { prev: HashMap::new(), seen: Default::default() };
         // The first interval then has a baseline from agent start.
-        if let Ok(stats) = read_diskstats(&d.proc_root) {
+        if let Ok(stats) = read_diskstats(proc_root) {
             d.prev = stats.iter().map(|s| (device_id(s.major, s.minor), (s.io_ticks_ms, s.time_in_queue_ms))).collect();
         }
         d
     }
 
-    /// Reads diskstats now and returns the deltas since the previous reading for `devices`
-    /// (and every device seen before). A device with no previous reading (new since the last
-    /// call) gets its baseline now and is reported from the next call. Unreadable diskstats:
-    /// nothing (logged once per failure by the caller's error path, never fatal).
-    pub fn sample<'a>(&mut self, devices: impl IntoIterator<Item = (u32, &'a str)>) -> Vec<crate::interval::DiskTime> {
+    /// The deltas between the previous reading and `stats` (this interval's reading, the one the
+    /// collector reconciled with) for `devices` (and every device seen before). A device with no
+    /// previous reading (new since the last call) gets its baseline now and is reported from the
+    /// next call. No reading (diskstats unreadable this interval; the collector logged why):
+    /// nothing, and the next reading covers both intervals.
+    pub fn sample<'a>(
+        &mut self,
+        stats: Option<&[DiskStats]>,
+        devices: impl IntoIterator<Item = (u32, &'a str)>,
+    ) -> Vec<crate::interval::DiskTime> {
         for (id, name) in devices {
             self.seen.entry(id).or_insert_with(|| name.to_string());
         }
-        let stats = match read_diskstats(&self.proc_root) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::debug!(error = %e, "no diskstats time counters this interval");
-                return Vec::new();
-            }
-        };
+        let Some(stats) = stats else { return Vec::new() };
         let mut out = Vec::new();
-        for s in &stats {
+        for s in stats {
             let id = device_id(s.major, s.minor);
             let cur = (s.io_ticks_ms, s.time_in_queue_ms);
             let prev = self.prev.insert(id, cur);
@@ -332,8 +330,7 @@ garbage line
         };
         std::fs::write(r.join("proc/diskstats"), line(4_294_966_000, 100)).unwrap();
         let mut t = DiskTimes::new(r);
-        std::fs::write(r.join("proc/diskstats"), line(500, 6100)).unwrap();
-        let got = t.sample([(device_id(259, 0), "nvme0n1")]);
+        let got = t.sample(Some(&parse_diskstats(&line(500, 6100))), [(device_id(259, 0), "nvme0n1")]);
         assert_eq!(got.len(), 1, "only devices the intervals carry: {got:?}");
         assert_eq!((got[0].name.as_str(), got[0].io_time_ms, got[0].weighted_io_time_ms), ("nvme0n1", 1796, 6000));
         let mut iv = crate::interval::Interval::empty(100.0, 2.0, "n", 0, "btf");
@@ -342,12 +339,12 @@ garbage line
         assert_eq!(snap.disk_time[0].utilization, 0.898);
         assert_eq!(snap.disk_time[0].avg_queue_size, 3.0);
         // A device seen once keeps being reported, idle or not.
-        std::fs::write(r.join("proc/diskstats"), line(500, 6100)).unwrap();
-        let got = t.sample([]);
+        let got = t.sample(Some(&parse_diskstats(&line(500, 6100))), []);
         assert_eq!((got.len(), got[0].io_time_ms, got[0].weighted_io_time_ms), (1, 0, 0));
-        // Unreadable diskstats: nothing this time, the next reading works again.
-        std::fs::remove_file(r.join("proc/diskstats")).unwrap();
-        assert!(t.sample([]).is_empty());
+        // No reading this interval: nothing; the next reading covers both intervals.
+        assert!(t.sample(None, []).is_empty());
+        let got = t.sample(Some(&parse_diskstats(&line(700, 6400))), []);
+        assert_eq!((got[0].io_time_ms, got[0].weighted_io_time_ms), (200, 300));
     }
 
     #[test]

@@ -169,7 +169,8 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         };
         let mut interval = collected.interval;
         interval.io_pressure = node_pressure.sample();
-        interval.disk_time = disk_times.sample(interval.devices.iter().map(|d| (d.id, d.name.as_str())));
+        interval.disk_time =
+            disk_times.sample(collected.diskstats.as_deref(), interval.devices.iter().map(|d| (d.id, d.name.as_str())));
         interval.run = Some(run_identity.clone());
         if let Some(a) = attribution.as_mut() {
             interval.pods = a.attribute_series(&collected.cgroups);

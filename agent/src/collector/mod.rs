@@ -50,6 +50,9 @@ pub struct Collected {
     pub cgroups: Vec<CgroupDelta>,
     /// Wall time spent reading maps and building the interval.
     pub build_time: Duration,
+    /// The `/proc/diskstats` reading the interval was reconciled with (read just before the
+    /// maps), for the run loop's busy-time counters: one reading per interval serves both.
+    pub diskstats: Option<Vec<crate::devices::DiskStats>>,
 }
 
 pub struct Collector<M = AyaMaps> {
@@ -181,7 +184,7 @@ impl<M: MapRead + MapControl> Collector<M> {
         }
         let mut devices = read::devices(&ops, &mut self.names, &self.filter);
         let mut losses = self.base.loss_deltas(&raw.counters, raw.recursion);
-        let unseen = self.reconcile_counts(before, &raw, losses.get("stale_evicted"), &mut devices);
+        let unseen = self.reconcile_counts(&before, &raw, losses.get("stale_evicted"), &mut devices);
         losses.add(UNSEEN_COMPLETIONS, unseen);
         let resynced = self.depths(ended_epoch, &raw.inflight, &completed, &mut devices);
         let cgroups = self.cgroup_deltas(raw.cgroups);
@@ -220,7 +223,7 @@ impl<M: MapRead + MapControl> Collector<M> {
             run: None,
         };
         self.seq += 1;
-        Ok(Collected { interval, cgroups, build_time: work_started.elapsed() })
+        Ok(Collected { interval, cgroups, build_time: work_started.elapsed(), diskstats: before.ok() })
     }
 
     /// Reconciles the maps' counts with diskstats (`before`: read before the maps); sets each
@@ -228,7 +231,7 @@ impl<M: MapRead + MapControl> Collector<M> {
     /// devices the filter keeps. `evicted`: this interval's `stale_evicted`.
     fn reconcile_counts(
         &mut self,
-        before: Result<Vec<crate::devices::DiskStats>>,
+        before: &Result<Vec<crate::devices::DiskStats>>,
         raw: &read::Raw,
         evicted: u64,
         devices: &mut BTreeMap<u32, DeviceInterval>,
@@ -243,8 +246,8 @@ impl<M: MapRead + MapControl> Collector<M> {
         let agent = agent_counts(&raw.hists);
         let seen: std::collections::BTreeSet<u32> =
             raw.hists.keys().map(|k| k.dev).chain(raw.inflight.keys().copied()).collect();
-        let new = self.reconcile.update(&before, &agent, &seen, evicted);
-        if self.reconcile.needs_baseline(&before)
+        let new = self.reconcile.update(before, &agent, &seen, evicted);
+        if self.reconcile.needs_baseline(before)
             && let Ok(after) = self.names.diskstats()
         {
             self.reconcile.baseline(&after, &agent);
