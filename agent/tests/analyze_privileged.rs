@@ -97,6 +97,12 @@ fn now() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64()
 }
 
+/// Snapshots that share a timestamp (the analyzer keeps the first of such records), with seq.
+fn repeated_timestamps(snaps: &[blkio_agent::snapshot::Snapshot]) -> Vec<(f64, Option<u64>)> {
+    let mut seen = std::collections::HashSet::new();
+    snaps.iter().filter(|s| !seen.insert(s.timestamp.to_bits())).map(|s| (s.timestamp, s.seq)).collect()
+}
+
 #[test]
 fn phase_table_matches_fio_json() {
     let Some(_p) = require("phase_table_matches_fio_json", &["fio"]) else { return };
@@ -146,7 +152,15 @@ fn phase_table_matches_fio_json() {
     let snaps = read_jsonl(&out);
     let jsonl = op_counts(&snaps, &dev.name);
     for row in d["by_op"].as_array().unwrap().iter().skip(1) {
-        assert_eq!(row["requests"].as_u64(), jsonl.get(row["op"].as_str().unwrap()).copied(), "{row}");
+        assert_eq!(
+            row["requests"].as_u64(),
+            jsonl.get(row["op"].as_str().unwrap()).copied(),
+            "{row}; analyzer: skipped_lines={} duplicate_records={} skipped={}; JSONL timestamps seen twice: {:?}",
+            s["skipped_lines"],
+            s["duplicate_records"],
+            s["skipped"],
+            repeated_timestamps(&snaps)
+        );
     }
     // The block layer may split a request larger than the device's limits: for the loop
     // device's 128 segments, a 1 MiB direct write from pages that are not physically
