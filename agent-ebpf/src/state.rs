@@ -11,7 +11,7 @@ use aya_ebpf::{
 };
 use blkio_agent_common::{
     CONTROL_EPOCH, CONTROL_SLOTS, COUNTER_SLOTS, CgroupKey, CgroupStats, DEVICE_INDEX_PROBES, DEVICE_INDEX_SIZE,
-    DeviceHists, DeviceInflight, EVENT_PARTIAL_COMPLETION, EVENT_REQUEUED, HistKey, LOSS_CGROUP_MAP_FULL,
+    DeviceHists, DeviceInflight, EVENT_PARTIAL_COMPLETION, EVENT_REQUEUED, Framed, HistKey, LOSS_CGROUP_MAP_FULL,
     LOSS_COMPLETE_WITHOUT_START, LOSS_DEVICE_MAP_FULL, LOSS_HIST_UPDATE_FAILED, LOSS_STALE_EVICTED,
     LOSS_START_INSERT_FAILED, MAX_CGROUP_KEYS, MAX_DENSE_DEVICES, MAX_DEVICES, MAX_HIST_KEYS, MAX_INFLIGHT_REQUESTS,
     OP_COUNT, OpHist, RequestKey, RequestStart, device_index_match, device_index_pos, log2_slot,
@@ -32,7 +32,7 @@ static DEVICE_INDEX: Array<u64> = Array::with_max_entries(DEVICE_INDEX_SIZE, 0);
 /// Cumulative per-CPU histograms per dense slot, every op: the completion path only touches its
 /// own CPU's copy (no cache-line bouncing, no atomics) and finds it without a hash lookup.
 #[map]
-static DENSE_HISTS: PerCpuArray<DeviceHists> = PerCpuArray::with_max_entries(MAX_DENSE_DEVICES, 0);
+static DENSE_HISTS: PerCpuArray<Framed<DeviceHists>> = PerCpuArray::with_max_entries(MAX_DENSE_DEVICES, 0);
 
 /// In-flight gauge per dense slot (shared: depth is a property of the device, not of a CPU).
 #[map]
@@ -40,7 +40,7 @@ static DENSE_INFLIGHT: Array<DeviceInflight> = Array::with_max_entries(MAX_DENSE
 
 /// Fallback histograms per (device, op) for devices without a dense slot; shared, atomic adds.
 #[map]
-static HISTS: HashMap<HistKey, OpHist> = HashMap::with_max_entries(MAX_HIST_KEYS, 0);
+static HISTS: HashMap<HistKey, Framed<OpHist>> = HashMap::with_max_entries(MAX_HIST_KEYS, 0);
 
 /// Fallback in-flight gauge per device for devices without a dense slot.
 #[map]
@@ -53,7 +53,7 @@ static INFLIGHT: HashMap<u32, DeviceInflight> = HashMap::with_max_entries(MAX_DE
 /// on-demand allocation in tracepoint context can fail under bursts. The loader shrinks it to one
 /// entry when attribution is off, so it costs nothing then. A full map is `cgroup_map_full`.
 #[map]
-static CGROUPS: HashMap<CgroupKey, CgroupStats> = HashMap::with_max_entries(MAX_CGROUP_KEYS, 0);
+static CGROUPS: HashMap<CgroupKey, Framed<CgroupStats>> = HashMap::with_max_entries(MAX_CGROUP_KEYS, 0);
 
 /// Loss and event counters (`LOSS_*`, `EVENT_*`), all in one per-CPU element: userspace reads
 /// them with one lookup.
@@ -66,8 +66,8 @@ static CONTROL: Array<u64> = Array::with_max_entries(CONTROL_SLOTS, 0);
 
 /// Initial values for map inserts. Statics, so the 416-byte value never lives on the 512-byte
 /// BPF stack.
-static ZERO_HIST: OpHist = OpHist::ZERO;
-static ZERO_CGROUP: CgroupStats = CgroupStats::ZERO;
+static ZERO_HIST: Framed<OpHist> = Framed::new(OpHist::ZERO);
+static ZERO_CGROUP: Framed<CgroupStats> = Framed::new(CgroupStats::ZERO);
 static ZERO_INFLIGHT: DeviceInflight = DeviceInflight { inflight: 0, peak: [0, 0], peak_epoch: [0, 0] };
 
 pub enum Completion {
@@ -230,14 +230,50 @@ fn dense_slot(dev: u32) -> Option<u32> {
     None
 }
 
-/// This CPU's statistics of `op` in dense slot `slot`.
+/// This CPU's element of dense slot `slot` and, in it, the statistics of `op`.
 #[inline(always)]
-fn dense_op(slot: u32, op: u64) -> Option<*mut OpHist> {
+fn dense_op(slot: u32, op: u64) -> Option<(*mut Framed<DeviceHists>, *mut OpHist)> {
     let p = DENSE_HISTS.get_ptr_mut(slot)?;
     if op >= OP_COUNT as u64 {
         return None;
     }
-    Some(unsafe { bounded_index(p.cast::<OpHist>(), op) })
+    let ops = unsafe { (&raw mut (*p).value.ops).cast::<OpHist>() };
+    Some((p, unsafe { bounded_index(ops, op) }))
+}
+
+/// Keeps LLVM from moving memory accesses across it (an `asm!` without `nomem` may touch any
+/// memory). The framing of [`Framed`] needs the update between its two counters.
+#[inline(always)]
+fn compiler_barrier() {
+    unsafe { core::arch::asm!("", options(nostack, preserves_flags)) };
+}
+
+/// Starts an update of a value only this CPU writes; returns what [`end_own`] stores.
+#[inline(always)]
+unsafe fn begin_own(started: *mut u64) -> u64 {
+    let n = unsafe { core::ptr::read_volatile(started) }.wrapping_add(1);
+    unsafe { core::ptr::write_volatile(started, n) };
+    compiler_barrier();
+    n
+}
+
+#[inline(always)]
+unsafe fn end_own(done: *mut u64, n: u64) {
+    compiler_barrier();
+    unsafe { core::ptr::write_volatile(done, n) };
+}
+
+/// Starts an update of a value several CPUs write (atomic adds, each a full barrier on x86).
+#[inline(always)]
+unsafe fn begin_shared(started: *mut u64) {
+    unsafe { add_u64(started, 1) };
+    compiler_barrier();
+}
+
+#[inline(always)]
+unsafe fn end_shared(done: *mut u64) {
+    compiler_barrier();
+    unsafe { add_u64(done, 1) };
 }
 
 /// `base.add(i)` for `i < OP_COUNT`, with the bound checked in the register that indexes.
@@ -269,10 +305,11 @@ unsafe fn bounded_index(base: *mut OpHist, i: u64) -> *mut OpHist {
 #[inline(always)]
 pub(crate) fn record_hist(dev: Device, op: u32, bytes: u32, device_ns: u64, queue_ns: u64, device_slot: usize) {
     if dev.slot != NO_SLOT {
-        if let Some(h) = dense_op(dev.slot, u64::from(op)) {
+        if let Some((frame, h)) = dense_op(dev.slot, u64::from(op)) {
             let qs = log2_slot(queue_ns / 1000);
             let ss = log2_slot(bytes as u64);
             // This CPU's own copy; tracing programs do not nest on one CPU, so plain adds are exact.
+            let n = unsafe { begin_own(&raw mut (*frame).started) };
             let h = unsafe { &mut *h };
             h.count += 1;
             h.device_ns += device_ns;
@@ -281,6 +318,7 @@ pub(crate) fn record_hist(dev: Device, op: u32, bytes: u32, device_ns: u64, queu
             h.device_slots[device_slot] = h.device_slots[device_slot].wrapping_add(1);
             h.queue_slots[qs] = h.queue_slots[qs].wrapping_add(1);
             h.size_slots[ss] = h.size_slots[ss].wrapping_add(1);
+            unsafe { end_own(&raw mut (*frame).done, n) };
             return;
         }
     }
@@ -302,13 +340,16 @@ pub(crate) fn record_hist(dev: Device, op: u32, bytes: u32, device_ns: u64, queu
     };
     // Shared between CPUs: atomic adds.
     unsafe {
-        add_u64(&raw mut (*p).count, 1);
-        add_u64(&raw mut (*p).device_ns, device_ns);
-        add_u64(&raw mut (*p).queue_ns, queue_ns);
-        add_u64(&raw mut (*p).bytes, bytes as u64);
-        add_u32(&raw mut (*p).device_slots[device_slot], 1);
-        add_u32(&raw mut (*p).queue_slots[qs], 1);
-        add_u32(&raw mut (*p).size_slots[ss], 1);
+        begin_shared(&raw mut (*p).started);
+        let h = &raw mut (*p).value;
+        add_u64(&raw mut (*h).count, 1);
+        add_u64(&raw mut (*h).device_ns, device_ns);
+        add_u64(&raw mut (*h).queue_ns, queue_ns);
+        add_u64(&raw mut (*h).bytes, bytes as u64);
+        add_u32(&raw mut (*h).device_slots[device_slot], 1);
+        add_u32(&raw mut (*h).queue_slots[qs], 1);
+        add_u32(&raw mut (*h).size_slots[ss], 1);
+        end_shared(&raw mut (*p).done);
     }
 }
 
@@ -335,10 +376,13 @@ pub(crate) fn record_cgroup(cgroup_id: u64, dev: u32, op: u32, bytes: u32, devic
     };
     // Shared between CPUs: atomic adds.
     unsafe {
-        add_u64(&raw mut (*p).count, 1);
-        add_u64(&raw mut (*p).device_ns, device_ns);
-        add_u64(&raw mut (*p).bytes, bytes as u64);
-        add_u64(&raw mut (*p).device_slots[device_slot], 1);
+        begin_shared(&raw mut (*p).started);
+        let c = &raw mut (*p).value;
+        add_u64(&raw mut (*c).count, 1);
+        add_u64(&raw mut (*c).device_ns, device_ns);
+        add_u64(&raw mut (*c).bytes, bytes as u64);
+        add_u64(&raw mut (*c).device_slots[device_slot], 1);
+        end_shared(&raw mut (*p).done);
     }
 }
 

@@ -221,6 +221,14 @@ impl OpHist {
         queue_slots: [0; HIST_SLOTS],
         size_slots: [0; HIST_SLOTS],
     };
+
+    /// Each histogram holds `count` requests, as every whole update leaves them (compared in
+    /// `u32`, the width the slots wrap at).
+    pub fn buckets_agree(&self) -> bool {
+        let sum = |s: &[u32; HIST_SLOTS]| s.iter().fold(0u32, |a, &v| a.wrapping_add(v));
+        let count = self.count as u32;
+        sum(&self.device_slots) == count && sum(&self.queue_slots) == count && sum(&self.size_slots) == count
+    }
 }
 
 /// Every op of one device: one element of the dense per-CPU array, so userspace reads a device
@@ -229,6 +237,36 @@ impl OpHist {
 #[derive(Clone, Copy, Debug)]
 pub struct DeviceHists {
     pub ops: [OpHist; OP_COUNT],
+}
+
+/// A map value between two write counters, so that userspace can tell a copy taken while a
+/// program was half-way through its update (the count raised, a bucket not yet) from a whole one.
+///
+/// The kernel copies a map value out without stopping the programs (per-CPU values with
+/// `bpf_long_memcpy`, word by word, lowest address first). A program raises `started`, updates
+/// `value`, then raises `done`; the copy reads `done` first and `started` last. If the two are
+/// equal, every update that had begun when `started` was read had ended before `done` was read,
+/// so no update overlapped the copy of `value` (x86-64 keeps stores, and loads, in program order;
+/// the programs put compiler barriers between the three steps). With atomic increments this holds
+/// for several CPUs updating one shared value too. The same idea as the kernel's
+/// `u64_stats_sync`; a torn copy is simply read again.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Framed<T> {
+    pub done: u64,
+    pub value: T,
+    pub started: u64,
+}
+
+impl<T> Framed<T> {
+    pub const fn new(value: T) -> Self {
+        Framed { done: 0, value, started: 0 }
+    }
+
+    /// No update overlapped the copy (see the type's documentation).
+    pub fn settled(&self) -> bool {
+        self.done == self.started
+    }
 }
 
 /// In-flight gauge of one device, shared by all CPUs (atomic adds).
@@ -270,6 +308,11 @@ pub struct CgroupStats {
 impl CgroupStats {
     pub const ZERO: CgroupStats =
         CgroupStats { count: 0, device_ns: 0, bytes: 0, _pad: 0, device_slots: [0; HIST_SLOTS] };
+
+    /// The buckets hold `count` requests, as every whole update leaves them.
+    pub fn buckets_agree(&self) -> bool {
+        self.device_slots.iter().fold(0u64, |a, &v| a.wrapping_add(v)) == self.count
+    }
 }
 
 /// `floor(log2(v))` clamped to the last slot; 0 for 0 and 1.
@@ -323,6 +366,13 @@ mod pod {
     unsafe impl aya::Pod for DeviceInflight {}
     unsafe impl aya::Pod for CgroupKey {}
     unsafe impl aya::Pod for CgroupStats {}
+    // SAFETY: `T` is Pod and a multiple of 8 bytes (asserted below), so no padding is added.
+    unsafe impl<T: aya::Pod> aya::Pod for Framed<T> {}
+    const _: () = assert!(
+        core::mem::size_of::<OpHist>().is_multiple_of(8)
+            && core::mem::size_of::<DeviceHists>().is_multiple_of(8)
+            && core::mem::size_of::<CgroupStats>().is_multiple_of(8)
+    );
 }
 
 #[cfg(test)]

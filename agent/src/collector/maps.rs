@@ -4,8 +4,8 @@
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray};
 use blkio_agent_common::{
-    CONTROL_EPOCH, COUNTER_SLOTS, CgroupKey, CgroupStats, DeviceHists, DeviceInflight as KernelInflight, HistKey,
-    OpHist,
+    CONTROL_EPOCH, COUNTER_SLOTS, CgroupKey, CgroupStats, DeviceHists, DeviceInflight as KernelInflight, Framed,
+    HistKey, OpHist,
 };
 
 use crate::{
@@ -19,16 +19,17 @@ pub type Counters = [u64; COUNTER_SLOTS as usize];
 /// What the collector reads from the kernel. Every value is cumulative since the programs were
 /// loaded; the collector takes deltas.
 pub trait MapRead {
-    /// Entries of the fallback `HISTS` hash map (devices without a dense slot).
-    fn fallback_hists(&self) -> Result<Vec<(HistKey, OpHist)>>;
+    /// Entries of the fallback `HISTS` hash map (devices without a dense slot), as copied (maybe
+    /// torn: see [`Framed`]).
+    fn fallback_hists(&self) -> Result<Vec<(HistKey, Framed<OpHist>)>>;
     /// Per-CPU copies of dense slot `slot` of `DENSE_HISTS`.
-    fn dense_hists(&self, slot: u32) -> Result<Vec<DeviceHists>>;
+    fn dense_hists(&self, slot: u32) -> Result<Vec<Framed<DeviceHists>>>;
     /// Entries of the fallback `INFLIGHT` hash map.
     fn fallback_inflight(&self) -> Result<Vec<(u32, KernelInflight)>>;
     /// Dense slot `slot` of `DENSE_INFLIGHT`.
     fn dense_inflight(&self, slot: u32) -> Result<KernelInflight>;
     /// Entries of the attribution map (empty when attribution is off).
-    fn cgroups(&self) -> Result<Vec<(CgroupKey, CgroupStats)>>;
+    fn cgroups(&self) -> Result<Vec<(CgroupKey, Framed<CgroupStats>)>>;
     /// Per-CPU copies of the `COUNTERS` element.
     fn counters(&self) -> Result<Vec<Counters>>;
     /// Sum of the attached programs' `recursion_misses`.
@@ -51,11 +52,11 @@ pub trait MapControl {
 pub struct AyaMaps {
     probes: Probes,
     index: Array<MapData, u64>,
-    dense_hists: PerCpuArray<MapData, DeviceHists>,
+    dense_hists: PerCpuArray<MapData, Framed<DeviceHists>>,
     dense_inflight: Array<MapData, KernelInflight>,
-    hists: BpfHashMap<MapData, HistKey, OpHist>,
+    hists: BpfHashMap<MapData, HistKey, Framed<OpHist>>,
     inflight: BpfHashMap<MapData, u32, KernelInflight>,
-    cgroups: Option<BpfHashMap<MapData, CgroupKey, CgroupStats>>,
+    cgroups: Option<BpfHashMap<MapData, CgroupKey, Framed<CgroupStats>>>,
     counters: PerCpuArray<MapData, Counters>,
     control: Array<MapData, u64>,
 }
@@ -99,11 +100,11 @@ impl AyaMaps {
 }
 
 impl MapRead for AyaMaps {
-    fn fallback_hists(&self) -> Result<Vec<(HistKey, OpHist)>> {
+    fn fallback_hists(&self) -> Result<Vec<(HistKey, Framed<OpHist>)>> {
         self.hists.iter().map(|r| r.map_err(map_err("HISTS"))).collect()
     }
 
-    fn dense_hists(&self, slot: u32) -> Result<Vec<DeviceHists>> {
+    fn dense_hists(&self, slot: u32) -> Result<Vec<Framed<DeviceHists>>> {
         Ok(self.dense_hists.get(&slot, 0).map_err(map_err("DENSE_HISTS"))?.iter().copied().collect())
     }
 
@@ -115,7 +116,7 @@ impl MapRead for AyaMaps {
         self.dense_inflight.get(&slot, 0).map_err(map_err("DENSE_INFLIGHT"))
     }
 
-    fn cgroups(&self) -> Result<Vec<(CgroupKey, CgroupStats)>> {
+    fn cgroups(&self) -> Result<Vec<(CgroupKey, Framed<CgroupStats>)>> {
         match &self.cgroups {
             Some(m) => m.iter().map(|r| r.map_err(map_err("CGROUPS"))).collect(),
             None => Ok(Vec::new()),

@@ -15,6 +15,7 @@ pub mod control;
 pub mod maps;
 pub mod read;
 pub mod reconcile;
+pub mod settle;
 #[cfg(test)]
 mod tests;
 

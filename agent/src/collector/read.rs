@@ -10,7 +10,10 @@ use blkio_agent_common::{
     CgroupKey, CgroupStats, DeviceInflight as KernelInflight, HIST_SLOTS, HistKey, OP_COUNT, OP_NAMES, OpHist,
 };
 
-use super::maps::{Counters, MapRead};
+use super::{
+    maps::{Counters, MapRead},
+    settle::settle,
+};
 use crate::{
     devices::{DeviceFilter, DeviceNames},
     error::Result,
@@ -109,14 +112,15 @@ pub(super) struct Raw {
 pub(super) fn read_all(maps: &impl MapRead, slots: &[u32]) -> Result<Raw> {
     let mut in_fallback = BTreeSet::new();
     let mut hists: BTreeMap<HistKey, OpHist> = BTreeMap::new();
-    for (key, h) in maps.fallback_hists()? {
+    for (key, h) in settle("HISTS", || maps.fallback_hists())? {
         in_fallback.insert(key.dev);
-        add_hist(hists.entry(key).or_insert(OpHist::ZERO), &h);
+        add_hist(hists.entry(key).or_insert(OpHist::ZERO), &h.value);
     }
     for (slot, &dev) in slots.iter().enumerate() {
         let mut sums = [OpHist::ZERO; OP_COUNT];
-        for cpu in maps.dense_hists(slot as u32)? {
-            for (sum, h) in sums.iter_mut().zip(&cpu.ops) {
+        let per_cpu = || Ok(maps.dense_hists(slot as u32)?.into_iter().enumerate().collect());
+        for (_cpu, h) in settle("DENSE_HISTS", per_cpu)? {
+            for (sum, h) in sums.iter_mut().zip(&h.value.ops) {
                 add_hist(sum, h);
             }
         }
@@ -141,7 +145,8 @@ pub(super) fn read_all(maps: &impl MapRead, slots: &[u32]) -> Result<Raw> {
             *c = c.wrapping_add(v);
         }
     }
-    Ok(Raw { hists, inflight, cgroups: maps.cgroups()?, counters, recursion: maps.recursion_misses(), in_fallback })
+    let cgroups = settle("CGROUPS", || maps.cgroups())?.into_iter().map(|(k, v)| (k, v.value)).collect();
+    Ok(Raw { hists, inflight, cgroups, counters, recursion: maps.recursion_misses(), in_fallback })
 }
 
 /// The previous read of every cumulative value.

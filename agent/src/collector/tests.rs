@@ -7,8 +7,8 @@ use std::{
 };
 
 use blkio_agent_common::{
-    COUNTER_SLOTS, CgroupKey, CgroupStats, DeviceHists, DeviceInflight as KernelInflight, HistKey, LOSS_STALE_EVICTED,
-    OP_COUNT, OP_READ, OP_WRITE, OpHist, device_index_match,
+    COUNTER_SLOTS, CgroupKey, CgroupStats, DeviceHists, DeviceInflight as KernelInflight, Framed, HistKey,
+    LOSS_STALE_EVICTED, OP_COUNT, OP_READ, OP_WRITE, OpHist, device_index_match,
 };
 
 use super::{maps::Counters, *};
@@ -21,7 +21,8 @@ const SDA: u32 = 8 << 20;
 const UNNAMED: u32 = (8 << 20) | 16;
 
 /// Kernel maps in memory. `fail_reads` makes the next that many reads fail, as a map read of the
-/// real kernel can (EINTR, ENOMEM, a map replaced under us).
+/// real kernel can (EINTR, ENOMEM, a map replaced under us); `torn_reads` makes the next that many
+/// copies of histogram values torn, as copies taken during a program's update are.
 #[derive(Default)]
 struct FakeMaps {
     fallback_hists: BTreeMap<HistKey, OpHist>,
@@ -34,6 +35,7 @@ struct FakeMaps {
     epoch: u64,
     index: BTreeMap<u32, u64>,
     fail_reads: Cell<u32>,
+    torn_reads: Cell<u32>,
     fast_since: Option<u64>,
 }
 
@@ -44,6 +46,15 @@ impl FakeMaps {
             return Err(Error::Other("injected map read failure".into()));
         }
         Ok(())
+    }
+
+    /// `v` as copied: torn (an update begun, not ended) while `torn_reads` lasts.
+    fn copy<T: Copy>(&self, v: T) -> Framed<T> {
+        let torn = self.torn_reads.get() > 0;
+        if torn {
+            self.torn_reads.set(self.torn_reads.get() - 1);
+        }
+        Framed { done: 0, value: v, started: u64::from(torn) }
     }
 
     /// The dense slot the programs would find for `dev` through `DEVICE_INDEX`.
@@ -78,12 +89,12 @@ impl FakeMaps {
 }
 
 impl MapRead for FakeMaps {
-    fn fallback_hists(&self) -> Result<Vec<(HistKey, OpHist)>> {
+    fn fallback_hists(&self) -> Result<Vec<(HistKey, Framed<OpHist>)>> {
         self.check()?;
-        Ok(self.fallback_hists.iter().map(|(k, v)| (*k, *v)).collect())
+        Ok(self.fallback_hists.iter().map(|(k, v)| (*k, self.copy(*v))).collect())
     }
-    fn dense_hists(&self, slot: u32) -> Result<Vec<DeviceHists>> {
-        Ok(self.dense_hists.get(&slot).cloned().unwrap_or_default())
+    fn dense_hists(&self, slot: u32) -> Result<Vec<Framed<DeviceHists>>> {
+        Ok(self.dense_hists.get(&slot).map(|cpus| cpus.iter().map(|v| self.copy(*v)).collect()).unwrap_or_default())
     }
     fn fallback_inflight(&self) -> Result<Vec<(u32, KernelInflight)>> {
         Ok(self.fallback_inflight.iter().map(|(k, v)| (*k, *v)).collect())
@@ -91,8 +102,8 @@ impl MapRead for FakeMaps {
     fn dense_inflight(&self, slot: u32) -> Result<KernelInflight> {
         Ok(self.dense_inflight.get(&slot).copied().unwrap_or_default())
     }
-    fn cgroups(&self) -> Result<Vec<(CgroupKey, CgroupStats)>> {
-        Ok(self.cgroups.iter().map(|(k, v)| (*k, *v)).collect())
+    fn cgroups(&self) -> Result<Vec<(CgroupKey, Framed<CgroupStats>)>> {
+        Ok(self.cgroups.iter().map(|(k, v)| (*k, self.copy(*v))).collect())
     }
     fn counters(&self) -> Result<Vec<Counters>> {
         Ok(self.counters.clone())
@@ -162,8 +173,10 @@ fn deltas_are_exact_across_the_u32_slot_wrap() {
     let mut maps = FakeMaps::default();
     // A long-running agent: slot 3 is just below the u32 wrap on the fallback map.
     let h = maps.fallback_hists.entry(HistKey { dev: SDA, op: OP_READ }).or_insert(OpHist::ZERO);
+    // 2^40 requests so far; each histogram's u32 slots hold them modulo 2^32.
     h.count = 1 << 40;
-    h.device_slots[3] = u32::MAX - 1;
+    (h.device_slots[3], h.device_slots[0]) = (u32::MAX - 1, 2);
+    (h.queue_slots[0], h.size_slots[12]) = (0, 0);
     let mut c = collector(root.path(), &[], maps);
     c.collect().unwrap();
     // The device has a dense slot now; keep it on the fallback map to check the wrap there.
@@ -250,6 +263,29 @@ fn a_failed_map_read_is_one_counted_loss_and_the_next_interval_covers_it() {
 }
 
 #[test]
+fn torn_copies_are_read_again_and_a_map_torn_in_every_read_fails_only_its_interval() {
+    let root = fixture();
+    let mut c = collector(root.path(), &[], FakeMaps::default());
+    c.collect().unwrap();
+    for _ in 0..3 {
+        c.maps.complete(SDA, OP_READ, 5, 0);
+    }
+    c.maps.torn_reads.set(2);
+    let iv = c.collect().unwrap().interval;
+    assert_eq!(c.maps.torn_reads.get(), 0, "the torn copies were read");
+    assert_eq!(device(&iv, "sda").ops[0].count, 3);
+    assert_eq!(iv.losses.get("map_read_failures"), 0);
+    c.maps.complete(SDA, OP_READ, 5, 0);
+    c.maps.torn_reads.set(super::settle::READ_TRIES as u32);
+    let Err(err) = c.collect().map(|_| ()) else { panic!("a map torn in every read fails the interval") };
+    let err = err.to_string();
+    assert!(err.contains("map HISTS") && err.contains("next interval covers"), "{err}");
+    let iv = c.collect().unwrap().interval;
+    assert_eq!(iv.losses.get("map_read_failures"), 1);
+    assert_eq!(device(&iv, "sda").ops[0].count, 1, "the request of the failed interval is in this one");
+}
+
+#[test]
 fn each_interval_advances_the_epoch_and_reports_its_peak() {
     let root = fixture();
     let mut c = collector(root.path(), &[], FakeMaps::default());
@@ -294,7 +330,7 @@ fn idle_attribution_entries_are_evicted_and_restart_from_zero() {
     assert_eq!((first.cgroups.len(), first.cgroups[0].count, first.cgroups[0].device_name.as_str()), (1, 2, "sda"));
     assert!(c.collect().unwrap().cgroups.is_empty());
     assert!(c.cgroup_keys().is_empty(), "an idle entry is removed from the kernel map");
-    stats.count = 1;
+    (stats.count, stats.device_slots[3]) = (1, 1);
     c.maps.cgroups.insert(key, stats);
     assert_eq!(c.collect().unwrap().cgroups[0].count, 1, "a new entry counts from zero");
 }

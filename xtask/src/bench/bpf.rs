@@ -146,11 +146,17 @@ pub fn code_maps() -> Vec<MapSpec> {
     vec![
         spec("REQUESTS", "hash", size_of::<c::RequestKey>(), size_of::<c::RequestStart>(), c::MAX_INFLIGHT_REQUESTS),
         spec("DEVICE_INDEX", "array", size_of::<u32>(), size_of::<u64>(), c::DEVICE_INDEX_SIZE),
-        spec("DENSE_HISTS", "percpu_array", size_of::<u32>(), size_of::<c::DeviceHists>(), c::MAX_DENSE_DEVICES),
+        spec(
+            "DENSE_HISTS",
+            "percpu_array",
+            size_of::<u32>(),
+            size_of::<c::Framed<c::DeviceHists>>(),
+            c::MAX_DENSE_DEVICES,
+        ),
         spec("DENSE_INFLIGHT", "array", size_of::<u32>(), size_of::<c::DeviceInflight>(), c::MAX_DENSE_DEVICES),
-        spec("HISTS", "hash", size_of::<c::HistKey>(), size_of::<c::OpHist>(), c::MAX_HIST_KEYS),
+        spec("HISTS", "hash", size_of::<c::HistKey>(), size_of::<c::Framed<c::OpHist>>(), c::MAX_HIST_KEYS),
         spec("INFLIGHT", "hash", size_of::<u32>(), size_of::<c::DeviceInflight>(), c::MAX_DEVICES),
-        spec("CGROUPS", "hash", size_of::<c::CgroupKey>(), size_of::<c::CgroupStats>(), c::MAX_CGROUP_KEYS),
+        spec("CGROUPS", "hash", size_of::<c::CgroupKey>(), size_of::<c::Framed<c::CgroupStats>>(), c::MAX_CGROUP_KEYS),
         spec("COUNTERS", "percpu_array", size_of::<u32>(), size_of::<[u64; c::COUNTER_SLOTS as usize]>(), 1),
         spec("CONTROL", "array", size_of::<u32>(), size_of::<u64>(), c::CONTROL_SLOTS),
     ]
