@@ -14,7 +14,8 @@ use blkio_agent_common::{
     DeviceHists, DeviceInflight, EVENT_PARTIAL_COMPLETION, EVENT_REQUEUED, Framed, HistKey, LOSS_CGROUP_MAP_FULL,
     LOSS_COMPLETE_WITHOUT_START, LOSS_DEVICE_MAP_FULL, LOSS_HIST_UPDATE_FAILED, LOSS_STALE_EVICTED,
     LOSS_START_INSERT_FAILED, MAX_CGROUP_KEYS, MAX_DENSE_DEVICES, MAX_DEVICES, MAX_HIST_KEYS, MAX_INFLIGHT_REQUESTS,
-    OP_COUNT, OpHist, RequestKey, RequestStart, device_index_match, device_index_pos, log2_slot,
+    OP_COUNT, OUTSTANDING_SIZE, OpHist, RequestKey, RequestStart, device_index_match, device_index_pos, log2_slot,
+    outstanding_mark, outstanding_match, outstanding_pos,
 };
 
 use crate::conf;
@@ -61,6 +62,10 @@ static CGROUPS: HashMap<CgroupKey, Framed<CgroupStats>> = HashMap::with_max_entr
 static COUNTERS: PerCpuArray<[u64; COUNTER_SLOTS as usize]> = PerCpuArray::with_max_entries(1, 0);
 
 /// Written by userspace: `CONTROL_EPOCH`.
+/// Fast-path requests counted in the depth gauge, by request pointer (see `OUTSTANDING_SIZE`).
+#[map]
+static OUTSTANDING: Array<u64> = Array::with_max_entries(OUTSTANDING_SIZE, 0);
+
 #[map]
 static CONTROL: Array<u64> = Array::with_max_entries(CONTROL_SLOTS, 0);
 
@@ -68,7 +73,7 @@ static CONTROL: Array<u64> = Array::with_max_entries(CONTROL_SLOTS, 0);
 /// BPF stack.
 static ZERO_HIST: Framed<OpHist> = Framed::new(OpHist::ZERO);
 static ZERO_CGROUP: Framed<CgroupStats> = Framed::new(CgroupStats::ZERO);
-static ZERO_INFLIGHT: DeviceInflight = DeviceInflight { inflight: 0, peak: [0, 0], peak_epoch: [0, 0] };
+static ZERO_INFLIGHT: DeviceInflight = DeviceInflight { inflight: 0, peak: [0, 0], peak_epoch: [0, 0], evicted: 0 };
 
 pub enum Completion {
     Partial,
@@ -97,7 +102,7 @@ pub fn on_insert(key: RequestKey) {
             // Still marked in flight, yet inserted again without a requeue event: the old
             // completion was lost (or, with classic keys, two requests collided).
             count(LOSS_STALE_EVICTED);
-            inflight_add(Device::of(start.dev), -1);
+            inflight_evict(Device::of(start.dev));
             start.issue_ns = 0;
         }
         // Otherwise a leftover of a request merged away before issue; reuse the slot.
@@ -126,7 +131,7 @@ pub fn on_issue(key: RequestKey, dev: u32, op: u32, bytes: u32, queued_since: u6
         if start.issue_ns != 0 {
             // Issued twice without completing: replace the stale entry, moving its depth.
             count(LOSS_STALE_EVICTED);
-            inflight_add(Device::of(start.dev), -1);
+            inflight_evict(Device::of(start.dev));
             start.insert_ns = 0;
         }
         if start.cgroup_id == 0 {
@@ -411,6 +416,41 @@ fn inflight_entry(dev: Device) -> Option<*mut DeviceInflight> {
             let _ = INFLIGHT.insert(&dev.id, &ZERO_INFLIGHT, BPF_NOEXIST as u64);
             INFLIGHT.get_ptr_mut(&dev.id)
         }
+    }
+}
+
+/// Counts down a request whose completion the programs never saw (it was issued again), and
+/// records that on the device's gauge for userspace (`DeviceInflight::evicted`).
+#[inline(always)]
+fn inflight_evict(dev: Device) {
+    inflight_add(dev, -1);
+    if let Some(p) = inflight_entry(dev) {
+        unsafe { add_u64(&raw mut (*p).evicted, 1) };
+    }
+}
+
+/// Fast-path issue of `rq`, counted in `dev`'s gauge: if `rq` is still marked, its last
+/// completion was never seen, so it is counted down from the device it was marked with; then
+/// `rq` is marked with `dev`. Devices without a dense slot are not marked.
+#[inline(always)]
+pub(crate) fn outstanding_issue(rq: u64, dev: Device) {
+    let Some(mark) = outstanding_mark(rq, dev.slot) else { return };
+    let Some(p) = OUTSTANDING.get_ptr_mut(outstanding_pos(rq)) else { return };
+    // Plain 64-bit loads and stores: one request is issued on one CPU at a time, and an entry
+    // another request overwrites concurrently can only lose a mark, never forge one.
+    let old = unsafe { core::ptr::read_volatile(p) };
+    if let Some(slot) = outstanding_match(old, rq) {
+        inflight_evict(Device { id: 0, slot });
+    }
+    unsafe { core::ptr::write_volatile(p, mark) };
+}
+
+/// Fast-path completion or requeue of `rq`, counted down from the gauge: clears its mark.
+#[inline(always)]
+pub(crate) fn outstanding_end(rq: u64) {
+    let Some(p) = OUTSTANDING.get_ptr_mut(outstanding_pos(rq)) else { return };
+    if outstanding_match(unsafe { core::ptr::read_volatile(p) }, rq).is_some() {
+        unsafe { core::ptr::write_volatile(p, 0) };
     }
 }
 

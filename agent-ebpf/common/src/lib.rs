@@ -28,7 +28,7 @@ pub const OP_NAMES: [&str; OP_COUNT] = ["read", "write", "discard", "flush", "ot
 /// (`LOSS_START_INSERT_FAILED`), never silent. Preallocated: 16k x ~104 B = 1.7 MB.
 pub const MAX_INFLIGHT_REQUESTS: u32 = 16_384;
 /// Devices that get a dense slot: their histograms live in a per-CPU array of [`DeviceHists`]
-/// (32 x 2080 B x 192 CPUs = 12.2 MiB) and their depth in a plain array. An array lookup is an
+/// (32 x 2096 B x 192 CPUs = 12.3 MiB) and their depth in a plain array. An array lookup is an
 /// index computation (inlined by the verifier for arrays, and for per-CPU arrays since 6.10),
 /// where a hash lookup hashes the key and walks a bucket: on the per-I/O path that difference
 /// was about a third of the agent's kernel time (see docs/performance.md).
@@ -283,6 +283,54 @@ pub struct DeviceInflight {
     /// The epoch each `peak` slot belongs to. The programs restart a slot when it holds an
     /// older epoch, so userspace never writes this struct (which would race with the adds).
     pub peak_epoch: [u64; 2],
+    /// Requests the programs counted down because they saw them issued again while still counted
+    /// in flight: their completion was never seen. Cumulative; userspace matches it with what the
+    /// reconciliation with diskstats finds, so that the depth is not corrected twice.
+    pub evicted: u64,
+}
+
+/// Size of the fast path's table of requests in flight: direct-mapped, one `u64` per entry.
+///
+/// The fast path keeps no per-request state, so a completion the kernel did not show the programs
+/// would leave its request on the depth gauge until the reconciliation with diskstats finds it
+/// (late, under sustained load). Instead, issue marks the request here and completion and
+/// requeue clear its mark; an issue that finds its own request still marked knows that request's
+/// last completion was never seen, and counts it down at once. An entry is the request pointer
+/// with the device's dense slot in its low bits, stored with one 64-bit write, so a mark is never
+/// mixed from two requests; two requests on one entry only forget the older mark (the
+/// reconciliation still finds that completion). 2^16 entries (512 KiB) keep that rare at the
+/// thousands of requests in flight of a large NVMe server.
+pub const OUTSTANDING_SIZE: u32 = 1 << 16;
+/// Low bits of a `struct request *` that are always 0: blk-mq places requests at multiples of
+/// the cache line (`blk_mq_alloc_rqs` rounds `rq_size` up to `cache_line_size()`), and flush
+/// requests come from `kzalloc`, naturally aligned for their size. A pointer with one of these
+/// bits set is not marked.
+/// <https://elixir.bootlin.com/linux/v6.18/source/block/blk-mq.c> (`blk_mq_alloc_rqs`)
+pub const OUTSTANDING_LOW_MASK: u64 = 0x3f;
+
+// Slot + 1 must fit in the low bits.
+const _: () = assert!((MAX_DENSE_DEVICES as u64) < OUTSTANDING_LOW_MASK);
+
+/// The entry of `rq` in the outstanding table (Fibonacci hashing of the pointer's high bits).
+#[inline(always)]
+pub fn outstanding_pos(rq: u64) -> u32 {
+    ((rq >> 6).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 48) as u32
+}
+
+/// `rq`'s mark, naming dense slot `slot`; `None` when `rq` cannot be marked.
+#[inline(always)]
+pub fn outstanding_mark(rq: u64, slot: u32) -> Option<u64> {
+    if rq & OUTSTANDING_LOW_MASK != 0 || rq == 0 || slot >= MAX_DENSE_DEVICES {
+        return None;
+    }
+    Some(rq | (u64::from(slot) + 1))
+}
+
+/// The dense slot in `entry` if it is `rq`'s mark.
+#[inline(always)]
+pub fn outstanding_match(entry: u64, rq: u64) -> Option<u32> {
+    let slot = entry & OUTSTANDING_LOW_MASK;
+    if rq != 0 && slot != 0 && entry & !OUTSTANDING_LOW_MASK == rq { Some(slot as u32 - 1) } else { None }
 }
 
 /// Key of the per-cgroup attribution map.
@@ -378,6 +426,30 @@ mod pod {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn outstanding_marks_name_their_request_and_slot_only() {
+        let rq = 0xffff_8881_2345_6780u64;
+        let mark = outstanding_mark(rq, 0).unwrap();
+        assert_eq!(outstanding_match(mark, rq), Some(0));
+        assert_eq!(outstanding_match(outstanding_mark(rq, 31).unwrap(), rq), Some(31));
+        assert_eq!(outstanding_match(mark, rq + 64), None, "another request on the same entry");
+        assert_eq!(outstanding_match(0, rq), None, "a cleared entry");
+        assert_eq!(outstanding_match(0, 0), None);
+        assert_eq!(outstanding_mark(rq + 8, 0), None, "not cache-line aligned: not marked");
+        assert_eq!(outstanding_mark(rq, MAX_DENSE_DEVICES), None);
+        assert_eq!(outstanding_mark(0, 0), None);
+        // Neighbouring requests (one tag set: consecutive cache-line multiples) spread out.
+        let rq_size = 384u64;
+        let mut pos = [0u32; 1024];
+        for (i, p) in pos.iter_mut().enumerate() {
+            *p = outstanding_pos(rq + i as u64 * rq_size);
+        }
+        assert!(pos.iter().all(|&p| p < OUTSTANDING_SIZE));
+        pos.sort_unstable();
+        let distinct = 1 + pos.windows(2).filter(|w| w[0] != w[1]).count();
+        assert!(distinct >= 1000, "{distinct} distinct entries for 1024 requests");
+    }
 
     #[test]
     fn log2_slot_edges() {

@@ -185,7 +185,7 @@ impl<M: MapRead + MapControl> Collector<M> {
         }
         let mut devices = read::devices(&ops, &mut self.names, &self.filter);
         let mut losses = self.base.loss_deltas(&raw.counters, raw.recursion);
-        let unseen = self.reconcile_counts(&before, &raw, losses.get("stale_evicted"), &mut devices);
+        let unseen = self.reconcile_counts(&before, &raw, &mut devices);
         losses.add(UNSEEN_COMPLETIONS, unseen);
         let resynced = self.depths(ended_epoch, &raw.inflight, &completed, &mut devices);
         let cgroups = self.cgroup_deltas(raw.cgroups);
@@ -229,12 +229,11 @@ impl<M: MapRead + MapControl> Collector<M> {
 
     /// Reconciles the maps' counts with diskstats (`before`: read before the maps); sets each
     /// reconciled device's `unseen` and returns the interval's unseen completions of the
-    /// devices the filter keeps. `evicted`: this interval's `stale_evicted`.
+    /// devices the filter keeps.
     fn reconcile_counts(
         &mut self,
         before: &Result<Vec<crate::devices::DiskStats>>,
         raw: &read::Raw,
-        evicted: u64,
         devices: &mut BTreeMap<u32, DeviceInterval>,
     ) -> u64 {
         let before = match before {
@@ -247,7 +246,8 @@ impl<M: MapRead + MapControl> Collector<M> {
         let agent = agent_counts(&raw.hists);
         let seen: std::collections::BTreeSet<u32> =
             raw.hists.keys().map(|k| k.dev).chain(raw.inflight.keys().copied()).collect();
-        let new = self.reconcile.update(before, &agent, &seen, evicted);
+        let evicted: HashMap<u32, u64> = raw.inflight.iter().map(|(&dev, g)| (dev, g.evicted)).collect();
+        let new = self.reconcile.update(before, &agent, &seen, &evicted);
         if self.reconcile.needs_baseline(before)
             && let Ok(after) = self.names.diskstats()
         {
@@ -314,16 +314,17 @@ impl<M: MapRead + MapControl> Collector<M> {
             }
             // The raw kernel value is below 0 if arming was late (see CONTROL_ARMED_NS), reported
             // as 0, and above the truth by the completions the kernel did not show the programs
-            // (docs/performance.md, "Completions the kernel does not show"): those the
-            // reconciliation found are subtracted at once, from the depth and from the peak (the
-            // peak was raised with at most that many of them still counted, so the corrected
-            // peak is never above a depth the device had; it can be below by those that
-            // happened after it within the interval).
+            // (README, "Completions the kernel does not show"): those the reconciliation found
+            // are subtracted at once, from the depth and from the peak (the peak was raised with
+            // at most that many of them still counted, plus those the programs counted down
+            // during the interval, so the corrected peak is never above a depth the device had;
+            // it can be below by those that happened after it within the interval).
             let correction = self.reconcile.correction(dev);
             let offset = self.reconcile.offset(dev);
             let mut depth = (v.inflight - correction).max(0) as u64;
+            let peak_correction = self.reconcile.peak_correction(dev);
             let interval_peak =
-                if v.peak_epoch[slot] == ended_epoch { (v.peak[slot] - correction).max(0) as u64 } else { 0 };
+                if v.peak_epoch[slot] == ended_epoch { (v.peak[slot] - peak_correction).max(0) as u64 } else { 0 };
             let floor = self.prev_depth.get(&dev).copied().unwrap_or(0);
             let peak = interval_peak.max(floor).max(depth);
             let done = completed.get(&dev).copied().unwrap_or(0);

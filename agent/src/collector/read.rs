@@ -83,7 +83,11 @@ pub fn add_hist(sum: &mut OpHist, h: &OpHist) {
 /// added back. For each epoch parity the newer epoch wins, and the larger peak on a tie.
 pub fn merge_inflight(dense: Option<KernelInflight>, fallback: Option<KernelInflight>) -> KernelInflight {
     let (d, f) = (dense.unwrap_or_default(), fallback.unwrap_or_default());
-    let mut out = KernelInflight { inflight: d.inflight + f.inflight, ..KernelInflight::default() };
+    let mut out = KernelInflight {
+        inflight: d.inflight + f.inflight,
+        evicted: d.evicted + f.evicted,
+        ..KernelInflight::default()
+    };
     for p in 0..2 {
         let dense_peak = d.peak[p] + f.inflight;
         let (epoch, peak) = match d.peak_epoch[p].cmp(&f.peak_epoch[p]) {
@@ -240,7 +244,7 @@ mod tests {
     use super::*;
 
     fn gauge(inflight: i64, peak: [i64; 2], peak_epoch: [u64; 2]) -> KernelInflight {
-        KernelInflight { inflight, peak, peak_epoch }
+        KernelInflight { inflight, peak, peak_epoch, evicted: 0 }
     }
 
     #[test]

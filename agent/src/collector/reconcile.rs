@@ -75,6 +75,9 @@ struct Device {
     unseen: u64,
     /// Of those, the ones still counted in the depth gauge.
     correction: u64,
+    /// Requests the programs counted down themselves during the last interval (their
+    /// completion unseen): they left the raw gauge then, maybe after its peak was raised.
+    left: u64,
 }
 
 /// Per-device reconciliation of the agent's counts with diskstats.
@@ -85,11 +88,13 @@ pub struct Reconcile {
     /// written by userspace (a write would race with the programs' atomic adds), so a stuck
     /// gauge is repaired by remembering its value here.
     offsets: HashMap<u32, i64>,
-    /// Gauge decrements the programs made for requests they saw issued again without a
-    /// completion (`stale_evicted`: the slow path moves the old entry's depth down), not yet
-    /// matched with an unseen completion. The counter is global, so it is matched with whichever
-    /// device has a correction; cleared when every reconciled device is idle.
-    evicted_pool: u64,
+    /// Per device, gauge decrements the programs made for requests they saw issued again while
+    /// still counted in flight (the slow path's stale entries, the fast path's outstanding
+    /// marks: `DeviceInflight::evicted`), not yet matched with an unseen completion; cleared
+    /// when the device is idle.
+    evicted_pool: HashMap<u32, u64>,
+    /// The programs' cumulative `evicted` of each device at the last update.
+    evicted_seen: HashMap<u32, u64>,
 }
 
 impl Reconcile {
@@ -118,17 +123,35 @@ impl Reconcile {
     }
 
     /// One interval: `before` is diskstats read before the maps, `agent` the maps' counts,
-    /// `seen` the devices the programs have entries for, `evicted` this interval's
-    /// `stale_evicted`. Returns each device's new unseen completions (devices with none left out).
+    /// `seen` the devices the programs have entries for, `evicted` the programs' cumulative
+    /// `DeviceInflight::evicted` per device. Returns each device's new unseen completions
+    /// (devices with none left out).
     pub fn update(
         &mut self,
         before: &[DiskStats],
         agent: &HashMap<u32, [u64; OP_COUNT]>,
         seen: &BTreeSet<u32>,
-        evicted: u64,
+        evicted: &HashMap<u32, u64>,
     ) -> BTreeMap<u32, u64> {
-        self.evicted_pool = self.evicted_pool.saturating_add(evicted);
-        let mut all_idle = true;
+        for d in self.devices.values_mut() {
+            d.left = 0;
+        }
+        for (&dev, &n) in evicted {
+            let prev = self.evicted_seen.insert(dev, n).unwrap_or(0);
+            let new = n.wrapping_sub(prev);
+            if let Some(d) = self.devices.get_mut(&dev) {
+                d.left = new;
+            }
+            if new > 0 {
+                tracing::debug!(
+                    device = dev,
+                    counted_down = new,
+                    "requests the programs saw issued again while still counted in flight"
+                );
+            }
+            *self.evicted_pool.entry(dev).or_default() += new;
+        }
+        let mut idle = BTreeSet::new();
         let mut out = BTreeMap::new();
         for s in before {
             let id = device_id(s.major, s.minor);
@@ -141,7 +164,9 @@ impl Reconcile {
             if !seen.contains(&id) {
                 continue;
             }
-            all_idle &= in_flight == 0;
+            if in_flight == 0 {
+                idle.insert(id);
+            }
             let a = agent.get(&id).copied().unwrap_or_default();
             let agent_op = |op: u32| a[op as usize].wrapping_sub(d.agent0[op as usize]);
             let mut per_op = 0u64;
@@ -161,16 +186,15 @@ impl Reconcile {
             }
         }
         // Decrements the programs already made are not corrected twice.
-        let mut ids: Vec<u32> = self.devices.keys().copied().collect();
-        ids.sort_unstable();
-        for id in ids {
-            let d = self.devices.get_mut(&id).expect("listed");
-            let m = d.correction.min(self.evicted_pool);
-            d.correction -= m;
-            self.evicted_pool -= m;
-        }
-        if all_idle {
-            self.evicted_pool = 0;
+        for (id, pool) in &mut self.evicted_pool {
+            if let Some(d) = self.devices.get_mut(id) {
+                let m = d.correction.min(*pool);
+                d.correction -= m;
+                *pool -= m;
+            }
+            if idle.contains(id) {
+                *pool = 0;
+            }
         }
         out
     }
@@ -180,6 +204,17 @@ impl Reconcile {
     pub fn correction(&self, dev: u32) -> i64 {
         let unseen = self.devices.get(&dev).map_or(0, |d| d.correction as i64);
         unseen + self.offsets.get(&dev).copied().unwrap_or(0)
+    }
+
+    /// What to subtract from the device's raw peak of the last interval: the [`correction`]
+    /// (unseen completions still counted) plus the requests the programs counted down themselves
+    /// during it (still counted until then, maybe when the peak was raised). So the peak is never
+    /// raised by a completion known to be unseen; it can be below the real one by those that
+    /// left the gauge before the peak (the caller floors it at the depths at both ends).
+    ///
+    /// [`correction`]: Reconcile::correction
+    pub fn peak_correction(&self, dev: u32) -> i64 {
+        self.correction(dev) + self.devices.get(&dev).map_or(0, |d| d.left as i64)
     }
 
     /// What the idle resyncs set aside from the device's raw gauge so far.
@@ -244,12 +279,12 @@ mod tests {
         r.baseline(&stats(100, 50, 0), &agent(0, 0, 0));
         assert!(!r.needs_baseline(&stats(100, 50, 0)));
         // 3000 writes done, the agent recorded 2999: one unseen, and the gauge still counts it.
-        let new = r.update(&stats(100, 3050, 0), &agent(0, 2999, 0), &seen(), 0);
+        let new = r.update(&stats(100, 3050, 0), &agent(0, 2999, 0), &seen(), &evicted(0));
         assert_eq!(new, BTreeMap::from([(LOOP0, 1)]));
         assert_eq!((r.correction(LOOP0), r.unseen_total(LOOP0)), (1, Some(1)));
         // Nothing new: nothing reported again; the dm device (never seen by the programs) is not
         // reconciled although its diskstats moved without the agent.
-        assert!(r.update(&stats(100, 3050, 0), &agent(0, 2999, 0), &seen(), 0).is_empty());
+        assert!(r.update(&stats(100, 3050, 0), &agent(0, 2999, 0), &seen(), &evicted(0)).is_empty());
         assert_eq!(r.unseen_total(DM0), Some(0));
     }
 
@@ -259,11 +294,11 @@ mod tests {
         r.baseline(&stats(0, 0, 0), &agent(0, 0, 0));
         // diskstats read first (10 writes), maps later (12: two completed in between), one lost:
         // the estimate is 0 now, never negative ...
-        assert!(r.update(&stats(0, 10, 2), &agent(0, 12, 0), &seen(), 0).is_empty());
+        assert!(r.update(&stats(0, 10, 2), &agent(0, 12, 0), &seen(), &evicted(0)).is_empty());
         // ... and exact once the device is idle: 20 done, 19 recorded.
-        assert_eq!(r.update(&stats(0, 20, 0), &agent(0, 19, 0), &seen(), 0)[&LOOP0], 1);
+        assert_eq!(r.update(&stats(0, 20, 0), &agent(0, 19, 0), &seen(), &evicted(0))[&LOOP0], 1);
         // The running maximum never goes down when the agent catches up with a busy read.
-        assert!(r.update(&stats(0, 25, 3), &agent(0, 28, 0), &seen(), 0).is_empty());
+        assert!(r.update(&stats(0, 25, 3), &agent(0, 28, 0), &seen(), &evicted(0)).is_empty());
         assert_eq!(r.unseen_total(LOOP0), Some(1));
     }
 
@@ -273,8 +308,8 @@ mod tests {
         // 4 requests in flight at the baseline, issued before the agent: their completions are
         // in diskstats but not in the agent's counts, and must not be reported as unseen.
         r.baseline(&stats(0, 10, 4), &agent(0, 0, 0));
-        assert!(r.update(&stats(0, 14, 0), &agent(0, 0, 0), &seen(), 0).is_empty());
-        assert_eq!(r.update(&stats(0, 20, 0), &agent(0, 5, 0), &seen(), 0)[&LOOP0], 1);
+        assert!(r.update(&stats(0, 14, 0), &agent(0, 0, 0), &seen(), &evicted(0)).is_empty());
+        assert_eq!(r.update(&stats(0, 20, 0), &agent(0, 5, 0), &seen(), &evicted(0))[&LOOP0], 1);
     }
 
     #[test]
@@ -282,25 +317,64 @@ mod tests {
         let mut r = Reconcile::default();
         r.baseline(&stats(0, 0, 0), &agent(0, 0, 0));
         // 5 write-zeroes: diskstats writes, the agent's `other`: the device total shows no loss.
-        assert!(r.update(&stats(0, 5, 0), &agent(0, 0, 5), &seen(), 0).is_empty());
+        assert!(r.update(&stats(0, 5, 0), &agent(0, 0, 5), &seen(), &evicted(0)).is_empty());
         // Passthrough requests are only the agent's: they do not hide a read that was missed
         // per op, but the total bound keeps the estimate at what both agree on.
-        assert_eq!(r.update(&stats(10, 5, 0), &agent(9, 0, 5), &seen(), 0)[&LOOP0], 1);
+        assert_eq!(r.update(&stats(10, 5, 0), &agent(9, 0, 5), &seen(), &evicted(0))[&LOOP0], 1);
+    }
+
+    #[test]
+    fn one_device_s_evictions_do_not_cancel_another_s_correction() {
+        const LOOP1: u32 = (7 << 20) | 1;
+        let two = |w0: u64, w1: u64, inflight: u64| {
+            parse_diskstats(&format!(
+                "   7       0 loop0 0 0 0 0 {w0} 0 0 0 {inflight} 0 0 0 0 0 0 0 0\n   7       1 loop1 0 0 0 0 {w1} 0 0 0 \
+                 {inflight} 0 0 0 0 0 0 0 0\n"
+            ))
+        };
+        let none = HashMap::from([(LOOP0, [0; OP_COUNT]), (LOOP1, [0; OP_COUNT])]);
+        let mut r = Reconcile::default();
+        r.baseline(&two(0, 0, 0), &none);
+        let both = BTreeSet::from([LOOP0, LOOP1]);
+        // loop0 lost a completion nobody counted down; loop1's programs counted one down that
+        // the reconciliation has not found yet (it comes in the next update).
+        let new = r.update(&two(1, 0, 1), &none, &both, &HashMap::from([(LOOP1, 1)]));
+        assert_eq!(new.get(&LOOP0), Some(&1));
+        assert_eq!((r.correction(LOOP0), r.correction(LOOP1)), (1, 0));
+        r.update(&two(1, 1, 1), &none, &both, &HashMap::from([(LOOP1, 1)]));
+        assert_eq!((r.correction(LOOP0), r.correction(LOOP1)), (1, 0), "loop1's unseen was counted down already");
+        assert_eq!((r.unseen_total(LOOP0), r.unseen_total(LOOP1)), (Some(1), Some(1)));
+    }
+
+    /// The programs' cumulative `evicted` count of loop0.
+    fn evicted(n: u64) -> HashMap<u32, u64> {
+        HashMap::from([(LOOP0, n)])
     }
 
     #[test]
     fn evictions_the_programs_counted_down_are_not_corrected_twice() {
         let mut r = Reconcile::default();
         r.baseline(&stats(0, 0, 0), &agent(0, 0, 0));
-        // Two unseen completions; the slow path saw one of those requests issued again and
-        // already moved its depth down (stale_evicted). The eviction may come first or later.
-        r.update(&stats(0, 2, 1), &agent(0, 0, 0), &seen(), 1);
+        // Two unseen completions; the programs saw one of those requests issued again and
+        // already moved its depth down. The eviction may come first or later.
+        r.update(&stats(0, 2, 1), &agent(0, 0, 0), &seen(), &evicted(1));
         assert_eq!((r.unseen_total(LOOP0), r.correction(LOOP0)), (Some(2), 1));
         let mut r2 = Reconcile::default();
         r2.baseline(&stats(0, 0, 0), &agent(0, 0, 0));
-        r2.update(&stats(0, 2, 1), &agent(0, 0, 0), &seen(), 0);
-        r2.update(&stats(0, 2, 1), &agent(0, 0, 0), &seen(), 1);
+        r2.update(&stats(0, 2, 1), &agent(0, 0, 0), &seen(), &evicted(0));
+        r2.update(&stats(0, 2, 1), &agent(0, 0, 0), &seen(), &evicted(1));
         assert_eq!(r2.correction(LOOP0), 1);
+        assert_eq!(r2.peak_correction(LOOP0), 2, "the decrement came during the interval, maybe after its peak");
+        r2.update(&stats(0, 2, 1), &agent(0, 0, 0), &seen(), &evicted(1));
+        assert_eq!((r2.correction(LOOP0), r2.peak_correction(LOOP0)), (1, 1), "for that interval only");
+        // A decrement before the reconciliation finds its completion: the peak of its interval
+        // is corrected for it all the same.
+        let mut r3 = Reconcile::default();
+        r3.baseline(&stats(0, 0, 0), &agent(0, 0, 0));
+        r3.update(&stats(0, 0, 1), &agent(0, 0, 0), &seen(), &evicted(1));
+        assert_eq!((r3.correction(LOOP0), r3.peak_correction(LOOP0)), (0, 1));
+        r3.update(&stats(0, 1, 1), &agent(0, 0, 0), &seen(), &evicted(1));
+        assert_eq!((r3.correction(LOOP0), r3.peak_correction(LOOP0), r3.unseen_total(LOOP0)), (0, 0, Some(1)));
         r2.gauge_reset(LOOP0, 1);
         assert_eq!((r2.correction(LOOP0), r2.unseen_total(LOOP0)), (1, Some(2)), "the raw gauge set aside");
     }
@@ -309,11 +383,11 @@ mod tests {
     fn a_replaced_device_gets_a_new_baseline() {
         let mut r = Reconcile::default();
         r.baseline(&stats(50, 50, 0), &agent(0, 0, 0));
-        r.update(&stats(50, 60, 0), &agent(0, 10, 0), &seen(), 0);
+        r.update(&stats(50, 60, 0), &agent(0, 10, 0), &seen(), &evicted(0));
         // Set up again: counters restart below the last values.
         assert!(r.needs_baseline(&stats(0, 3, 0)));
-        assert!(r.update(&stats(0, 3, 0), &agent(0, 13, 0), &seen(), 0).is_empty());
+        assert!(r.update(&stats(0, 3, 0), &agent(0, 13, 0), &seen(), &evicted(0)).is_empty());
         r.baseline(&stats(0, 3, 0), &agent(0, 13, 0));
-        assert_eq!(r.update(&stats(0, 8, 0), &agent(0, 17, 0), &seen(), 0)[&LOOP0], 1);
+        assert_eq!(r.update(&stats(0, 8, 0), &agent(0, 17, 0), &seen(), &evicted(0))[&LOOP0], 1);
     }
 }

@@ -289,7 +289,7 @@ fn torn_copies_are_read_again_and_a_map_torn_in_every_read_fails_only_its_interv
 fn each_interval_advances_the_epoch_and_reports_its_peak() {
     let root = fixture();
     let mut c = collector(root.path(), &[], FakeMaps::default());
-    c.maps.fallback_inflight.insert(SDA, KernelInflight { inflight: 1, peak: [6, 0], peak_epoch: [0, 0] });
+    c.maps.fallback_inflight.insert(SDA, KernelInflight { inflight: 1, peak: [6, 0], peak_epoch: [0, 0], evicted: 0 });
     let iv = c.collect().unwrap().interval;
     assert_eq!(c.maps.epoch, 1, "issues after the read raise the other peak slot");
     assert_eq!(device(&iv, "sda").depth.unwrap().peak, 6, "epoch 0's peak slot");
@@ -364,7 +364,9 @@ fn unseen_completions_are_reconciled_with_diskstats_and_taken_off_the_gauge() {
     for _ in 0..9 {
         c.maps.complete(LOOP0, OP_WRITE, 3, 0);
     }
-    c.maps.fallback_inflight.insert(LOOP0, KernelInflight { inflight: 1, peak: [4, 0], peak_epoch: [0, 0] });
+    c.maps
+        .fallback_inflight
+        .insert(LOOP0, KernelInflight { inflight: 1, peak: [4, 0], peak_epoch: [0, 0], evicted: 0 });
     set_loop0_diskstats(root.path(), 12, 0);
     let iv = c.collect().unwrap().interval;
     let d = device(&iv, "loop0");

@@ -158,6 +158,7 @@ pub fn code_maps() -> Vec<MapSpec> {
         spec("INFLIGHT", "hash", size_of::<u32>(), size_of::<c::DeviceInflight>(), c::MAX_DEVICES),
         spec("CGROUPS", "hash", size_of::<c::CgroupKey>(), size_of::<c::Framed<c::CgroupStats>>(), c::MAX_CGROUP_KEYS),
         spec("COUNTERS", "percpu_array", size_of::<u32>(), size_of::<[u64; c::COUNTER_SLOTS as usize]>(), 1),
+        spec("OUTSTANDING", "array", size_of::<u32>(), size_of::<u64>(), c::OUTSTANDING_SIZE),
         spec("CONTROL", "array", size_of::<u32>(), size_of::<u64>(), c::CONTROL_SLOTS),
     ]
 }
