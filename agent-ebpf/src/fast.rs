@@ -29,7 +29,10 @@ use blkio_agent_common::{
 
 use crate::{
     classify_req_op, conf,
-    state::{Device, control, count, inflight_add, outstanding_end, outstanding_issue, record_cgroup, record_hist},
+    state::{
+        Device, control, count, inflight_add, outstanding_end, outstanding_issue, pointer_value, record_cgroup,
+        record_hist,
+    },
 };
 
 /// Whether the running kernel has every field the fast path reads (it still waits for
@@ -161,7 +164,9 @@ pub fn issue(rq: Rq) -> bool {
     }
     if gauge_counts_issue(control(CONTROL_ARMED_NS), allocated, now_ns) {
         let dev = Device::of(rq.dev());
-        outstanding_issue(rq.0, dev);
+        if let Some(rq) = pointer_value(rq.0) {
+            outstanding_issue(rq, dev);
+        }
         inflight_add(dev, 1);
     }
     true
@@ -212,7 +217,9 @@ pub fn complete(rq: Rq, nr_bytes: u32, remaining: u32, cgroup_id: u64) -> bool {
     let queue_ns = if allocated != 0 && allocated <= issued { issued - allocated } else { 0 };
     let bytes = request_bytes(load::<u16>(rq.0, conf!(rq_stats_sectors)), remaining);
     if gauge_counts_end(control(CONTROL_ARMED_NS), allocated, issued) {
-        outstanding_end(rq.0);
+        if let Some(rq) = pointer_value(rq.0) {
+            outstanding_end(rq);
+        }
         inflight_add(dev, -1);
     }
     let device_slot = log2_slot(device_ns / 1000);
@@ -250,7 +257,9 @@ pub fn requeue(rq: Rq) -> bool {
     }
     let started = u64::from(load::<u32>(rq.0, conf!(rq_state))) != conf!(mq_rq_idle);
     if started && gauge_counts_end(control(CONTROL_ARMED_NS), allocated, issued) {
-        outstanding_end(rq.0);
+        if let Some(rq) = pointer_value(rq.0) {
+            outstanding_end(rq);
+        }
         inflight_add(Device::of(rq.dev()), -1);
     }
     count(EVENT_REQUEUED);

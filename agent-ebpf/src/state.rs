@@ -66,6 +66,10 @@ static COUNTERS: PerCpuArray<[u64; COUNTER_SLOTS as usize]> = PerCpuArray::with_
 #[map]
 static OUTSTANDING: Array<u64> = Array::with_max_entries(OUTSTANDING_SIZE, 0);
 
+/// One word per CPU through which [`pointer_value`] turns a pointer into a number.
+#[map]
+static SCRATCH: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 #[map]
 static CONTROL: Array<u64> = Array::with_max_entries(CONTROL_SLOTS, 0);
 
@@ -429,7 +433,20 @@ fn inflight_evict(dev: Device) {
     }
 }
 
-/// Fast-path issue of `rq`, counted in `dev`'s gauge: if `rq` is still marked, its last
+/// The address a BTF-typed pointer holds, as a plain number. The verifier forbids masks and
+/// shifts on pointers, and 5.10's also a partial read of one spilled to the stack ("invalid size
+/// of register fill"); but a program loaded with `CAP_PERFMON` may store a pointer into a map
+/// value, and what it loads back from there is a number.
+#[inline(always)]
+pub(crate) fn pointer_value(ptr: u64) -> Option<u64> {
+    let p = SCRATCH.get_ptr_mut(0)?;
+    unsafe {
+        core::ptr::write_volatile(p, ptr);
+        Some(core::ptr::read_volatile(p))
+    }
+}
+
+/// Fast-path issue of `rq` (its [`pointer_value`]), counted in `dev`'s gauge: if `rq` is still marked, its last
 /// completion was never seen, so it is counted down from the device it was marked with; then
 /// `rq` is marked with `dev`. Devices without a dense slot are not marked.
 #[inline(always)]
@@ -445,7 +462,8 @@ pub(crate) fn outstanding_issue(rq: u64, dev: Device) {
     unsafe { core::ptr::write_volatile(p, mark) };
 }
 
-/// Fast-path completion or requeue of `rq`, counted down from the gauge: clears its mark.
+/// Fast-path completion or requeue of `rq` (its [`pointer_value`]), counted down from the
+/// gauge: clears its mark.
 #[inline(always)]
 pub(crate) fn outstanding_end(rq: u64) {
     let Some(p) = OUTSTANDING.get_ptr_mut(outstanding_pos(rq)) else { return };
