@@ -457,7 +457,14 @@ pub(crate) fn outstanding_issue(rq: u64, dev: Device) {
     // another request overwrites concurrently can only lose a mark, never forge one.
     let old = unsafe { core::ptr::read_volatile(p) };
     if let Some(slot) = outstanding_match(old, rq) {
-        inflight_evict(Device { id: 0, slot });
+        // Only dense slots are marked: count down that entry directly (a decrement never raises
+        // a peak), without the fallback map's insert path in this program.
+        if let Some(g) = DENSE_INFLIGHT.get_ptr_mut(slot) {
+            unsafe {
+                atomic_xadd::<i64, i64, { AtomicOrdering::Relaxed }>(&raw mut (*g).inflight, -1);
+                add_u64(&raw mut (*g).evicted, 1);
+            }
+        }
     }
     unsafe { core::ptr::write_volatile(p, mark) };
 }

@@ -422,14 +422,19 @@ async fn series_per_device_are_as_documented() {
         io_time_ms: 1,
         weighted_io_time_ms: 1,
     });
+    iv.devices[0].unseen = Some(2);
+    exporters.publish(&iv);
+    iv.devices[0].unseen = Some(1);
     exporters.publish(&iv);
     let text = scrape_text(exporters.metrics_addr().unwrap()).await;
     let device = format!("system_device=\"{DEVICE}\"");
+    let unseen = format!("blkio_completions_unseen_total{{{device}}} 3");
+    assert!(text.lines().any(|l| l == unseen), "no `{unseen}` in\n{text}");
     let series: Vec<&str> = text.lines().filter(|l| !l.starts_with('#') && l.contains(&device)).collect();
     let per_op = |op: &str| series.iter().filter(|l| l.contains(&format!("blkio_operation=\"{op}\""))).count();
     for op in ["read", "write", "discard", "flush", "other"] {
         assert_eq!(per_op(op), 79, "{op}");
     }
-    assert_eq!(series.len(), 399, "{}", series.join("\n"));
+    assert_eq!(series.len(), 400, "{}", series.join("\n"));
     exporters.shutdown(Duration::from_secs(1)).await;
 }

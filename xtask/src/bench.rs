@@ -16,6 +16,7 @@ mod bpf;
 mod phases;
 mod report;
 mod results;
+mod scaling;
 mod sys;
 
 use std::{
@@ -30,8 +31,29 @@ use anyhow::{Context as _, bail};
 use crate::setup::{is_root, run, workspace_root};
 use sys::{Proc, check_interrupted};
 
-/// The fio workloads of issue 6: 4 KiB random read/write, QD 16 and QD 1.
-pub const WORKLOADS: [(&str, u32); 2] = [("4k randrw QD16", 16), ("4k randrw QD1", 1)];
+/// One fio workload: 4 KiB random read/write 50/50 at `iodepth` in each of `jobs` processes.
+#[derive(Debug, Clone, Copy)]
+pub struct Workload {
+    pub name: &'static str,
+    pub iodepth: u32,
+    pub jobs: u32,
+}
+
+impl Workload {
+    /// File-name part of a run of this workload.
+    fn tag(self) -> String {
+        if self.jobs == 1 { format!("qd{}", self.iodepth) } else { format!("{}x-qd{}", self.jobs, self.iodepth) }
+    }
+}
+
+/// The fio workloads of issue 6 (4 KiB random read/write, QD 16 and QD 1), and issue 12's run
+/// with two jobs, one per CPU, so that both CPUs issue and complete requests of the same device
+/// at once (each tool's shared cache lines then move between CPUs).
+pub const WORKLOADS: [Workload; 3] = [
+    Workload { name: "4k randrw QD16", iodepth: 16, jobs: 1 },
+    Workload { name: "4k randrw QD1", iodepth: 1, jobs: 1 },
+    Workload { name: "4k randrw 2 jobs x QD8", iodepth: 8, jobs: 2 },
+];
 /// Busy devices for the snapshot timing.
 pub const SNAPSHOT_DEVICES: usize = 16;
 
@@ -290,17 +312,25 @@ fn psi_cpu_some_us() -> Option<u64> {
     s.lines().find(|l| l.starts_with("some"))?.split_whitespace().find_map(|f| f.strip_prefix("total="))?.parse().ok()
 }
 
-/// One fio run of `runtime` seconds on `dev` (4 KiB randrw 50/50, libaio, direct).
-pub fn fio(ctx: &Ctx, dev: &str, iodepth: u32, runtime: u64, tag: &str) -> anyhow::Result<FioResult> {
+/// One fio run of `runtime` seconds of workload `w` on `dev` (libaio, direct); with several jobs,
+/// each job is pinned to its own CPU (`--cpus_allowed_policy=split`) and they are reported as
+/// one group.
+pub fn fio(ctx: &Ctx, dev: &str, w: Workload, runtime: u64, tag: &str) -> anyhow::Result<FioResult> {
     check_interrupted()?;
+    let tag = format!("{tag}-{}", w.tag());
     let out = ctx.scratch.join(format!("fio-{tag}.json"));
     let mut cmd = Command::new("fio");
     cmd.args(["--name=bench", "--rw=randrw", "--rwmixread=50", "--bs=4k", "--direct=1", "--ioengine=libaio"])
-        .args(["--time_based", "--norandommap", "--randrepeat=0", "--output-format=json"])
+        .args(["--time_based", "--norandommap", "--randrepeat=0", "--output-format=json", "--group_reporting"])
         .arg(format!("--filename={dev}"))
-        .arg(format!("--iodepth={iodepth}"))
+        .arg(format!("--iodepth={}", w.iodepth))
+        .arg(format!("--numjobs={}", w.jobs))
         .arg(format!("--runtime={runtime}"))
         .arg(format!("--output={}", out.display()));
+    if w.jobs > 1 {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        cmd.arg(format!("--cpus_allowed=0-{}", cpus.saturating_sub(1))).arg("--cpus_allowed_policy=split");
+    }
     let err = ctx.scratch.join(format!("fio-{tag}.err"));
     let psi0 = psi_cpu_some_us();
     let t0 = Instant::now();

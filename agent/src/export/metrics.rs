@@ -94,6 +94,14 @@ metric!(
     Unit,
     "Highest number of requests in flight since the previous scrape (Prometheus) or export (OTLP), so that no interval's peak is missed."
 );
+metric!(
+    UNSEEN_COMPLETIONS,
+    "blkio.completions.unseen",
+    "{request}",
+    Counter,
+    Unit,
+    "Completions the kernel counted for the device (/proc/diskstats) that the agent's programs did not see, so are in no histogram; node-wide also blkio.agent.events.lost{blkio.event.kind=unseen_completions}."
+);
 metric!(DISK_OPERATIONS, "system.disk.operations", "{operation}", Counter, Unit, "Completed block requests (exact).");
 metric!(
     DISK_OPERATION_TIME,
@@ -196,6 +204,7 @@ pub const ALL: &[&MetricDef] = &[
     &POD_IO,
     &INFLIGHT,
     &INFLIGHT_PEAK,
+    &UNSEEN_COMPLETIONS,
     &DISK_OPERATIONS,
     &DISK_OPERATION_TIME,
     &DISK_IO,

@@ -11,7 +11,7 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use super::{
-    Agent, Ctx, SNAPSHOT_DEVICES, WORKLOADS,
+    Agent, Ctx, SNAPSHOT_DEVICES, WORKLOADS, Workload,
     bpf::{self, LoadedMap, MapSpec, Owned},
     fio,
     results::{IopsRun, KernelRun, MapRow, NODE_CPUS, NODE_DEVICES, ProgRow, Results, SnapshotStats, pct},
@@ -97,9 +97,9 @@ fn kernel_cost(ctx: &Ctx, lo: &LoopDev, r: &mut Results) -> anyhow::Result<(Vec<
         let agent = Agent::start(ctx, "kernel", &[], &[])?;
         let maps = bpf::maps(&agent.owned.map_ids)?;
         let mut mid = Vec::new();
-        for (i, (w, qd)) in WORKLOADS.into_iter().enumerate() {
+        for (i, w) in WORKLOADS.into_iter().enumerate() {
             let sample = (i == 0).then_some(&agent.owned.map_ids);
-            let (run, maps) = measure(ctx, lo, w, qd, runtime, "agent only", &[("agent", &agent.owned)], sample)?;
+            let (run, maps) = measure(ctx, lo, w, runtime, "agent only", &[("agent", &agent.owned)], sample)?;
             r.kernel.push(run);
             mid.extend(maps);
         }
@@ -110,19 +110,19 @@ fn kernel_cost(ctx: &Ctx, lo: &LoopDev, r: &mut Results) -> anyhow::Result<(Vec<
     let maps = bpf::maps(&agent.owned.map_ids)?;
     let bio = Biolatency::start(ctx)?;
     let mut mid = Vec::new();
-    for (i, (w, qd)) in WORKLOADS.into_iter().enumerate() {
+    for (i, w) in WORKLOADS.into_iter().enumerate() {
         let tools = [("agent", &agent.owned), ("biolatency", &bio.owned)];
         let (run, maps) =
-            measure(ctx, lo, w, qd, runtime, "agent first", &tools, (i == 0).then_some(&agent.owned.map_ids))?;
+            measure(ctx, lo, w, runtime, "agent first", &tools, (i == 0).then_some(&agent.owned.map_ids))?;
         r.kernel.push(run);
         mid.extend(maps);
     }
     agent.stop()?;
     // Restarted after biolatency, the agent's programs now run second on each tracepoint.
     let agent = Agent::start(ctx, "kernel-2", &[], &[])?;
-    for (w, qd) in WORKLOADS {
+    for w in WORKLOADS {
         let tools = [("agent", &agent.owned), ("biolatency", &bio.owned)];
-        r.kernel.push(measure(ctx, lo, w, qd, runtime, "biolatency first", &tools, None)?.0);
+        r.kernel.push(measure(ctx, lo, w, runtime, "biolatency first", &tools, None)?.0);
     }
     agent.stop()?;
     attribution_cost(ctx, lo, r, bio)?;
@@ -143,15 +143,15 @@ fn attribution_cost(ctx: &Ctx, lo: &LoopDev, r: &mut Results, bio: Biolatency) -
             if field("fast_path") == Some("true") { "on" } else { "off" }
         )
     });
-    for (w, qd) in WORKLOADS {
+    for w in WORKLOADS {
         let tools = [("agent", &agent.owned), ("biolatency", &bio.owned)];
-        r.attribution.push(measure(ctx, lo, w, qd, runtime, "biolatency first", &tools, None)?.0);
+        r.attribution.push(measure(ctx, lo, w, runtime, "biolatency first", &tools, None)?.0);
     }
     stop_biolatency(bio);
     let bio = Biolatency::start(ctx)?;
-    for (w, qd) in WORKLOADS {
+    for w in WORKLOADS {
         let tools = [("agent", &agent.owned), ("biolatency", &bio.owned)];
-        r.attribution.push(measure(ctx, lo, w, qd, runtime, "agent first", &tools, None)?.0);
+        r.attribution.push(measure(ctx, lo, w, runtime, "agent first", &tools, None)?.0);
     }
     agent.stop()?;
     stop_biolatency(bio);
@@ -168,8 +168,7 @@ fn stop_biolatency(mut bio: Biolatency) {
 fn measure(
     ctx: &Ctx,
     lo: &LoopDev,
-    workload: &'static str,
-    qd: u32,
+    w: Workload,
     runtime: u64,
     order: &'static str,
     tools: &[(&'static str, &Owned)],
@@ -179,7 +178,7 @@ fn measure(
     let before = bpf::prog_stats(&ids)?;
     let io0 = lo.completed_ios()?;
     let t0 = Instant::now();
-    let tag = format!("kernel-qd{qd}-{}", order.replace(' ', "-"));
+    let tag = format!("kernel-{}", order.replace(' ', "-"));
     let (f, maps) = std::thread::scope(|scope| {
         let sampler = sample_maps.map(|ids| {
             scope.spawn(move || {
@@ -187,7 +186,7 @@ fn measure(
                 bpf::maps(ids)
             })
         });
-        let f = fio(ctx, &lo.dev, qd, runtime, &tag);
+        let f = fio(ctx, &lo.dev, w, runtime, &tag);
         let maps = sampler.map(|h| h.join().map_err(|_| anyhow::anyhow!("map sampler panicked"))).transpose();
         (f, maps)
     });
@@ -212,12 +211,13 @@ fn measure(
     let per_io =
         |tool: &str| progs.iter().filter(|p| p.tool == tool).map(|p| p.run_ns).sum::<u64>() as f64 / ios.max(1) as f64;
     eprintln!(
-        "xtask: {workload}, {order}: {ios} I/Os ({:.0} IOPS), agent {:.1} ns/I/O, biolatency {:.1} ns/I/O",
+        "xtask: {}, {order}: {ios} I/Os ({:.0} IOPS), agent {:.1} ns/I/O, biolatency {:.1} ns/I/O",
+        w.name,
         f.iops,
         per_io("agent"),
         per_io("biolatency")
     );
-    Ok((KernelRun { workload, order, ios, secs, fio_iops: f.iops, cpu_pressure: f.cpu_pressure, progs }, maps))
+    Ok((KernelRun { workload: w.name, order, ios, secs, fio_iops: f.iops, cpu_pressure: f.cpu_pressure, progs }, maps))
 }
 
 /// fio IOPS without and with the agent: per round and workload, one run of each back to back
@@ -226,24 +226,31 @@ fn iops(ctx: &Ctx, lo: &LoopDev, r: &mut Results) -> anyhow::Result<()> {
     let o = &ctx.opts;
     for round in 0..o.rounds {
         let agent_first = round % 2 == 1;
-        for (w, qd) in WORKLOADS {
+        for w in WORKLOADS {
             for with_agent in [agent_first, !agent_first] {
-                let agent =
-                    if with_agent { Some(Agent::start(ctx, &format!("iops-{round}-qd{qd}"), &[], &[])?) } else { None };
-                let tag = format!("iops-{round}-qd{qd}-{}", if with_agent { "with" } else { "without" });
-                let f = fio(ctx, &lo.dev, qd, o.runtime, &tag)?;
+                let name = format!("iops-{round}-{}", w.tag());
+                let agent = if with_agent { Some(Agent::start(ctx, &name, &[], &[])?) } else { None };
+                let tag = format!("iops-{round}-{}", if with_agent { "with" } else { "without" });
+                let f = fio(ctx, &lo.dev, w, o.runtime, &tag)?;
                 if let Some(a) = agent {
                     a.stop()?;
                 }
                 eprintln!(
-                    "xtask: round {}/{}, {w}, {} agent: {:.0} IOPS (CPU pressure {:.0} %)",
+                    "xtask: round {}/{}, {}, {} agent: {:.0} IOPS (CPU pressure {:.0} %)",
                     round + 1,
                     o.rounds,
+                    w.name,
                     if with_agent { "with" } else { "without" },
                     f.iops,
                     f.cpu_pressure.unwrap_or(f64::NAN)
                 );
-                r.iops.push(IopsRun { workload: w, round, with_agent, iops: f.iops, cpu_pressure: f.cpu_pressure });
+                r.iops.push(IopsRun {
+                    workload: w.name,
+                    round,
+                    with_agent,
+                    iops: f.iops,
+                    cpu_pressure: f.cpu_pressure,
+                });
             }
         }
     }

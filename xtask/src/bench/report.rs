@@ -102,6 +102,7 @@ pub fn markdown(r: &Results) -> String {
             s += "\nPer program (both runs together):\n\n";
             s += &program_table(&r.attribution);
         }
+        s += &super::scaling::section(&ks);
     }
 
     s += "\n## fio IOPS with and without the agent\n\n";

@@ -114,6 +114,8 @@ pub struct Totals {
     /// and the `/metrics` scrape each see every peak once (the scrape window is restarted by
     /// each scrape, the OTLP one by each export).
     windows: [BTreeMap<String, u64>; 2],
+    /// Device -> (series start, unseen completions since then), for reconciled devices.
+    unseen: BTreeMap<String, (u64, u64)>,
     /// Device -> /proc/diskstats (io_time, weighted_io_time) since start, ms.
     disk_time: BTreeMap<String, (u64, u128, u128)>,
     /// Start of the first snapshot's interval: when counting began.
@@ -180,6 +182,11 @@ impl Totals {
         match &mut self.losses {
             Some(l) => l.add_all(&iv.losses),
             None => self.losses = Some(iv.losses.clone()),
+        }
+        for d in &iv.devices {
+            if let Some(n) = d.unseen {
+                self.unseen.entry(d.name.clone()).or_insert((series_start, 0)).1 += n;
+            }
         }
         let depths = || iv.devices.iter().filter_map(|d| d.depth.map(|depth| (&d.name, depth)));
         self.inflight = depths().map(|(name, d)| (name.clone(), (d.count, d.peak))).collect();
@@ -363,6 +370,14 @@ impl Totals {
             push(&metrics::INFLIGHT, a.clone(), self.last_ns, Value::Gauge(*count as u128));
             let peak = self.windows[reader as usize].get(dev).copied().unwrap_or(*peak);
             push(&metrics::INFLIGHT_PEAK, a, self.last_ns, Value::Gauge(peak as u128));
+        }
+        for (dev, (start, n)) in &self.unseen {
+            push(
+                &metrics::UNSEEN_COMPLETIONS,
+                vec![(attr::DEVICE, dev.clone())],
+                *start,
+                Value::Counter(u128::from(*n)),
+            );
         }
         for (dev, (start, io_ms, weighted_ms)) in &self.disk_time {
             let a = vec![(attr::DEVICE, dev.clone())];
