@@ -390,7 +390,7 @@ pub(crate) fn record_cgroup(cgroup_id: u64, dev: u32, op: u32, bytes: u32, devic
         add_u64(&raw mut (*c).count, 1);
         add_u64(&raw mut (*c).device_ns, device_ns);
         add_u64(&raw mut (*c).bytes, bytes as u64);
-        add_u64(&raw mut (*c).device_slots[device_slot], 1);
+        add_u32(&raw mut (*c).device_slots[device_slot], 1);
         end_shared(&raw mut (*p).done);
     }
 }

@@ -1,10 +1,10 @@
 //! Depth and counts under sustained load: fio randrw at QD4 then QD32 on a loop device. Every
 //! snapshot's depth and peak stay within the job's iodepth, except by completions the kernel did
-//! not show the programs that the reconciliation with diskstats has not found yet (the kernel
-//! now and then completes a request without running the programs, on this VM in batches of up
-//! to a whole fio batch; under sustained load the reconciliation's lower bound can lag behind
-//! such a batch until the device is quieter, and the gauge is corrected by what it found at the
-//! end of each interval); the peak reaches at least half of the iodepth, the depth is 0 once idle, and
+//! not show the programs that were not found yet at the end of that interval (the kernel now and
+//! then completes a request without running the programs, on this VM in batches of up to a whole
+//! fio batch; the programs count such a request down when it is issued again, which can take a
+//! turn of the tag space, and the reconciliation with diskstats finds it too, with a lag under
+//! sustained load); the peak reaches at least half of the iodepth, the depth is 0 once idle, and
 //! the agent's total plus `unseen_completions` is the kernel's own count exactly.
 
 #![cfg(feature = "ebpf")] // the node agent; absent from the analyzer-only build

@@ -298,9 +298,9 @@ pub struct DeviceInflight {
 /// last completion was never seen, and counts it down at once. An entry is the request pointer
 /// with the device's dense slot in its low bits, stored with one 64-bit write, so a mark is never
 /// mixed from two requests; two requests on one entry only forget the older mark (the
-/// reconciliation still finds that completion). 2^16 entries (512 KiB) keep that rare at the
+/// reconciliation still finds that completion). 2^15 entries (256 KiB) keep that rare at the
 /// thousands of requests in flight of a large NVMe server.
-pub const OUTSTANDING_SIZE: u32 = 1 << 16;
+pub const OUTSTANDING_SIZE: u32 = 1 << 15;
 /// Low bits of a `struct request *` that are always 0: blk-mq places requests at multiples of
 /// the cache line (`blk_mq_alloc_rqs` rounds `rq_size` up to `cache_line_size()`), and flush
 /// requests come from `kzalloc`, naturally aligned for their size. A pointer with one of these
@@ -315,8 +315,8 @@ const _: () = assert!((MAX_DENSE_DEVICES as u64) < OUTSTANDING_LOW_MASK);
 ///
 /// Not hashed, on purpose: a tag set's requests are contiguous (`blk_mq_alloc_rqs`), so the
 /// entries of one queue's requests are a few KiB of the table that stay in cache, where a hash
-/// would send every I/O to a random line of 512 KiB. Requests 4 MiB apart share an entry, which
-/// only loses marks.
+/// would send every I/O to a random line of the table. Requests 2 MiB apart share an entry,
+/// which only loses marks.
 #[inline(always)]
 pub fn outstanding_pos(rq: u64) -> u32 {
     ((rq >> 6) as u32) & (OUTSTANDING_SIZE - 1)
@@ -355,16 +355,19 @@ pub struct CgroupStats {
     pub device_ns: u64,
     pub bytes: u64,
     pub _pad: u64,
-    pub device_slots: [u64; HIST_SLOTS],
+    /// Device time, log2 of microseconds; `u32` that wrap, as in [`OpHist`] (deltas are exact
+    /// below 2^32 requests per slot between two reads). Half the memory of `u64`: the map is
+    /// preallocated for `MAX_CGROUP_KEYS` entries.
+    pub device_slots: [u32; HIST_SLOTS],
 }
 
 impl CgroupStats {
     pub const ZERO: CgroupStats =
         CgroupStats { count: 0, device_ns: 0, bytes: 0, _pad: 0, device_slots: [0; HIST_SLOTS] };
 
-    /// The buckets hold `count` requests, as every whole update leaves them.
+    /// The buckets hold `count` requests, as every whole update leaves them (in `u32`).
     pub fn buckets_agree(&self) -> bool {
-        self.device_slots.iter().fold(0u64, |a, &v| a.wrapping_add(v)) == self.count
+        self.device_slots.iter().fold(0u32, |a, &v| a.wrapping_add(v)) == self.count as u32
     }
 }
 
@@ -454,7 +457,7 @@ mod tests {
         pos.sort_unstable();
         let distinct = 1 + pos.windows(2).filter(|w| w[0] != w[1]).count();
         assert_eq!(distinct, 1024);
-        assert_eq!(outstanding_pos(rq), outstanding_pos(rq + (64 << 16)), "4 MiB apart: one entry");
+        assert_eq!(outstanding_pos(rq), outstanding_pos(rq + (64 << 15)), "2 MiB apart: one entry");
     }
 
     #[test]
@@ -554,7 +557,9 @@ mod tests {
         assert_eq!(core::mem::size_of::<RequestStart>(), 40);
         assert_eq!(core::mem::size_of::<OpHist>(), 32 + 3 * 4 * HIST_SLOTS);
         assert_eq!(core::mem::size_of::<DeviceHists>(), OP_COUNT * core::mem::size_of::<OpHist>());
-        assert_eq!(core::mem::size_of::<CgroupStats>(), 32 + 8 * HIST_SLOTS);
+        assert_eq!(core::mem::size_of::<CgroupStats>(), 32 + 4 * HIST_SLOTS);
+        assert_eq!(core::mem::size_of::<Framed<DeviceHists>>(), 16 + core::mem::size_of::<DeviceHists>());
+        assert_eq!(core::mem::size_of::<DeviceInflight>(), 48);
         assert_eq!(core::mem::size_of::<CgroupKey>(), 16);
     }
 }

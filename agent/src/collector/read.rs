@@ -197,7 +197,7 @@ impl Baselines {
         let prev = self.cgroups.insert(key, cur).unwrap_or(CgroupStats::ZERO);
         let count = cur.count.wrapping_sub(prev.count);
         (count > 0).then(|| {
-            let slots = std::array::from_fn(|i| cur.device_slots[i].wrapping_sub(prev.device_slots[i]));
+            let slots = std::array::from_fn(|i| u64::from(cur.device_slots[i].wrapping_sub(prev.device_slots[i])));
             (count, cur.device_ns.wrapping_sub(prev.device_ns), cur.bytes.wrapping_sub(prev.bytes), slots)
         })
     }

@@ -19,8 +19,8 @@ const WRITES: [(&str, &str, &str); 6] = [
     ),
     (
         "issue and completion",
-        "`OUTSTANDING[hash(request)]`: one load and one store each",
-        "the request's issue and completion CPU (a random line of 512 KiB)",
+        "`OUTSTANDING[request's cache line mod 2^15]`: one load and one store each",
+        "the request's issue and completion CPU, and those of its neighbours in memory (8 entries a line)",
     ),
     ("completion", "`DENSE_HISTS[device]`: sums, 3 buckets, the two frame counters", "none (per-CPU element)"),
     ("completion", "`COUNTERS`: one add", "none (per-CPU element)"),
@@ -45,10 +45,11 @@ pub fn section(ks: &[KernelSummary]) -> String {
         (Some(a), Some(b)) => {
             let delta = b.agent_ns - a.agent_ns;
             s += &format!(
-                "\nMeasured here: with one fio job ({}, both CPUs still involved through the loop device's worker) the agent \
-                 costs {:.1} ns/I/O; with {} jobs pinned one per CPU ({}, the same total depth of {}), so that both CPUs issue \
-                 and complete the device's I/O at once, {:.1} ns/I/O ({:+.1} ns){}. On this 2-vCPU VM the two vCPUs may share \
-                 a physical core's caches, so that difference is a lower bound of what a line moving between sockets costs.\n",
+                "\nMeasured here: with one fio job ({}) the agent costs {:.1} ns/I/O; with {} jobs pinned one per CPU ({}, the \
+                 same total depth of {}), so that both CPUs issue the device's I/O at once, {:.1} ns/I/O ({:+.1} ns){}. The \
+                 difference does not isolate the lines above: with one job the loop device's worker already completes on \
+                 either CPU, and the two vCPUs of this VM may share a physical core's caches. What a line costs on a large \
+                 node is estimated below instead.\n",
                 one.name,
                 a.agent_ns,
                 two.jobs,
@@ -70,8 +71,8 @@ pub fn section(ks: &[KernelSummary]) -> String {
          time, so the writes to it serialize at 1 / {lo:.0}–{hi:.0} ns = {:.0}–{:.0} M/s, that is {:.1}–{:.0} M IOPS per \
          device before the gauge itself becomes the bottleneck; a 3 M IOPS device needs 6 M writes/s, beyond the \
          cross-socket figure. The outstanding table's line moves once per I/O between the issue and the completion CPU, \
-         like the request itself, and is contended only when two requests in flight hash to one line (8 entries of \
-         2^16). With attribution, one pod doing all of a device's I/O puts a second such hot line on the completion \
+         like the request itself, and also when a neighbouring request on the same line is handled on another CPU \
+         at the same time. With attribution, one pod doing all of a device's I/O puts a second such hot line on the completion \
          path. The kernel's own depth (`part_in_flight`) avoids this with per-CPU counters; issue 12 item 2 (per-CPU \
          depth with a bounded peak, sharded attribution) is what removes these lines, and is not built yet.\n",
         2.0 * lo,
