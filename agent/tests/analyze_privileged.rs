@@ -164,21 +164,26 @@ fn phase_table_matches_fio_json() {
     }
     // The block layer may split a request larger than the device's limits: for the loop
     // device's 128 segments, a 1 MiB direct write from pages that are not physically
-    // contiguous becomes 2 requests of 512 KiB (with a huge page behind fio's buffer, 1).
-    // The kernel's own count (diskstats) says which; bytes are equal either way.
+    // contiguous becomes 2 requests of 512 KiB (with a huge page behind fio's buffer, 1), and
+    // which it is can change within one run as fio's buffer pages change (CI: 87,410 requests
+    // for 49,949 writes while other work fragmented memory). The kernel's own count
+    // (diskstats) says how many; bytes are equal either way.
     for (label, op, fio, kernel) in &results {
         let job = &fio["jobs"][0][*op];
         let fio_ios = job["total_ios"].as_u64().unwrap();
         let (fio_bytes, fio_bw) = (job["io_bytes"].as_u64().unwrap(), job["bw_bytes"].as_f64().unwrap());
         let bs = fio_bytes / fio_ios;
         let kernel = if **op == "read" { kernel.0 } else { kernel.1 };
-        assert!(kernel >= fio_ios && kernel % fio_ios == 0, "{label}: diskstats {kernel} vs fio's {fio_ios}");
-        let split = kernel / fio_ios;
-        assert!(split == 1 || bs > 4096, "{label}: 4 KiB requests are never split");
+        // A request holds at least one page: at most bs / 4 KiB requests per fio I/O.
+        let most = fio_ios * (bs / 4096).max(1);
+        assert!((fio_ios..=most).contains(&kernel), "{label}: diskstats {kernel} vs fio's {fio_ios}");
+        assert!(kernel == fio_ios || bs > 4096, "{label}: 4 KiB requests are never split");
+        // Requests per fio I/O (1 when nothing was split).
+        let split = kernel as f64 / fio_ios as f64;
         let phase = phases.iter().find(|p| p["label"] == **label).unwrap_or_else(|| panic!("no phase {label}"));
         let row = phase["ops"].as_array().unwrap().iter().find(|r| r["op"] == **op).expect("op row");
         let (ios, iops) = (row["requests"].as_u64().unwrap(), row["iops"].as_f64().unwrap());
-        let fio_iops = job["iops"].as_f64().unwrap() * split as f64;
+        let fio_iops = job["iops"].as_f64().unwrap() * split;
         let mb = row["mb_per_s"].as_f64().unwrap() * 1e6;
         eprintln!(
             "{label}: fio {fio_ios} ios of {bs} B, {:.0} IOPS, {fio_bw:.0} B/s; analyzer {ios} requests, {iops:.0} IOPS, {mb:.0} B/s",
@@ -192,7 +197,7 @@ fn phase_table_matches_fio_json() {
         if missed > 0 {
             eprintln!("{label}: the kernel skipped the completion programs for {missed} of {kernel} requests");
         }
-        assert!(ios <= kernel && missed * 1000 <= kernel, "{label}: {ios} requests vs fio's {fio_ios} × {split}");
+        assert!(ios <= kernel && missed * 1000 <= kernel, "{label}: {ios} requests vs diskstats' {kernel}");
         if missed == 0 {
             assert_eq!(row["bytes"].as_u64(), Some(fio_bytes), "{label}: bytes (fio's io_bytes vs the {op} row)");
         }
