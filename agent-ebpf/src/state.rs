@@ -61,7 +61,6 @@ static CGROUPS: HashMap<CgroupKey, Framed<CgroupStats>> = HashMap::with_max_entr
 #[map]
 static COUNTERS: PerCpuArray<[u64; COUNTER_SLOTS as usize]> = PerCpuArray::with_max_entries(1, 0);
 
-/// Written by userspace: `CONTROL_EPOCH`.
 /// Fast-path requests counted in the depth gauge, by request pointer (see `OUTSTANDING_SIZE`).
 #[map]
 static OUTSTANDING: Array<u64> = Array::with_max_entries(OUTSTANDING_SIZE, 0);
@@ -70,6 +69,7 @@ static OUTSTANDING: Array<u64> = Array::with_max_entries(OUTSTANDING_SIZE, 0);
 #[map]
 static SCRATCH: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
+/// Written by userspace: `CONTROL_EPOCH`.
 #[map]
 static CONTROL: Array<u64> = Array::with_max_entries(CONTROL_SLOTS, 0);
 
@@ -446,9 +446,9 @@ pub(crate) fn pointer_value(ptr: u64) -> Option<u64> {
     }
 }
 
-/// Fast-path issue of `rq` (its [`pointer_value`]), counted in `dev`'s gauge: if `rq` is still marked, its last
-/// completion was never seen, so it is counted down from the device it was marked with; then
-/// `rq` is marked with `dev`. Devices without a dense slot are not marked.
+/// Fast-path issue of `rq` (its [`pointer_value`]), counted in `dev`'s gauge: if `rq` is still
+/// marked, its last completion was never seen, so it is counted down from the device it was
+/// marked with; then `rq` is marked with `dev`. Devices without a dense slot are not marked.
 #[inline(always)]
 pub(crate) fn outstanding_issue(rq: u64, dev: Device) {
     let Some(mark) = outstanding_mark(rq, dev.slot) else { return };
