@@ -137,12 +137,14 @@ fn pod_series_count_the_workload_exactly(root: PathBuf, source: &str) -> String 
         .filter(|p| p.device_name == dev.name)
         .map(|p| format!("{:?}/{:?} {} {}", p.cgroup, p.pod_uid, p.op, p.count))
         .collect();
+    // Exact, with the completions this VM's kernel ran no program for counted as unseen (GUIDE):
+    // those are in neither the device's nor the pod's series.
+    let device_writes = op_counts(&snaps, &dev.name).get("write").copied().unwrap_or(0);
+    assert_reconciled("the device's writes", device_writes, unseen(&snaps, &dev.name), 1500);
     assert_eq!(
-        pod_writes, 1500,
-        "the pod's writes, attributed at submission ({source}); series on the device: {on_dev:?}"
+        pod_writes, device_writes,
+        "the pod's writes, attributed at submission ({source}), are the device's; series on the device: {on_dev:?}"
     );
-    let device_writes = op_counts(&snaps, &dev.name).get("write").copied();
-    assert_eq!(device_writes, Some(1500), "and the device total agrees");
     drop(tree);
     log
 }
@@ -193,10 +195,14 @@ fn idle_pod_entries_are_evicted_from_the_kernel_map() {
     let names = DeviceNames::new(root, root).unwrap();
     let mut collector = Collector::new(probes, names, DeviceFilter::default(), "n".into(), true).unwrap();
     collector.set_cgroup_idle_evict(std::time::Duration::from_millis(300));
+    // Exact, with the completions this VM's kernel ran no program for counted as unseen (GUIDE).
+    let unseen_in = |c: &blkio_agent::collector::Collected| -> u64 {
+        c.interval.devices.iter().filter(|d| d.name == dev.name).filter_map(|d| d.unseen).sum()
+    };
     dev.dd_write(50);
     let first = collector.collect().unwrap();
     let ours: u64 = first.cgroups.iter().filter(|c| c.device_name == dev.name).map(|c| c.count).sum();
-    assert_eq!(ours, 50, "this test's writes are in the attribution deltas");
+    assert_eq!(ours + unseen_in(&first), 50, "this test's writes are in the attribution deltas");
     let dev_id = first.cgroups.iter().find(|c| c.device_name == dev.name).unwrap().device_id;
     let on_dev = |c: &Collector| c.cgroup_keys().iter().filter(|k| k.dev == dev_id).count();
     assert!(on_dev(&collector) > 0, "entry in the kernel map");
@@ -208,7 +214,7 @@ fn idle_pod_entries_are_evicted_from_the_kernel_map() {
     dev.dd_write(10);
     let again = collector.collect().unwrap();
     let ours: u64 = again.cgroups.iter().filter(|c| c.device_name == dev.name).map(|c| c.count).sum();
-    assert_eq!(ours, 10, "a cgroup active again after eviction restarts from zero, exactly");
+    assert_eq!(ours + unseen_in(&again), 10, "a cgroup active again after eviction restarts from zero, exactly");
 }
 
 // ---- Short-lived containers (issue 15): created, used and removed within one interval. ----
@@ -328,8 +334,9 @@ mod short_lived {
     }
 
     impl Setup {
-        /// One interval: collect, attribute; returns (device writes, series on the device).
-        pub fn interval(&mut self) -> (u64, Vec<PodStats>) {
+        /// One interval: collect, attribute; returns (device writes, series on the device,
+        /// completions of the device the programs did not see).
+        pub fn interval(&mut self) -> (u64, Vec<PodStats>, u64) {
             let c = self.collector.collect().unwrap();
             let _g = self.rt.enter();
             let pods = self.attr.attribute(&c.cgroups);
@@ -343,7 +350,8 @@ mod short_lived {
                 .map(|o| o.count)
                 .sum();
             let on_dev = pods.into_iter().filter(|p| p.device_name == self.dev.name).collect();
-            (writes, on_dev)
+            let unseen = c.interval.devices.iter().filter(|d| d.name == self.dev.name).filter_map(|d| d.unseen).sum();
+            (writes, on_dev, unseen)
         }
     }
 
@@ -413,7 +421,7 @@ fn short_lived_container_is_named(source: blkio_agent::loader::CgroupSource, tes
     let scope = pod_dir.join(format!("cri-containerd-{cid}.scope"));
     run_and_remove(&scope, &s.dev.dev, 200);
     assert!(!scope.exists(), "the container cgroup is gone before the interval ends");
-    let (writes, series) = s.interval();
+    let (writes, series, _) = s.interval();
     assert!(writes > 0, "the container wrote in 200 ms");
     let ours: u64 = series
         .iter()
@@ -477,7 +485,7 @@ fn init_container_is_named(source: blkio_agent::loader::CgroupSource, test: &str
         s.dev.dev.display()
     );
     assert!(Command::new("sh").arg("-c").arg(&script).stderr(std::process::Stdio::null()).status().unwrap().success());
-    let (writes, series) = s.interval();
+    let (writes, series, unseen) = s.interval();
     let by_container = |name: &str| -> u64 {
         series
             .iter()
@@ -491,7 +499,11 @@ fn init_container_is_named(source: blkio_agent::loader::CgroupSource, test: &str
     };
     let (init_writes, main_writes) = (by_container("fetch-weights"), by_container("server"));
     let seen = describe(&series);
-    assert_eq!(main_writes, 300, "the main container's writes; series on the device: {seen:?}");
+    // Exact but for completions this VM's kernel ran no program for (GUIDE; per device).
+    assert!(
+        main_writes <= 300 && main_writes + unseen >= 300,
+        "the main container's writes ({unseen} unseen on the device); series on the device: {seen:?}"
+    );
     assert!(init_writes > 0, "the init container wrote in 200 ms: {seen:?}");
     assert_eq!(init_writes + main_writes, writes, "every write on the device named; series: {seen:?}");
 }

@@ -83,6 +83,17 @@ pub fn device_total(snapshots: &[&Snapshot], device: &str) -> u64 {
     snapshots.iter().flat_map(|s| &s.latency_histogram).filter(|h| h.device_name == device).map(|h| h.total).sum()
 }
 
+/// Completions of `device` the kernel counted and the agent's programs did not see (this VM's
+/// kernel sometimes runs no program for one; GUIDE), over all snapshots.
+pub fn device_unseen(snapshots: &[&Snapshot], device: &str) -> u64 {
+    snapshots
+        .iter()
+        .flat_map(|s| &s.inflight)
+        .filter(|i| i.device_name == device)
+        .filter_map(|i| i.unseen_completions)
+        .sum()
+}
+
 /// Requests of `device` attributed to pod `namespace/pod` over all snapshots.
 pub fn pod_device_count(snapshots: &[&Snapshot], namespace: &str, pod: &str, device: &str) -> u64 {
     snapshots

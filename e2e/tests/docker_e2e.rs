@@ -30,7 +30,7 @@ use e2e::{
     manifests::{AgentManifests, agent_manifests, quantity},
     manifests_dir,
     prereq::{command_works, docker_e2e_missing, require},
-    segments::{device_total, leftover_staging, read_sealed},
+    segments::{device_total, device_unseen, leftover_staging, read_sealed},
     workspace_root,
 };
 
@@ -391,7 +391,14 @@ fn docker_e2e_daemonset_spec_on_a_loop_device() {
     }
     let total = device_total(&snapshots, dev.name());
     let kernel = after_stop - before_start;
-    assert!(total >= WRITES, "{}: {total} requests in the JSONL, the workload made {WRITES}", dev.name());
+    // Unseen completions are bounded loosely here (3000 requests; the privileged tests and the
+    // kernel matrix hold 1 in 1000 over far more).
+    let unseen = device_unseen(&snapshots, dev.name());
+    assert!(
+        total + unseen >= WRITES && unseen * 100 <= WRITES,
+        "{}: {total} requests in the JSONL + {unseen} unseen, the workload made {WRITES}",
+        dev.name()
+    );
     assert!(total <= kernel, "{}: {total} requests in the JSONL, the kernel completed only {kernel}", dev.name());
     assert!(
         snapshots.iter().any(|s| s.inflight.iter().any(|i| i.device_name == dev.name())),
@@ -412,7 +419,7 @@ fn docker_e2e_daemonset_spec_on_a_loop_device() {
     }
     eprintln!("docker_e2e: attribution of {}: {by_cgroup:?} (this test's cgroup: {})", dev.name(), own_cgroup());
     assert!(
-        attributed >= WRITES && attributed <= kernel,
+        attributed + unseen >= WRITES && attributed <= kernel,
         "{}: {attributed} requests in pods[], the workload made {WRITES}, the kernel completed {kernel}",
         dev.name()
     );
