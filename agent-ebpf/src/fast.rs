@@ -164,6 +164,9 @@ pub fn issue(rq: Rq) -> bool {
     }
     if gauge_counts_issue(control(CONTROL_ARMED_NS), allocated, now_ns) {
         let dev = Device::of(rq.dev());
+        if dev.ignored() {
+            return true;
+        }
         if let Some(rq) = pointer_value(rq.0) {
             outstanding_issue(rq, dev);
         }
@@ -199,6 +202,11 @@ pub fn complete(rq: Rq, nr_bytes: u32, remaining: u32, cgroup_id: u64) -> bool {
     }
     let fast_since = control(CONTROL_FAST_SINCE);
     self_test(rq, fast_since != 0);
+    let dev = Device::of(rq.dev());
+    if dev.ignored() {
+        // Not reported (`--devices`): taken, so that the start map does not count it lost.
+        return true;
+    }
     let issued = rq.stats_issue_ns();
     if issued == 0 {
         return false;
@@ -212,7 +220,6 @@ pub fn complete(rq: Rq, nr_bytes: u32, remaining: u32, cgroup_id: u64) -> bool {
         return true;
     }
     let now = now_ns();
-    let dev = Device::of(rq.dev());
     let device_ns = now.saturating_sub(issued);
     let queue_ns = if allocated != 0 && allocated <= issued { issued - allocated } else { 0 };
     let bytes = request_bytes(load::<u16>(rq.0, conf!(rq_stats_sectors)), remaining);
@@ -255,12 +262,16 @@ pub fn requeue(rq: Rq) -> bool {
     if !gauge_counts_end(control(CONTROL_FAST_SINCE), allocated, issued) {
         return false;
     }
+    let dev = Device::of(rq.dev());
+    if dev.ignored() {
+        return true;
+    }
     let started = u64::from(load::<u32>(rq.0, conf!(rq_state))) != conf!(mq_rq_idle);
     if started && gauge_counts_end(control(CONTROL_ARMED_NS), allocated, issued) {
         if let Some(rq) = pointer_value(rq.0) {
             outstanding_end(rq);
         }
-        inflight_add(Device::of(rq.dev()), -1);
+        inflight_add(dev, -1);
     }
     count(EVENT_REQUEUED);
     true

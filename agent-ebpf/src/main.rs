@@ -110,13 +110,15 @@ fn btf_key(rq: u64) -> RequestKey {
 
 #[btf_tracepoint(function = "block_rq_insert")]
 pub fn rq_insert_btf(ctx: BtfTracePointContext) -> i32 {
-    on_insert(btf_key(ctx.arg::<u64>(0)));
+    let rq = ctx.arg::<u64>(0);
+    on_insert(btf_key(rq), Rq(rq).dev());
     0
 }
 
 #[btf_tracepoint(function = "block_rq_insert")]
 pub fn rq_insert_btf_q(ctx: BtfTracePointContext) -> i32 {
-    on_insert(btf_key(ctx.arg::<u64>(1)));
+    let rq = ctx.arg::<u64>(1);
+    on_insert(btf_key(rq), Rq(rq).dev());
     0
 }
 
@@ -204,7 +206,7 @@ fn try_rq_complete_btf(ctx: BtfTracePointContext) -> Result<(), i64> {
         return Ok(());
     }
     let completion = if final_bytes { Completion::Final } else { Completion::Partial };
-    on_complete(btf_key(rq), completion, cgroup_id);
+    on_complete(btf_key(rq), completion, cgroup_id, r.dev());
     Ok(())
 }
 
@@ -234,6 +236,9 @@ fn empty_preflush(r: Rq) {
     let device_ns = unsafe { bpf_ktime_get_ns() }.saturating_sub(allocated);
     let slot = log2_slot(device_ns / 1000);
     let dev = Device::of(r.dev());
+    if dev.ignored() {
+        return;
+    }
     // A zero LLVM can see turns the shared maps' atomic `+= 0` into an atomic OR (an idempotent
     // RMW), which 5.10's verifier rejects (BPF_OR atomics are 5.12+): hide it behind a volatile load.
     let zero = unsafe { core::ptr::read_volatile(&0u32) };
@@ -253,8 +258,8 @@ fn tp_key(ctx: &TracePointContext, dev_off: u64, sector_off: u64) -> Result<(Req
 
 #[tracepoint(category = "block", name = "block_rq_insert")]
 pub fn rq_insert_tp(ctx: TracePointContext) -> i32 {
-    if let Ok((key, _)) = tp_key(&ctx, conf!(tp_insert_dev), conf!(tp_insert_sector)) {
-        on_insert(key);
+    if let Ok((key, dev)) = tp_key(&ctx, conf!(tp_insert_dev), conf!(tp_insert_sector)) {
+        on_insert(key, dev);
     }
     0
 }
@@ -287,8 +292,8 @@ pub fn rq_requeue_tp(ctx: TracePointContext) -> i32 {
 /// (true for blk-mq drivers, which complete whole requests).
 #[tracepoint(category = "block", name = "block_rq_complete")]
 pub fn rq_complete_tp(ctx: TracePointContext) -> i32 {
-    if let Ok((key, _)) = tp_key(&ctx, conf!(tp_complete_dev), conf!(tp_complete_sector)) {
-        on_complete(key, Completion::Final, 0);
+    if let Ok((key, dev)) = tp_key(&ctx, conf!(tp_complete_dev), conf!(tp_complete_sector)) {
+        on_complete(key, Completion::Final, 0, dev);
     }
     0
 }

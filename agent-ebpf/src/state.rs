@@ -11,11 +11,11 @@ use aya_ebpf::{
 };
 use blkio_agent_common::{
     CONTROL_EPOCH, CONTROL_SLOTS, COUNTER_SLOTS, CgroupKey, CgroupStats, DEVICE_INDEX_PROBES, DEVICE_INDEX_SIZE,
-    DeviceHists, DeviceInflight, EVENT_PARTIAL_COMPLETION, EVENT_REQUEUED, Framed, HistKey, LOSS_CGROUP_MAP_FULL,
-    LOSS_COMPLETE_WITHOUT_START, LOSS_DEVICE_MAP_FULL, LOSS_HIST_UPDATE_FAILED, LOSS_STALE_EVICTED,
-    LOSS_START_INSERT_FAILED, MAX_CGROUP_KEYS, MAX_DENSE_DEVICES, MAX_DEVICES, MAX_HIST_KEYS, MAX_INFLIGHT_REQUESTS,
-    OP_COUNT, OUTSTANDING_SIZE, OpHist, RequestKey, RequestStart, device_index_match, device_index_pos, log2_slot,
-    outstanding_mark, outstanding_match, outstanding_pos,
+    DeviceHists, DeviceInflight, EVENT_PARTIAL_COMPLETION, EVENT_REQUEUED, Framed, HistKey, IGNORED_SLOT,
+    LOSS_CGROUP_MAP_FULL, LOSS_COMPLETE_WITHOUT_START, LOSS_DEVICE_MAP_FULL, LOSS_HIST_UPDATE_FAILED,
+    LOSS_STALE_EVICTED, LOSS_START_INSERT_FAILED, MAX_CGROUP_KEYS, MAX_DENSE_DEVICES, MAX_DEVICES, MAX_HIST_KEYS,
+    MAX_INFLIGHT_REQUESTS, OP_COUNT, OUTSTANDING_SIZE, OpHist, RequestKey, RequestStart, device_index_match,
+    device_index_pos, log2_slot, outstanding_mark, outstanding_match, outstanding_pos,
 };
 
 use crate::conf;
@@ -88,9 +88,25 @@ pub enum Completion {
 pub(crate) fn count(slot: u32) {
     let p = COUNTERS.get_ptr_mut(0);
     if let Some(c) = p.and_then(|p| unsafe { (*p).get_mut(slot as usize) }) {
-        // Per-CPU slot, and tracing programs do not nest on one CPU: a plain add is exact.
-        *c += 1;
+        if written_by_several_programs(slot) {
+            // Another program can interrupt this one on this CPU (an IRQ-time completion in the
+            // middle of a task-time issue), and a plain `+=` would then lose one of the two: an
+            // atomic add on this CPU's own line (uncontended; these slots count rare events).
+            unsafe { add_u64(c, 1) };
+        } else {
+            // Only one program writes the slot, and the kernel does not re-enter a program on a
+            // CPU where it runs (`prog->active` in `__bpf_trace_run`): a plain add is exact.
+            *c += 1;
+        }
     }
+}
+
+/// `COUNTERS` slots that more than one program writes: the slow path's stale evictions (insert
+/// and issue) and a full device map (issue, completion, requeue). A constant at every call site
+/// (`count` is inlined), so the test folds away.
+#[inline(always)]
+const fn written_by_several_programs(slot: u32) -> bool {
+    slot == LOSS_STALE_EVICTED || slot == LOSS_DEVICE_MAP_FULL
 }
 
 #[inline(always)]
@@ -98,7 +114,10 @@ fn submitter_cgroup() -> u64 {
     if conf!(attribute_cgroups) != 0 { unsafe { bpf_get_current_cgroup_id() } } else { 0 }
 }
 
-pub fn on_insert(key: RequestKey) {
+pub fn on_insert(key: RequestKey, dev: u32) {
+    if Device::of(dev).ignored() {
+        return;
+    }
     let now = unsafe { bpf_ktime_get_ns() };
     if let Some(p) = REQUESTS.get_ptr_mut(&key) {
         let start = unsafe { &mut *p };
@@ -129,6 +148,10 @@ pub(crate) fn control(i: u32) -> u64 {
 /// allocation time), else 0. Inlined: BPF calls take at most 5 register arguments.
 #[inline(always)]
 pub fn on_issue(key: RequestKey, dev: u32, op: u32, bytes: u32, queued_since: u64) {
+    let device = Device::of(dev);
+    if device.ignored() {
+        return;
+    }
     let now = unsafe { bpf_ktime_get_ns() };
     if let Some(p) = REQUESTS.get_ptr_mut(&key) {
         let start = unsafe { &mut *p };
@@ -148,7 +171,7 @@ pub fn on_issue(key: RequestKey, dev: u32, op: u32, bytes: u32, queued_since: u6
         start.dev = dev;
         start.op = op;
         start.bytes = bytes;
-        inflight_add(Device::of(dev), 1);
+        inflight_add(device, 1);
         return;
     }
     let start =
@@ -157,15 +180,20 @@ pub fn on_issue(key: RequestKey, dev: u32, op: u32, bytes: u32, queued_since: u6
         count(LOSS_START_INSERT_FAILED);
         return;
     }
-    inflight_add(Device::of(dev), 1);
+    inflight_add(device, 1);
 }
 
 pub fn on_requeue(key: RequestKey) {
     if let Some(p) = REQUESTS.get_ptr(&key) {
         let start = unsafe { *p };
         let _ = REQUESTS.remove(&key);
+        let dev = Device::of(start.dev);
+        if dev.ignored() {
+            // Issued before userspace marked the device: nothing of it is reported any more.
+            return;
+        }
         if start.issue_ns != 0 {
-            inflight_add(Device::of(start.dev), -1);
+            inflight_add(dev, -1);
         }
         count(EVENT_REQUEUED);
     }
@@ -173,24 +201,37 @@ pub fn on_requeue(key: RequestKey) {
 
 /// `bio_cgroup`: the cgroup the block layer charged the request to (`fast::bio_cgroup`), used
 /// when no submitting cgroup was recorded at insert/issue; 0 when unknown or not attributing.
-pub fn on_complete(key: RequestKey, completion: Completion, bio_cgroup: u64) {
+/// `dev`: the request's device (the start entry has it too, but an ignored device has none).
+pub fn on_complete(key: RequestKey, completion: Completion, bio_cgroup: u64, dev: u32) {
+    let now = unsafe { bpf_ktime_get_ns() };
+    let Some(p) = REQUESTS.get_ptr(&key) else {
+        // Issued before the agent started, or its start could not be stored; or on an ignored
+        // device, which has no start entries.
+        if !Device::of(dev).ignored() {
+            count(if let Completion::Partial = completion {
+                EVENT_PARTIAL_COMPLETION
+            } else {
+                LOSS_COMPLETE_WITHOUT_START
+            });
+        }
+        return;
+    };
+    let start = unsafe { *p };
+    let dev = Device::of(start.dev);
+    if dev.ignored() {
+        // Issued before userspace marked the device: nothing of it is reported any more.
+        let _ = REQUESTS.remove(&key);
+        return;
+    }
     if let Completion::Partial = completion {
         count(EVENT_PARTIAL_COMPLETION);
         return;
     }
-    let now = unsafe { bpf_ktime_get_ns() };
-    let Some(p) = REQUESTS.get_ptr(&key) else {
-        // Issued before the agent started, or its start could not be stored.
-        count(LOSS_COMPLETE_WITHOUT_START);
-        return;
-    };
-    let start = unsafe { *p };
     let _ = REQUESTS.remove(&key);
     if start.issue_ns == 0 {
         count(LOSS_COMPLETE_WITHOUT_START);
         return;
     }
-    let dev = Device::of(start.dev);
     inflight_add(dev, -1);
 
     let device_ns = now.saturating_sub(start.issue_ns);
@@ -220,9 +261,16 @@ impl Device {
     pub fn of(id: u32) -> Device {
         Device { id, slot: dense_slot(id).unwrap_or(NO_SLOT) }
     }
+
+    /// Userspace marked the device as not reported (`IGNORED_SLOT`): its requests are skipped
+    /// at every event, before any map is written.
+    #[inline(always)]
+    pub fn ignored(self) -> bool {
+        self.slot == IGNORED_SLOT
+    }
 }
 
-/// The device's dense slot, if userspace gave it one. Two or so array loads.
+/// The device's dense slot (or `IGNORED_SLOT`), if userspace gave it one. Two or so array loads.
 #[inline(always)]
 fn dense_slot(dev: u32) -> Option<u32> {
     let mut probe = 0;
@@ -317,7 +365,8 @@ pub(crate) fn record_hist(dev: Device, op: u32, bytes: u32, device_ns: u64, queu
         if let Some((frame, h)) = dense_op(dev.slot, u64::from(op)) {
             let qs = log2_slot(queue_ns / 1000);
             let ss = log2_slot(bytes as u64);
-            // This CPU's own copy; tracing programs do not nest on one CPU, so plain adds are exact.
+            // This CPU's own copy, written only by the completion program (which the kernel does
+            // not re-enter on a CPU): plain adds are exact.
             let n = unsafe { begin_own(&raw mut (*frame).started) };
             let h = unsafe { &mut *h };
             h.count += 1;

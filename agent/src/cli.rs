@@ -105,7 +105,8 @@ pub struct RunArgs {
     pub attach: AttachMode,
 
     /// Device filter, comma-separated glob patterns; `!pattern` excludes. Example: `nvme*,sd*`
-    /// or `!loop*,!ram*`. Default: every device.
+    /// or `!loop*,!ram*`. Default: every device. The programs skip excluded devices' requests
+    /// from their second interval on.
     #[arg(long, env = "BLKIO_AGENT_DEVICES", value_delimiter = ',')]
     pub devices: Vec<String>,
 

@@ -191,6 +191,14 @@ impl DeviceNames {
         n
     }
 
+    /// The name of `id` as [`DeviceNames::name`] gives it, or `None` when it cannot be named
+    /// (yet).
+    pub fn known(&mut self, id: u32) -> Option<String> {
+        let n = self.name(id);
+        let disk = self.disks.get(&id).copied().unwrap_or(id);
+        if self.unknown.contains_key(&disk) { None } else { Some(n) }
+    }
+
     /// `/proc/diskstats` now (the kernel's completion counts, for the reconciliation).
     pub fn diskstats(&self) -> Result<Vec<DiskStats>> {
         read_diskstats(&self.proc_root)

@@ -61,12 +61,21 @@ pub fn device_index_entry(dev: u32, slot: u32) -> u64 {
     (u64::from(dev) << 32) | u64::from(slot + 1)
 }
 
-/// The dense slot an entry gives `dev`: `Some(slot)` on a match, `None` when the entry belongs to
-/// another device or is empty.
+/// The slot of a `DEVICE_INDEX` entry that marks a device the agent does not report (`--devices`
+/// excludes it): the programs skip its requests, so it neither costs the fallback path's
+/// atomics nor takes fallback entries that new devices need.
+pub const IGNORED_SLOT: u32 = u32::MAX - 1;
+
+/// The dense slot an entry gives `dev`: `Some(slot)` on a match (`IGNORED_SLOT` for an ignored
+/// device), `None` when the entry belongs to another device or is empty.
 #[inline(always)]
 pub fn device_index_match(entry: u64, dev: u32) -> Option<u32> {
     let slot = (entry as u32).wrapping_sub(1);
-    if entry != 0 && (entry >> 32) as u32 == dev && slot < MAX_DENSE_DEVICES { Some(slot) } else { None }
+    if entry != 0 && (entry >> 32) as u32 == dev && (slot < MAX_DENSE_DEVICES || slot == IGNORED_SLOT) {
+        Some(slot)
+    } else {
+        None
+    }
 }
 /// Capacity of the per-(cgroup, device, op) attribution map (not preallocated: no memory unless
 /// attribution is on).
@@ -543,6 +552,8 @@ mod tests {
         assert_eq!(device_index_match(0, 0), None, "an empty position matches nothing, not even 0:0");
         assert_eq!(device_index_match(device_index_entry(0, 0), 0), Some(0), "0:0 can be registered");
         assert_eq!(device_index_match(device_index_entry(dev, MAX_DENSE_DEVICES), dev), None);
+        assert_eq!(device_index_match(device_index_entry(dev, IGNORED_SLOT), dev), Some(IGNORED_SLOT));
+        assert_eq!(device_index_match(device_index_entry(dev, IGNORED_SLOT), dev + 1), None);
         // Probes stay in the table and wrap.
         for d in [0, dev, u32::MAX] {
             for p in 0..DEVICE_INDEX_PROBES {

@@ -9,7 +9,8 @@ use std::{
 };
 
 use blkio_agent_common::{
-    CgroupKey, DEVICE_INDEX_PROBES, DEVICE_INDEX_SIZE, MAX_DENSE_DEVICES, device_index_entry, device_index_pos,
+    CgroupKey, DEVICE_INDEX_PROBES, DEVICE_INDEX_SIZE, IGNORED_SLOT, MAX_DENSE_DEVICES, device_index_entry,
+    device_index_pos,
 };
 
 use super::maps::MapControl;
@@ -20,6 +21,12 @@ use crate::error::Result;
 /// counted in the dense arrays (inlined array lookups on the per-I/O path), any other device in
 /// the fallback hash maps. Slots are never reused while the agent runs: a slot's kernel entries
 /// are cumulative and its device may come back.
+///
+/// A device the device filter excludes gets an `IGNORED_SLOT` entry instead of a slot: the
+/// programs then skip its requests, so it costs neither the fallback path's atomics nor fallback
+/// entries (160 histogram keys: 32 devices' worth) that new reported devices need. Its fallback
+/// entries from before the mark are removed one interval later, when no program can still be
+/// updating them.
 pub struct DenseSlots {
     /// Our copy of `DEVICE_INDEX` (the kernel never writes it).
     table: [u64; DEVICE_INDEX_SIZE as usize],
@@ -27,11 +34,30 @@ pub struct DenseSlots {
     slots: Vec<u32>,
     /// Devices that did not fit (no slot left or no free position within the probes).
     unplaced: Vec<u32>,
+    /// Devices marked ignored.
+    ignored: Vec<u32>,
+    /// Ignored devices whose fallback entries go at the next [`DenseSlots::assign`].
+    reclaim: Vec<u32>,
+}
+
+/// What one [`DenseSlots::assign`] did.
+#[derive(Debug, Default, PartialEq)]
+pub struct Assigned {
+    /// Devices given a dense slot.
+    pub dense: Vec<u32>,
+    /// Devices marked ignored.
+    pub ignored: Vec<u32>,
 }
 
 impl Default for DenseSlots {
     fn default() -> Self {
-        DenseSlots { table: [0; DEVICE_INDEX_SIZE as usize], slots: Vec::new(), unplaced: Vec::new() }
+        DenseSlots {
+            table: [0; DEVICE_INDEX_SIZE as usize],
+            slots: Vec::new(),
+            unplaced: Vec::new(),
+            ignored: Vec::new(),
+            reclaim: Vec::new(),
+        }
     }
 }
 
@@ -46,18 +72,43 @@ impl DenseSlots {
     }
 
     /// Gives every candidate (a device seen in the fallback maps) that `wanted` accepts (the
-    /// device filter: devices nobody looks at must not take slots for good) a slot, while slots
-    /// and table positions last. Returns the devices given one.
+    /// device filter) a slot, while slots and table positions last, and marks the ones it
+    /// refuses ignored. `wanted` returns `None` while a device has no name yet (not in
+    /// diskstats): it is decided later, as a device that must not be ignored for good.
     pub fn assign(
         &mut self,
         maps: &mut impl MapControl,
         candidates: &BTreeSet<u32>,
-        mut wanted: impl FnMut(u32) -> bool,
-    ) -> Result<Vec<u32>> {
-        let mut placed = Vec::new();
+        mut wanted: impl FnMut(u32) -> Option<bool>,
+    ) -> Result<Assigned> {
+        for dev in std::mem::take(&mut self.reclaim) {
+            maps.remove_fallback(dev)?;
+        }
+        let mut done = Assigned::default();
         for &dev in candidates {
-            if self.slots.contains(&dev) || self.unplaced.contains(&dev) || !wanted(dev) {
+            if self.slots.contains(&dev) || self.unplaced.contains(&dev) || self.ignored.contains(&dev) {
                 continue;
+            }
+            match wanted(dev) {
+                None => continue,
+                Some(true) => {}
+                Some(false) => {
+                    let Some(pos) = free_position(&self.table, dev) else {
+                        tracing::debug!(
+                            device = dev,
+                            "no free device-index position; the excluded device stays on the fallback maps"
+                        );
+                        self.unplaced.push(dev);
+                        continue;
+                    };
+                    let entry = device_index_entry(dev, IGNORED_SLOT);
+                    maps.set_index(pos, entry)?;
+                    self.table[pos as usize] = entry;
+                    self.ignored.push(dev);
+                    self.reclaim.push(dev);
+                    done.ignored.push(dev);
+                    continue;
+                }
             }
             if self.slots.len() >= MAX_DENSE_DEVICES as usize {
                 tracing::debug!(device = dev, "no dense slot left; the device stays on the fallback maps");
@@ -73,9 +124,9 @@ impl DenseSlots {
             maps.set_index(pos, entry)?;
             self.table[pos as usize] = entry;
             self.slots.push(dev);
-            placed.push(dev);
+            done.dense.push(dev);
         }
-        Ok(placed)
+        Ok(done)
     }
 }
 

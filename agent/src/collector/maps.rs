@@ -44,6 +44,9 @@ pub trait MapControl {
     /// `DEVICE_INDEX[pos]`.
     fn set_index(&mut self, pos: u32, entry: u64) -> Result<()>;
     fn remove_cgroup(&mut self, key: &CgroupKey) -> Result<()>;
+    /// Removes `dev`'s entries from the fallback `HISTS` and `INFLIGHT` maps (a device the
+    /// programs now skip).
+    fn remove_fallback(&mut self, dev: u32) -> Result<()>;
     /// `CONTROL[CONTROL_FAST_SINCE]`: requests allocated from then on take the fast path.
     fn set_fast_since(&mut self, since_ns: u64) -> Result<()>;
 }
@@ -147,6 +150,17 @@ impl MapControl for AyaMaps {
             Some(m) => m.remove(key).map_err(write_err("CGROUPS")),
             None => Ok(()),
         }
+    }
+
+    fn remove_fallback(&mut self, dev: u32) -> Result<()> {
+        let keys: Vec<HistKey> = self.hists.keys().filter_map(|k| k.ok()).filter(|k| k.dev == dev).collect();
+        for k in keys {
+            self.hists.remove(&k).map_err(write_err("HISTS"))?;
+        }
+        if self.inflight.get(&dev, 0).is_ok() {
+            self.inflight.remove(&dev).map_err(write_err("INFLIGHT"))?;
+        }
+        Ok(())
     }
 
     fn set_fast_since(&mut self, since_ns: u64) -> Result<()> {

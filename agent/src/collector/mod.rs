@@ -20,7 +20,7 @@ pub mod settle;
 mod tests;
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -146,6 +146,13 @@ impl<M: MapRead + MapControl> Collector<M> {
         self.maps.cgroups().map(|v| v.into_iter().map(|(k, _)| k).collect()).unwrap_or_default()
     }
 
+    /// Devices with entries in the kernel's fallback maps (`HISTS`, `INFLIGHT`) now: those
+    /// without a dense slot yet, and excluded ones until their entries are reclaimed.
+    pub fn fallback_devices(&self) -> Result<BTreeSet<u32>> {
+        let hists = self.maps.fallback_hists()?.into_iter().map(|(k, _)| k.dev);
+        Ok(hists.chain(self.maps.fallback_inflight()?.into_iter().map(|(d, _)| d)).collect())
+    }
+
     /// Adds failures seen outside the kernel (the writer's) to the next interval's losses.
     pub fn add_write_failures(&mut self, n: u64) {
         self.pending.add(WRITE_FAILURES, n);
@@ -196,11 +203,21 @@ impl<M: MapRead + MapControl> Collector<M> {
 
         // Devices seen in the fallback maps get a dense slot: cheaper for the programs from now on.
         // A failure here only keeps devices on the fallback maps: the interval is not lost.
+        // Devices the filter excludes are marked so that the programs skip them.
         let (names, filter) = (&mut self.names, &self.filter);
-        match self.slots.assign(&mut self.maps, &raw.in_fallback, |dev| filter.allows(&names.name(dev))) {
-            Ok(placed) => {
-                for dev in placed {
+        let wanted = |dev| {
+            // A device not named yet is reported by its numbers if the filter allows that name,
+            // and is not ignored for good before its real name is known.
+            let allowed = filter.allows(&names.name(dev));
+            (allowed || names.known(dev).is_some()).then_some(allowed)
+        };
+        match self.slots.assign(&mut self.maps, &raw.in_fallback, wanted) {
+            Ok(done) => {
+                for dev in done.dense {
                     tracing::debug!(device = %self.names.name(dev), id = dev, "device given a dense slot");
+                }
+                for dev in done.ignored {
+                    tracing::debug!(device = %self.names.name(dev), id = dev, "device excluded by --devices; the programs skip it");
                 }
             }
             Err(e) => tracing::warn!(error = %crate::error::chain(&e), "cannot give devices a dense slot"),

@@ -8,7 +8,7 @@ use std::{
 
 use blkio_agent_common::{
     COUNTER_SLOTS, CgroupKey, CgroupStats, DeviceHists, DeviceInflight as KernelInflight, Framed, HistKey,
-    LOSS_STALE_EVICTED, OP_COUNT, OP_READ, OP_WRITE, OpHist, device_index_match,
+    IGNORED_SLOT, LOSS_STALE_EVICTED, OP_COUNT, OP_READ, OP_WRITE, OpHist, device_index_match,
 };
 
 use super::{maps::Counters, *};
@@ -65,6 +65,7 @@ impl FakeMaps {
     /// One completion of `dev`/`op` in µs-slot `slot` on `cpu`, where the programs would count it.
     fn complete(&mut self, dev: u32, op: u32, slot: usize, cpu: usize) {
         let h = match self.slot(dev) {
+            Some(IGNORED_SLOT) => return,
             Some(s) => {
                 let cpus =
                     self.dense_hists.entry(s).or_insert_with(|| vec![DeviceHists { ops: [OpHist::ZERO; OP_COUNT] }; 2]);
@@ -82,6 +83,7 @@ impl FakeMaps {
 
     fn gauge(&mut self, dev: u32, inflight: i64) {
         match self.slot(dev) {
+            Some(IGNORED_SLOT) => {}
             Some(s) => self.dense_inflight.entry(s).or_default().inflight = inflight,
             None => self.fallback_inflight.entry(dev).or_default().inflight = inflight,
         }
@@ -124,6 +126,11 @@ impl MapControl for FakeMaps {
     }
     fn remove_cgroup(&mut self, key: &CgroupKey) -> Result<()> {
         self.cgroups.remove(key);
+        Ok(())
+    }
+    fn remove_fallback(&mut self, dev: u32) -> Result<()> {
+        self.fallback_hists.retain(|k, _| k.dev != dev);
+        self.fallback_inflight.remove(&dev);
         Ok(())
     }
     fn set_fast_since(&mut self, since_ns: u64) -> Result<()> {
@@ -232,9 +239,33 @@ fn devices_are_named_and_filtered() {
     // The partition counts for its disk; an id not in diskstats is named by its numbers.
     assert_eq!(names, vec!["unknown-8:16", "nvme0n1"]);
     assert_eq!(device(&iv, "nvme0n1").id, NVME_P1);
-    assert!(c.maps.slot(LOOP0).is_none(), "a filtered-out device takes no dense slot");
+    assert_eq!(c.maps.slot(LOOP0), Some(IGNORED_SLOT), "a filtered-out device takes no dense slot: it is ignored");
     assert!(c.maps.slot(UNNAMED).is_some());
     assert_eq!(device_id(259, 0), NVME);
+    // Its fallback entries stay for one more interval (a program may still be updating them),
+    // then go; the programs no longer count it.
+    assert!(c.maps.fallback_hists.keys().any(|k| k.dev == LOOP0) && c.maps.fallback_inflight.contains_key(&LOOP0));
+    c.maps.complete(LOOP0, OP_READ, 2, 0);
+    c.collect().unwrap();
+    assert!(c.maps.fallback_hists.keys().all(|k| k.dev != LOOP0) && !c.maps.fallback_inflight.contains_key(&LOOP0));
+    let iv = c.collect().unwrap().interval;
+    assert!(iv.devices.iter().all(|d| d.name != "loop0"), "{:?}", iv.devices);
+    assert!(c.maps.fallback_hists.keys().all(|k| k.dev != LOOP0));
+}
+
+#[test]
+fn a_device_without_a_name_is_not_ignored_for_good() {
+    let root = fixture();
+    // Only nvme* is reported: a device not in diskstats yet is neither reported nor ignored.
+    let mut c = collector(root.path(), &["nvme*"], FakeMaps::default());
+    for dev in [LOOP0, NVME, UNNAMED] {
+        c.maps.complete(dev, OP_READ, 2, 0);
+    }
+    let iv = c.collect().unwrap().interval;
+    assert_eq!(iv.devices.iter().map(|d| d.name.as_str()).collect::<Vec<_>>(), vec!["nvme0n1"]);
+    assert_eq!(c.maps.slot(NVME), Some(0));
+    assert_eq!(c.maps.slot(LOOP0), Some(IGNORED_SLOT), "named and excluded");
+    assert_eq!(c.maps.slot(UNNAMED), None, "decided once it has a name");
 }
 
 #[test]
