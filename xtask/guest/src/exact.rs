@@ -26,6 +26,8 @@ pub struct Totals {
     pub bytes: [u64; 5],
     /// Highest `inflight.peak` (or count) of any snapshot.
     pub peak: u64,
+    /// The same per [`DepthPhase`] of the scenario, in its order.
+    pub phase_peaks: [u64; MAX_PHASES],
     pub snapshots: usize,
     /// `losses_total.requeued` and `.partial_completion` of the last snapshot (not losses: they
     /// show that the fault paths ran).
@@ -35,6 +37,27 @@ pub struct Totals {
     pub recursion_misses: u64,
 }
 
+/// At most this many depth phases per scenario.
+pub const MAX_PHASES: usize = 4;
+
+/// A depth bound for the snapshots stamped before `until` (the guest's wall clock, seconds since
+/// the epoch) and after the previous phase's: every snapshot's in-flight count and peak at most
+/// `max`, and the highest peak among them at least half of it. A snapshot's `timestamp` is taken
+/// after its maps were read (agent/src/collector/mod.rs), so one stamped before a workload
+/// started holds none of that workload's requests.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DepthPhase {
+    pub until: f64,
+    pub max: u64,
+}
+
+impl DepthPhase {
+    /// One bound for the whole run.
+    pub fn always(max: u64) -> Self {
+        DepthPhase { until: f64::INFINITY, max }
+    }
+}
+
 /// What a scenario expects besides "equal to diskstats".
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Expect {
@@ -42,8 +65,20 @@ pub struct Expect {
     /// `other` (zone management).
     pub other_as_reads: u64,
     pub other_as_writes: u64,
-    /// Every snapshot's in-flight count and peak at most this; the highest peak at least half.
-    pub max_depth: Option<u64>,
+    /// In-flight bounds, in time order (`depth_phases` used); none when the scenario does not
+    /// know its concurrency.
+    pub depth: [Option<DepthPhase>; MAX_PHASES],
+}
+
+impl Expect {
+    fn phases(&self) -> impl Iterator<Item = &DepthPhase> {
+        self.depth.iter().map_while(Option::as_ref)
+    }
+
+    /// The phase a snapshot stamped at `ts` belongs to, if any.
+    fn phase_of(&self, ts: f64) -> Option<(usize, &DepthPhase)> {
+        self.phases().enumerate().find(|(_, p)| ts < p.until)
+    }
 }
 
 fn u(v: &Value, key: &str) -> Result<u64, String> {
@@ -56,8 +91,8 @@ fn bucket_sum(h: &Value, what: &str) -> Result<u64, String> {
 }
 
 /// Sums the device's ops over every snapshot, checking each histogram against its count and
-/// each snapshot's depth against `max_depth`.
-pub fn totals(jsonl: &str, dev: &str, max_depth: Option<u64>) -> Result<(Totals, Value), String> {
+/// each snapshot's depth against its phase's bound.
+pub fn totals(jsonl: &str, dev: &str, exp: &Expect) -> Result<(Totals, Value), String> {
     if jsonl.is_empty() || !jsonl.ends_with('\n') {
         return Err("the JSONL is empty or does not end with a newline".into());
     }
@@ -90,10 +125,17 @@ pub fn totals(jsonl: &str, dev: &str, max_depth: Option<u64>) -> Result<(Totals,
         if let Some(f) = inflight {
             let count = u(f, "count")?;
             let peak = f.get("peak").and_then(Value::as_u64).unwrap_or(count);
-            if let Some(max) = max_depth
-                && (count > max || peak > max)
-            {
-                return Err(format!("line {}: in-flight count {count} / peak {peak} above the {max} in flight", i + 1));
+            let ts = snap.get("timestamp").and_then(Value::as_f64).ok_or("snapshot without `timestamp`")?;
+            if let Some((k, phase)) = exp.phase_of(ts) {
+                if count > phase.max || peak > phase.max {
+                    return Err(format!(
+                        "line {}: in-flight count {count} / peak {peak} above the {} in flight (depth phase {})",
+                        i + 1,
+                        phase.max,
+                        k + 1
+                    ));
+                }
+                t.phase_peaks[k] = t.phase_peaks[k].max(peak).max(count);
             }
             t.peak = t.peak.max(peak).max(count);
         }
@@ -107,7 +149,7 @@ pub fn totals(jsonl: &str, dev: &str, max_depth: Option<u64>) -> Result<(Totals,
 
 /// Every check of a scenario; `Ok` is the pass line's summary.
 pub fn check(jsonl: &str, dev: &str, disk: &DiskStats, exp: &Expect) -> Result<Totals, String> {
-    let (mut t, last) = totals(jsonl, dev, exp.max_depth)?;
+    let (mut t, last) = totals(jsonl, dev, exp)?;
     let attach = last.pointer("/agent/attach").and_then(Value::as_str).unwrap_or("-");
     if attach != "btf" {
         return Err(format!("agent.attach={attach}, the scenarios run in btf mode"));
@@ -164,10 +206,15 @@ pub fn check(jsonl: &str, dev: &str, disk: &DiskStats, exp: &Expect) -> Result<T
             lost.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ")
         ));
     }
-    if let Some(max) = exp.max_depth
-        && t.peak * 2 < max
-    {
-        return Err(format!("the highest in-flight peak was {}, below half of the {max} in flight", t.peak));
+    for (k, phase) in exp.phases().enumerate() {
+        if t.phase_peaks[k] * 2 < phase.max {
+            return Err(format!(
+                "the highest in-flight peak was {}, below half of the {} in flight (depth phase {})",
+                t.phase_peaks[k],
+                phase.max,
+                k + 1
+            ));
+        }
     }
     Ok(t)
 }
@@ -187,9 +234,14 @@ mod tests {
     use super::*;
 
     fn snap(op: &str, n: u64, bytes: u64, inflight: u64, peak: u64) -> String {
+        snap_at(100.0, op, n, bytes, inflight, peak)
+    }
+
+    fn snap_at(ts: f64, op: &str, n: u64, bytes: u64, inflight: u64, peak: u64) -> String {
         let b = |n: u64| serde_json::json!([{"slot": 3, "count": n}]);
         let h = |n: u64| serde_json::json!({"buckets": b(n)});
         serde_json::json!({
+            "timestamp": ts,
             "ops": [{"device_name": "nullb1", "op": op, "count": n, "bytes": bytes,
                      "device_time": h(n), "queue_time": h(n), "size": h(n)}],
             "inflight": [{"device_name": "nullb1", "count": inflight, "peak": peak}],
@@ -203,15 +255,16 @@ mod tests {
     fn zone_ops_map_to_diskstats_and_defects_fail() {
         let j = format!("{}\n{}\n", snap("write", 4, 16384, 1, 3), snap("other", 3, 0, 0, 1));
         let disk = DiskStats { writes: 6, write_sectors: 32, reads: 1, ..DiskStats::default() };
-        let exp = Expect { other_as_reads: 1, other_as_writes: 2, max_depth: Some(4) };
+        let bound = |max| [Some(DepthPhase::always(max)), None, None, None];
+        let exp = Expect { other_as_reads: 1, other_as_writes: 2, depth: bound(4) };
         let t = check(&j, "nullb1", &disk, &exp).unwrap();
         assert_eq!((t.count[1], t.count[4], t.peak, t.requeued), (4, 3, 3, 2));
         assert_eq!(summary(&t), "write=4/16384 other=3/0");
         // One zone op diskstats saw and the agent did not.
         let e = check(&j, "nullb1", &DiskStats { writes: 7, ..disk }, &exp).unwrap_err();
         assert!(e.starts_with("write: agent 4 ops"), "{e}");
-        assert!(check(&j, "nullb1", &disk, &Expect { max_depth: Some(2), ..exp }).unwrap_err().contains("above"));
-        assert!(check(&j, "nullb1", &disk, &Expect { max_depth: Some(8), ..exp }).unwrap_err().contains("below half"));
+        assert!(check(&j, "nullb1", &disk, &Expect { depth: bound(2), ..exp }).unwrap_err().contains("above"));
+        assert!(check(&j, "nullb1", &disk, &Expect { depth: bound(8), ..exp }).unwrap_err().contains("below half"));
         let busy = format!("{}\n", snap("write", 4, 16384, 1, 1));
         assert!(check(&busy, "nullb1", &disk, &exp).unwrap_err().contains("in-flight count 1"));
         let lossy = j.replace("\"requeued\":2", "\"stale_evicted\":1");
@@ -222,5 +275,28 @@ mod tests {
         // ...and fails when they are not.
         let e = check(&skipped, "nullb1", &DiskStats { writes: 7, ..disk }, &exp).unwrap_err();
         assert!(e.contains("[losses: recursion_misses=1]"), "{e}");
+    }
+
+    #[test]
+    fn each_depth_phase_has_its_own_bound() {
+        // A QD4 phase until t=110, then a QD32 phase.
+        let phases = [Some(DepthPhase { until: 110.0, max: 4 }), Some(DepthPhase::always(32)), None, None];
+        let exp = Expect { depth: phases, ..Expect::default() };
+        let disk = DiskStats { writes: 8, write_sectors: 64, ..DiskStats::default() };
+        let run = |qd4_peak: u64, qd32_at: f64, qd32_peak: u64| {
+            let lines = [
+                snap_at(105.0, "write", 4, 16384, 1, qd4_peak),
+                snap_at(qd32_at, "write", 4, 16384, 2, qd32_peak),
+                snap_at(120.0, "write", 0, 0, 0, 0),
+            ];
+            check(&(lines.join("\n") + "\n"), "nullb1", &disk, &exp)
+        };
+        let t = run(4, 115.0, 32).unwrap();
+        assert_eq!(t.phase_peaks[..2], [4, 32]);
+        // A QD32 snapshot stamped inside the QD4 phase is held to 4.
+        assert!(run(4, 109.0, 32).unwrap_err().contains("above the 4 in flight (depth phase 1)"));
+        assert!(run(4, 115.0, 33).unwrap_err().contains("above the 32 in flight (depth phase 2)"));
+        assert!(run(1, 115.0, 32).unwrap_err().contains("below half of the 4 in flight (depth phase 1)"));
+        assert!(run(4, 115.0, 15).unwrap_err().contains("below half of the 32 in flight (depth phase 2)"));
     }
 }

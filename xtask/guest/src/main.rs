@@ -9,6 +9,7 @@ mod check;
 mod device;
 mod exact;
 mod faults;
+mod fio;
 mod scenario;
 mod workload;
 

@@ -5,7 +5,8 @@
 use serde::{Deserialize, Serialize};
 
 /// The fault scenarios the guest knows (`xtask/guest/src/scenario.rs`).
-pub const SCENARIOS: &[&str] = &["null_blk-zoned", "null_blk-discard", "scsi_debug-faults", "nvme-qd32", "ext4-fsync"];
+pub const SCENARIOS: &[&str] =
+    &["null_blk-zoned", "null_blk-discard", "scsi_debug-faults", "nvme-qd32", "nvme-fio", "ext4-fsync"];
 
 /// The serial of the ext4 scenario's virtio disk (`-device virtio-blk-pci,serial=...`).
 pub const EXT4_SERIAL: &str = "blkioext4";

@@ -11,6 +11,10 @@
 //!   busy (requeue at dispatch) and a medium error (partial completion, then failure).
 //! - `nvme-qd32`: 32 threads of synchronous O_DIRECT I/O on the emulated NVMe; every snapshot's
 //!   in-flight count and peak at most 32, the highest peak at least 16.
+//! - `nvme-fio`: fio randrw 4 KiB through libaio on the emulated NVMe, 12 s at iodepth 4, idle,
+//!   then 12 s at iodepth 32: every snapshot's in-flight count and peak at most the iodepth of
+//!   its phase, each phase's highest peak at least half of it, and the agent's reads and writes
+//!   equal to fio's own counts (plus the warm-up reads) as well as to diskstats.
 //! - `ext4-fsync`: ext4 (an image the host made with mkfs.ext4, on a second virtio disk) with
 //!   fsync/fdatasync: journal writes with PREFLUSH/FUA, flush requests, empty preflushes.
 
@@ -26,9 +30,14 @@ use blkio_guest::plan::{EXT4_SERIAL, SCENARIOS};
 use crate::{
     agent::Agent,
     device::{self, DiskStats},
-    exact::{self, Expect},
-    faults, workload,
+    exact::{self, DepthPhase, Expect},
+    faults, fio, workload,
 };
+
+/// Reads every scenario runs before its workload (while the agent decides its path).
+const WARM_READS: u64 = 96;
+/// Length of each fio phase of `nvme-fio` (issue 12's acceptance: at least 12 s each).
+const FIO_SECONDS: u32 = 12;
 
 const NULLB: &str = "/sys/kernel/config/nullb";
 
@@ -97,7 +106,7 @@ fn setup(name: &str) -> Result<String, String> {
             nullb("discard", &a)
         }
         "scsi_debug-faults" => device::find("scsi_debug", Duration::from_secs(20)),
-        "nvme-qd32" => device::find("nvme", Duration::from_secs(20)),
+        "nvme-qd32" | "nvme-fio" => device::find("nvme", Duration::from_secs(20)),
         "ext4-fsync" => virtio_by_serial(EXT4_SERIAL),
         _ => Err(format!("unknown scenario {name:?} (one of {})", SCENARIOS.join(", "))),
     }
@@ -125,10 +134,11 @@ pub fn run(name: &str, agent_args: &[String]) -> (Result<String, String>, Vec<St
     // Reads, then wait until the agent decided its path (on 5.10/6.1 the fast path waits for
     // its flag self-test: 64 agreeing completions, agent/src/loader/fastpath.rs), so the
     // workload runs on the path the agent decided.
-    let warm = workload::run(&dev, 0, 96, 0, 0);
+    let warm = workload::run(&dev, 0, WARM_READS as u32, 0, 0);
     let decided = agent.wait_path_decided(Duration::from_secs(6));
     thread::sleep(Duration::from_millis(200));
     let mut exp = Expect::default();
+    let mut fio_jobs: Vec<fio::Job> = Vec::new();
     let work: Result<String, String> = warm.and_then(|_| match name {
         "null_blk-zoned" => faults::zoned(&dev, 4).map(|n| {
             // diskstats counts zone management as writes of 0 sectors (exact.rs).
@@ -138,9 +148,19 @@ pub fn run(name: &str, agent_args: &[String]) -> (Result<String, String>, Vec<St
         "null_blk-discard" => faults::discard(&dev, &[64 << 20, 100 << 20]).map(|_| "discards: 64 MiB, 100 MiB".into()),
         "scsi_debug-faults" => faults::scsi(&dev).map(|f| format!("failed reads: {}", f.failed_reads)),
         "nvme-qd32" => {
-            exp.max_depth = Some(32);
+            exp.depth[0] = Some(DepthPhase::always(32));
             faults::concurrent(&dev, 32, 48).map(|_| "32 threads x 48".into())
         }
+        "nvme-fio" => (|| {
+            let qd4 = fio::randrw(&dev, 4, FIO_SECONDS)?;
+            // Idle between the phases, so that no snapshot holds requests of both.
+            thread::sleep(Duration::from_millis(1500));
+            let qd32 = fio::randrw(&dev, 32, FIO_SECONDS)?;
+            exp.depth[0] = Some(DepthPhase { until: qd32.started, max: 4 });
+            exp.depth[1] = Some(DepthPhase::always(32));
+            fio_jobs = vec![qd4, qd32];
+            Ok(format!("fio randrw QD4 {:.0} s + QD32 {:.0} s", qd4.ended - qd4.started, qd32.ended - qd32.started))
+        })(),
         "ext4-fsync" => faults::ext4(&dev).map(|_| "8 files, fsync/fdatasync, umount".into()),
         _ => unreachable!("setup rejected it"),
     });
@@ -163,13 +183,26 @@ pub fn run(name: &str, agent_args: &[String]) -> (Result<String, String>, Vec<St
                 t.requeued, t.partial
             ));
         }
+        if !fio_jobs.is_empty() {
+            let (r, w) = fio_jobs.iter().fold((WARM_READS, 0), |(r, w), j| (r + j.reads, w + j.writes));
+            if (t.count[0], t.count[1]) != (r, w) {
+                return Err(format!(
+                    "agent reads/writes {}/{}, fio's own counts (+{WARM_READS} warm-up reads) {r}/{w}",
+                    t.count[0], t.count[1]
+                ));
+            }
+        }
         if name == "ext4-fsync" && (disk.flushes == 0 || t.count[1] == 0) {
             return Err(format!("ext4 did no flushes or writes: {disk:?}"));
         }
         Ok(format!(
-            "{dev}: {did}; {} (decided: {decided}) peak={} requeued={} partial={} snapshots={}{}",
+            "{dev}: {did}; {} (decided: {decided}) peak={}{} requeued={} partial={} snapshots={}{}",
             exact::summary(&t),
             t.peak,
+            match exp.depth.iter().flatten().count() {
+                0 | 1 => String::new(),
+                n => format!(" (per phase {:?})", &t.phase_peaks[..n]),
+            },
             t.requeued,
             t.partial,
             t.snapshots,

@@ -40,7 +40,8 @@ pub struct Opts {
     #[arg(long, value_delimiter = ',')]
     pub device: Vec<String>,
     /// Fault scenarios (comma-separated, run in btf mode after the device cells):
-    /// null_blk-zoned, null_blk-discard, scsi_debug-faults, nvme-qd32, ext4-fsync, or none.
+    /// null_blk-zoned, null_blk-discard, scsi_debug-faults, nvme-qd32, nvme-fio, ext4-fsync, or
+    /// none.
     /// Default: all.
     #[arg(long, value_delimiter = ',')]
     pub scenario: Vec<String>,
@@ -118,9 +119,14 @@ fn pick(asked: &[String], all: &[&str], what: &str) -> anyhow::Result<Vec<String
     Ok(asked.to_vec())
 }
 
+fn which(tool: &str) -> anyhow::Result<PathBuf> {
+    std::env::var_os("PATH")
+        .and_then(|p| std::env::split_paths(&p).map(|d| d.join(tool)).find(|p| p.is_file()))
+        .with_context(|| format!("{tool} is not on PATH"))
+}
+
 fn require_tool(tool: &str, package: &str) -> anyhow::Result<()> {
-    let found = std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()));
-    if !found {
+    if which(tool).is_err() {
         bail!("{tool} is not installed; fix: `cargo xtask setup` (or `apt-get install {package}`)");
     }
     Ok(())
@@ -155,6 +161,13 @@ pub fn kernels(opts: Opts) -> anyhow::Result<()> {
     };
     check_static(&agent)?;
     let guest = build_static("blkio-guest", "blkio-guest")?;
+    // The nvme-fio scenario runs the host's fio in the guests.
+    let fio = if scenarios.iter().any(|s| s == "nvme-fio") {
+        require_tool("fio", "fio")?;
+        Some(initramfs::dynamic_program(&which("fio")?)?)
+    } else {
+        None
+    };
     let cache = fetch::cache_root()?;
     let mut kernels = Vec::new();
     for s in fetch::SERIES.iter().filter(|s| series.iter().any(|n| n == s.name)) {
@@ -185,11 +198,20 @@ pub fn kernels(opts: Opts) -> anyhow::Result<()> {
         let k = &kernels[i];
         let label = format!("{} {}", k.series, k.release);
         let t = Instant::now();
-        let (cells, facts) =
-            match boot_kernel(k, &plan, &agent, &guest, &work_root.join(&k.release), timeout, opts.verbose, &label) {
-                Ok(r) => r,
-                Err(e) => (all_failed(k, &plan, &format!("{e:#}")), None),
-            };
+        let (cells, facts) = match boot_kernel(
+            k,
+            &plan,
+            &agent,
+            &guest,
+            fio.as_ref(),
+            &work_root.join(&k.release),
+            timeout,
+            opts.verbose,
+            &label,
+        ) {
+            Ok(r) => r,
+            Err(e) => (all_failed(k, &plan, &format!("{e:#}")), None),
+        };
         KernelRun { index: i, cells, facts, elapsed: t.elapsed() }
     };
     thread::scope(|s| {
@@ -289,6 +311,7 @@ fn boot_kernel(
     plan: &Plan,
     agent: &Path,
     guest: &Path,
+    program: Option<&initramfs::Program>,
     work: &Path,
     timeout: Duration,
     verbose: bool,
@@ -300,7 +323,7 @@ fn boot_kernel(
     let initrd = work.join(format!("initramfs.cpio.{}", std::process::id()));
     initramfs::write(
         &initrd,
-        &initramfs::Contents { agent, guest, plan_json: serde_json::to_string(plan)?, modules: &mods },
+        &initramfs::Contents { agent, guest, plan_json: serde_json::to_string(plan)?, modules: &mods, program },
     )?;
     eprintln!(
         "xtask: kernels: booting {} ({} modules: {})",

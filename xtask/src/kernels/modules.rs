@@ -26,7 +26,7 @@ pub fn for_device(kind: &str) -> &'static [(&'static str, &'static str)] {
         // The scenarios' null_blk devices are made through configfs (xtask/guest/src/scenario.rs);
         // the module's own device is the matrix's.
         "null_blk-zoned" | "null_blk-discard" => for_device("null_blk"),
-        "nvme-qd32" => for_device("nvme"),
+        "nvme-qd32" | "nvme-fio" => for_device("nvme"),
         "ext4-fsync" => &[("virtio_pci", ""), ("virtio_blk", ""), ("ext4", "")],
         _ => &[],
     }

@@ -86,10 +86,11 @@ pub fn boot(b: &Boot) -> anyhow::Result<Outcome> {
         cmd.arg("-drive").arg(format!("file={},if=none,id=vd0,format=raw", img.display()));
         cmd.args(["-device", "virtio-blk-pci,drive=vd0"]);
     }
-    if b.devices.iter().any(|d| d == "nvme") || b.scenarios.iter().any(|s| s == "nvme-qd32") {
+    if b.devices.iter().any(|d| d == "nvme") || b.scenarios.iter().any(|s| s.starts_with("nvme-")) {
         let img = disk(b.work, "nvme.img")?;
         // Throttled (qemu's I/O limits delay completions), so that concurrent requests pile up
-        // in the device as on a busy disk: the nvme-qd32 scenario's depth reaches its 32 threads.
+        // in the device as on a busy disk: the nvme-qd32 and nvme-fio scenarios' depth reaches
+        // their 32 threads or fio's iodepth.
         cmd.arg("-drive").arg(format!("file={},if=none,id=nv0,format=raw,throttling.iops-total=1000", img.display()));
         // Several I/O queue pairs: the guest uses one per CPU.
         cmd.args(["-device", "nvme,serial=blkio0001,drive=nv0,max_ioqpairs=4"]);
