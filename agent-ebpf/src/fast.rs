@@ -30,8 +30,8 @@ use blkio_agent_common::{
 use crate::{
     classify_req_op, conf,
     state::{
-        Device, control, count, inflight_add, outstanding_end, outstanding_issue, pointer_value, record_cgroup,
-        record_hist,
+        Device, control, count, inflight_add, outstanding_end, outstanding_issue, pointer_value, record_carried_bytes,
+        record_cgroup, record_hist,
     },
 };
 
@@ -267,6 +267,13 @@ pub fn requeue(rq: Rq) -> bool {
         return true;
     }
     let started = u64::from(load::<u32>(rq.0, conf!(rq_state))) != conf!(mq_rq_idle);
+    if started {
+        // What earlier pieces completed (a short transfer the driver retries): `stats_sectors`
+        // still holds the size at this start, `__data_len` the rest the restart will stamp.
+        let remaining = rq.data_len();
+        let size = request_bytes(load::<u16>(rq.0, conf!(rq_stats_sectors)), remaining);
+        record_carried_bytes(dev.id, classify_req_op(rq.raw_op()), size.saturating_sub(remaining));
+    }
     if started && gauge_counts_end(control(CONTROL_ARMED_NS), allocated, issued) {
         if let Some(rq) = pointer_value(rq.0) {
             outstanding_end(rq);

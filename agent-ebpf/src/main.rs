@@ -169,7 +169,7 @@ fn rq_requeue(rq: u64) {
     if fast::enabled() && fast::requeue(Rq(rq)) {
         return;
     }
-    on_requeue(btf_key(rq));
+    on_requeue(btf_key(rq), Rq(rq).data_len());
 }
 
 /// `block_rq_complete(struct request *rq, blk_status_t error, unsigned int nr_bytes)`.
@@ -283,7 +283,7 @@ fn try_rq_issue_tp(ctx: &TracePointContext) -> Result<(), i64> {
 #[tracepoint(category = "block", name = "block_rq_requeue")]
 pub fn rq_requeue_tp(ctx: TracePointContext) -> i32 {
     if let Ok((key, _)) = tp_key(&ctx, conf!(tp_requeue_dev), conf!(tp_requeue_sector)) {
-        on_requeue(key);
+        on_requeue(key, u32::MAX);
     }
     0
 }

@@ -183,7 +183,10 @@ pub fn on_issue(key: RequestKey, dev: u32, op: u32, bytes: u32, queued_since: u6
     inflight_add(device, 1);
 }
 
-pub fn on_requeue(key: RequestKey) {
+/// `remaining`: the request's `__data_len` now (`u32::MAX` when unknown: the classic record has
+/// only the sector count of a request it takes as whole). Bytes the request completed before it
+/// was requeued are carried (see [`record_carried_bytes`]): its re-issue records only the rest.
+pub fn on_requeue(key: RequestKey, remaining: u32) {
     if let Some(p) = REQUESTS.get_ptr(&key) {
         let start = unsafe { *p };
         let _ = REQUESTS.remove(&key);
@@ -194,6 +197,7 @@ pub fn on_requeue(key: RequestKey) {
         }
         if start.issue_ns != 0 {
             inflight_add(dev, -1);
+            record_carried_bytes(start.dev, start.op, start.bytes.saturating_sub(remaining));
         }
         count(EVENT_REQUEUED);
     }
@@ -382,20 +386,7 @@ pub(crate) fn record_hist(dev: Device, op: u32, bytes: u32, device_ns: u64, queu
     }
     let qs = log2_slot(queue_ns / 1000);
     let ss = log2_slot(bytes as u64);
-    let key = HistKey { dev: dev.id, op };
-    let p = match HISTS.get_ptr_mut(&key) {
-        Some(p) => p,
-        None => {
-            let _ = HISTS.insert(&key, &ZERO_HIST, BPF_NOEXIST as u64);
-            match HISTS.get_ptr_mut(&key) {
-                Some(p) => p,
-                None => {
-                    count(LOSS_HIST_UPDATE_FAILED);
-                    return;
-                }
-            }
-        }
-    };
+    let Some(p) = fallback_hist(HistKey { dev: dev.id, op }) else { return };
     // Shared between CPUs: atomic adds.
     unsafe {
         begin_shared(&raw mut (*p).started);
@@ -407,6 +398,41 @@ pub(crate) fn record_hist(dev: Device, op: u32, bytes: u32, device_ns: u64, queu
         add_u32(&raw mut (*h).device_slots[device_slot], 1);
         add_u32(&raw mut (*h).queue_slots[qs], 1);
         add_u32(&raw mut (*h).size_slots[ss], 1);
+        end_shared(&raw mut (*p).done);
+    }
+}
+
+/// The device's fallback entry for `key` (inserted on first use), or `None` counted as a loss.
+#[inline(always)]
+fn fallback_hist(key: HistKey) -> Option<*mut Framed<OpHist>> {
+    if let Some(p) = HISTS.get_ptr_mut(&key) {
+        return Some(p);
+    }
+    let _ = HISTS.insert(&key, &ZERO_HIST, BPF_NOEXIST as u64);
+    let p = HISTS.get_ptr_mut(&key);
+    if p.is_none() {
+        count(LOSS_HIST_UPDATE_FAILED);
+    }
+    p
+}
+
+/// Adds `bytes` of `dev`'s `op` without a request: what earlier pieces of a request completed
+/// before it was requeued (a short transfer the driver retries). diskstats counts bytes at each
+/// piece (`blk_account_io_completion()`), but the request's last completion sees only the rest:
+/// the restart restamps `stats_sectors` (`blk_mq_start_request`), and the start map's entry is
+/// renewed at the re-issue. Into the fallback entry, bytes only, for every device (userspace sums
+/// the fallback and dense entries of a device): rare, so the shared entry costs nothing per I/O,
+/// and this program never writes the per-CPU entries the completion program owns.
+/// <https://elixir.bootlin.com/linux/v6.18/source/block/blk-mq.c> (`blk_update_request`)
+#[inline(always)]
+pub(crate) fn record_carried_bytes(dev: u32, op: u32, bytes: u32) {
+    if bytes == 0 {
+        return;
+    }
+    let Some(p) = fallback_hist(HistKey { dev, op }) else { return };
+    unsafe {
+        begin_shared(&raw mut (*p).started);
+        add_u64(&raw mut (*p).value.bytes, u64::from(bytes));
         end_shared(&raw mut (*p).done);
     }
 }

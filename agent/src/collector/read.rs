@@ -167,9 +167,13 @@ impl Baselines {
     pub fn hist_deltas(&mut self, hists: &BTreeMap<HistKey, OpHist>) -> BTreeMap<(u32, u32), HistDelta> {
         let mut out = BTreeMap::new();
         for (key, cur) in hists {
-            let prev = self.hists.insert(*key, *cur).unwrap_or(OpHist::ZERO);
+            let prev = self.hists.get(key).copied().unwrap_or(OpHist::ZERO);
             let d = delta(cur, &prev);
+            // Bytes can arrive without a completion (carried when a partly completed request is
+            // requeued, `record_carried_bytes` in agent-ebpf/src/state.rs): they stay out of the
+            // baseline until the request completes, so every reported op has a count.
             if d.count > 0 {
+                self.hists.insert(*key, *cur);
                 out.insert((key.dev, key.op), d);
             }
         }
@@ -259,6 +263,27 @@ mod tests {
         assert_eq!(d.count, 5);
         assert_eq!(d.device_slots[3], 5);
         assert_eq!(d.device_slots.iter().sum::<u64>(), d.count);
+    }
+
+    #[test]
+    fn carried_bytes_wait_for_their_completion() {
+        let key = HistKey { dev: 7, op: 0 };
+        let mut base = Baselines::default();
+        let mut h = OpHist::ZERO;
+        h.count = 2;
+        h.bytes = 8192;
+        h.size_slots[12] = 2;
+        assert_eq!(base.hist_deltas(&BTreeMap::from([(key, h)]))[&(7, 0)].bytes, 8192);
+        // A requeue carried 2048 bytes of a request that has not completed yet: no op reported...
+        h.bytes += 2048;
+        assert!(base.hist_deltas(&BTreeMap::from([(key, h)])).is_empty());
+        // ...and its completion (the other 2048 bytes) reports all 4096 with it.
+        h.count += 1;
+        h.bytes += 2048;
+        h.size_slots[11] += 1;
+        let deltas = base.hist_deltas(&BTreeMap::from([(key, h)]));
+        assert_eq!((deltas[&(7, 0)].count, deltas[&(7, 0)].bytes), (1, 4096));
+        assert!(base.hist_deltas(&BTreeMap::from([(key, h)])).is_empty());
     }
 
     #[test]

@@ -140,6 +140,7 @@ fn sdebug(knob: &str, value: u64) -> Result<(), String> {
 /// scsi_debug's `opts` bits (drivers/scsi/scsi_debug.c).
 const OPT_MEDIUM_ERR: u64 = 0x2;
 const OPT_TRANSPORT_ERR: u64 = 0x10;
+const OPT_SHORT_TRANSFER: u64 = 0x100;
 const OPT_HOST_BUSY: u64 = 0x8000;
 /// `medium_error_start` default (OPT_MEDIUM_ERR_ADDR): reads covering it fail.
 const MEDIUM_ERR_SECTOR: u64 = 0x1234;
@@ -148,11 +149,16 @@ const MEDIUM_ERR_SECTOR: u64 = 0x1234;
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ScsiFaults {
     pub failed_reads: u64,
+    /// Reads issued while every 4th command transferred only half its data.
+    pub short_phase_reads: u64,
 }
 
 /// Every 5th command fails with a transport error (ABORTED COMMAND: the SCSI midlayer retries
 /// it, requeueing the request from MQ_RQ_COMPLETE), then every 7th is refused as host busy
-/// (blk-mq requeues it before or after start), then a read covering the medium-error sector
+/// (blk-mq requeues it before or after start), then every 4th command transfers half its data
+/// (sd completes that half — a partial completion — and requeues the rest: the restart restamps
+/// the request's size, so the agent must carry the first half's bytes), then a read covering the
+/// medium-error sector
 /// fails (sd completes the good sectors before the bad one, then fails the rest: a partial
 /// completion), each phase with 4 KiB O_DIRECT writes and reads one at a time.
 pub fn scsi(dev: &str) -> Result<ScsiFaults, String> {
@@ -168,11 +174,17 @@ pub fn scsi(dev: &str) -> Result<ScsiFaults, String> {
                 workload::io(&d, &buf, false, base + 2 * i)?;
             }
         }
+        let mut out = ScsiFaults::default();
+        sdebug("every_nth", 4)?;
+        sdebug("opts", OPT_SHORT_TRANSFER)?;
+        for i in 0..16 {
+            workload::io(&d, &buf, false, 64 + 2 * 256 + 2 * i)?;
+            out.short_phase_reads += 1;
+        }
         sdebug("every_nth", 0)?;
         sdebug("opts", OPT_MEDIUM_ERR)?;
         // The 4 KiB block holding the bad sector, and a good block after it.
         let bad = MEDIUM_ERR_SECTOR * 512 / BLOCK as u64;
-        let mut out = ScsiFaults::default();
         for _ in 0..2 {
             if workload::io(&d, &buf, false, bad).is_ok() {
                 return Err(format!("a read of block {bad} (sector {MEDIUM_ERR_SECTOR:#x}) did not fail with opts=2"));

@@ -8,7 +8,8 @@
 //! - `null_blk-discard`: a memory-backed null_blk with discard: BLKDISCARD of 64 MiB and 100 MiB,
 //!   one request each (`stats_sectors`, a u16 of sectors, wraps at 32 MiB).
 //! - `scsi_debug-faults`: injected transport errors (retried: requeue from MQ_RQ_COMPLETE), host
-//!   busy (requeue at dispatch) and a medium error (partial completion, then failure).
+//!   busy (requeue at dispatch), short transfers (a partial completion, then a requeue of the
+//!   rest) and a medium error (partial completion, then failure).
 //! - `nvme-qd32`: 32 threads of synchronous O_DIRECT I/O on the emulated NVMe; every snapshot's
 //!   in-flight count and peak at most 32, the highest peak at least 16.
 //! - `nvme-fio`: fio randrw 4 KiB through libaio on the emulated NVMe, 12 s at iodepth 4, idle,
@@ -139,6 +140,7 @@ pub fn run(name: &str, agent_args: &[String]) -> (Result<String, String>, Vec<St
     thread::sleep(Duration::from_millis(200));
     let mut exp = Expect::default();
     let mut fio_jobs: Vec<fio::Job> = Vec::new();
+    let mut scsi: Option<faults::ScsiFaults> = None;
     let work: Result<String, String> = warm.and_then(|_| match name {
         "null_blk-zoned" => faults::zoned(&dev, 4).map(|n| {
             // diskstats counts zone management as writes of 0 sectors (exact.rs).
@@ -146,7 +148,10 @@ pub fn run(name: &str, agent_args: &[String]) -> (Result<String, String>, Vec<St
             format!("{n} zone ops (open, close, finish, reset)")
         }),
         "null_blk-discard" => faults::discard(&dev, &[64 << 20, 100 << 20]).map(|_| "discards: 64 MiB, 100 MiB".into()),
-        "scsi_debug-faults" => faults::scsi(&dev).map(|f| format!("failed reads: {}", f.failed_reads)),
+        "scsi_debug-faults" => faults::scsi(&dev).map(|f| {
+            scsi = Some(f);
+            format!("failed reads: {}, short-transfer phase reads: {}", f.failed_reads, f.short_phase_reads)
+        }),
         "nvme-qd32" => {
             exp.depth[0] = Some(DepthPhase::always(32));
             faults::concurrent(&dev, 32, 48).map(|_| "32 threads x 48".into())
@@ -177,10 +182,13 @@ pub fn run(name: &str, agent_args: &[String]) -> (Result<String, String>, Vec<St
         let jsonl = fs::read_to_string(&agent.output).map_err(|e| format!("{}: {e}", agent.output))?;
         let t = exact::check(&jsonl, &dev, &disk, &exp)?;
         // The fault paths must have run, or the scenario proved nothing.
-        if name == "scsi_debug-faults" && (t.requeued == 0 || t.partial == 0) {
+        // Each failed read is one partial completion; the short transfers must add more.
+        if let Some(f) = scsi
+            && (t.requeued == 0 || t.partial <= f.failed_reads)
+        {
             return Err(format!(
-                "no fault seen: requeued={} partial_completion={} (scsi_debug opts not applied?)",
-                t.requeued, t.partial
+                "no fault seen: requeued={} partial_completion={} for {} failed reads (scsi_debug opts not applied?)",
+                t.requeued, t.partial, f.failed_reads
             ));
         }
         if !fio_jobs.is_empty() {
