@@ -175,12 +175,7 @@ fn agent_binary(root: &Path, scratch: &Path, no_build: bool) -> anyhow::Result<P
 }
 
 fn which(tool: &str) -> anyhow::Result<PathBuf> {
-    let path = std::env::var("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin".into(), "/sbin".into()])
-        .map(|d| d.join(tool))
-        .find(|p| p.is_file())
-        .context("not on PATH")
+    crate::setup::which(tool).context("not on PATH")
 }
 
 /// libbpf-tools' biolatency: `biolatency` on Debian, maybe prefixed elsewhere.

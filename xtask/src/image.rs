@@ -98,7 +98,7 @@ pub fn image_size(tag: &str) -> anyhow::Result<u64> {
 }
 
 fn on_path(tool: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(tool).is_file()))
+    crate::setup::which(tool).is_some()
 }
 
 /// C code in the agent's dependencies (ring, for OTLP over TLS) is compiled for the musl target

@@ -146,6 +146,13 @@ fn bpf_linker() -> anyhow::Result<()> {
         .env("LLVM_PREFIX", &prefix))
 }
 
+/// The first `tool` on `PATH`, then in /usr/sbin and /sbin (root's tools, e.g. libbpf-tools, when
+/// `PATH` lacks them).
+pub fn which(tool: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path).chain(["/usr/sbin".into(), "/sbin".into()]).map(|d| d.join(tool)).find(|p| p.is_file())
+}
+
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc_geteuid() == 0 }

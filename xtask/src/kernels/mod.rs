@@ -119,17 +119,11 @@ fn pick(asked: &[String], all: &[&str], what: &str) -> anyhow::Result<Vec<String
     Ok(asked.to_vec())
 }
 
-fn which(tool: &str) -> anyhow::Result<PathBuf> {
-    std::env::var_os("PATH")
-        .and_then(|p| std::env::split_paths(&p).map(|d| d.join(tool)).find(|p| p.is_file()))
-        .with_context(|| format!("{tool} is not on PATH"))
-}
-
-fn require_tool(tool: &str, package: &str) -> anyhow::Result<()> {
-    if which(tool).is_err() {
+fn require_tool(tool: &str, package: &str) -> anyhow::Result<PathBuf> {
+    let Some(path) = crate::setup::which(tool) else {
         bail!("{tool} is not installed; fix: `cargo xtask setup` (or `apt-get install {package}`)");
-    }
-    Ok(())
+    };
+    Ok(path)
 }
 
 pub fn kernels(opts: Opts) -> anyhow::Result<()> {
@@ -163,8 +157,7 @@ pub fn kernels(opts: Opts) -> anyhow::Result<()> {
     let guest = build_static("blkio-guest", "blkio-guest")?;
     // The nvme-fio scenario runs the host's fio in the guests.
     let fio = if scenarios.iter().any(|s| s == "nvme-fio") {
-        require_tool("fio", "fio")?;
-        Some(initramfs::dynamic_program(&which("fio")?)?)
+        Some(initramfs::dynamic_program(&require_tool("fio", "fio")?)?)
     } else {
         None
     };
