@@ -24,7 +24,7 @@
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use blkio_agent_common::{
     CONTROL_ARMED_NS, CONTROL_FAST_SINCE, EVENT_FAST_COMPLETION, EVENT_PARTIAL_COMPLETION, EVENT_REQUEUED,
-    SELFTEST_AGREE, SELFTEST_DISAGREE, gauge_counts_end, gauge_counts_issue, log2_slot, request_bytes,
+    SELFTEST_AGREE, SELFTEST_DISAGREE, gauge_counts_end, gauge_counts_issue, log2_slot, queue_line, request_bytes,
 };
 
 use crate::{
@@ -116,6 +116,20 @@ impl Rq {
         load(self.0, conf!(rq_io_start_time))
     }
 
+    /// The depth line of the request's hardware queue: `rq->mq_hctx->queue_num`, folded into
+    /// `QUEUE_LINES` (0 without the fields, or for a request without a queue context).
+    #[inline(always)]
+    pub fn queue_line(self) -> u32 {
+        if conf!(queue_lines) == 0 {
+            return 0;
+        }
+        let hctx: u64 = load(self.0, conf!(rq_mq_hctx));
+        if hctx == 0 {
+            return 0;
+        }
+        queue_line(load::<u32>(hctx, conf!(hctx_queue_num)))
+    }
+
     /// `(major << 20) | first_minor` of the request's disk: `rq->rq_disk` before 5.17,
     /// `rq->q->disk` since (0 for a request without a disk, e.g. NVMe multipath's hidden paths).
     #[inline(always)]
@@ -145,6 +159,15 @@ fn now_ns() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
+/// The request's device, on its hardware queue's depth line when something uses the line: a
+/// dense slot (a gauge line per queue) or attribution (its shard). An ignored device, or the
+/// fallback entry without attribution, skips the line's two loads.
+#[inline(always)]
+pub fn device_of(rq: Rq) -> Device {
+    let dev = Device::of(rq.dev());
+    if dev.ignored() || !dev.uses_line() { dev } else { dev.on_line(rq.queue_line()) }
+}
+
 /// Issue: handles the request and returns true when the block layer will stamp it
 /// (`QUEUE_FLAG_STATS` and not passthrough — the same test `blk_mq_start_request` makes next)
 /// and the fast path is on for it.
@@ -163,7 +186,7 @@ pub fn issue(rq: Rq) -> bool {
         return false;
     }
     if gauge_counts_issue(control(CONTROL_ARMED_NS), allocated, now_ns) {
-        let dev = Device::of(rq.dev());
+        let dev = device_of(rq);
         if dev.ignored() {
             return true;
         }
@@ -202,7 +225,7 @@ pub fn complete(rq: Rq, nr_bytes: u32, remaining: u32, cgroup_id: u64) -> bool {
     }
     let fast_since = control(CONTROL_FAST_SINCE);
     self_test(rq, fast_since != 0);
-    let dev = Device::of(rq.dev());
+    let dev = device_of(rq);
     if dev.ignored() {
         // Not reported (`--devices`): taken, so that the start map does not count it lost.
         return true;
@@ -232,7 +255,7 @@ pub fn complete(rq: Rq, nr_bytes: u32, remaining: u32, cgroup_id: u64) -> bool {
     let device_slot = log2_slot(device_ns / 1000);
     let op = classify_req_op(raw_op);
     record_hist(dev, op, bytes, device_ns, queue_ns, device_slot);
-    record_cgroup(cgroup_id, dev.id, op, bytes, device_ns, device_slot);
+    record_cgroup(cgroup_id, dev, op, bytes, device_ns, device_slot);
     count(EVENT_FAST_COMPLETION);
     true
 }
@@ -262,7 +285,7 @@ pub fn requeue(rq: Rq) -> bool {
     if !gauge_counts_end(control(CONTROL_FAST_SINCE), allocated, issued) {
         return false;
     }
-    let dev = Device::of(rq.dev());
+    let dev = device_of(rq);
     if dev.ignored() {
         return true;
     }

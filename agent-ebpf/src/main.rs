@@ -144,11 +144,11 @@ fn try_rq_issue_btf(rq: u64) -> Result<(), i64> {
         // Not stamped by the block layer (no blk-stat on this queue, passthrough, or the fast path
         // not on yet): track it in the start map. There is no insert hook when the kernel has the
         // stamps; queueing starts at allocation on both paths.
-        on_issue(btf_key(rq), r.dev(), classify_req_op(r.raw_op()), r.data_len(), r.start_time_ns());
+        on_issue(btf_key(rq), r.dev(), classify_req_op(r.raw_op()), r.data_len(), r.start_time_ns(), r.queue_line());
         return Ok(());
     }
     let info = rq_info(rq);
-    on_issue(btf_key(rq), info.dev, info.op, info.bytes, 0);
+    on_issue(btf_key(rq), info.dev, info.op, info.bytes, 0, Rq(rq).queue_line());
     Ok(())
 }
 
@@ -235,7 +235,7 @@ fn empty_preflush(r: Rq) {
     }
     let device_ns = unsafe { bpf_ktime_get_ns() }.saturating_sub(allocated);
     let slot = log2_slot(device_ns / 1000);
-    let dev = Device::of(r.dev());
+    let dev = fast::device_of(r);
     if dev.ignored() {
         return;
     }
@@ -243,7 +243,7 @@ fn empty_preflush(r: Rq) {
     // RMW), which 5.10's verifier rejects (BPF_OR atomics are 5.12+): hide it behind a volatile load.
     let zero = unsafe { core::ptr::read_volatile(&0u32) };
     record_hist(dev, OP_WRITE, zero, device_ns, u64::from(zero), slot);
-    record_cgroup(fast::bio_cgroup(r), dev.id, OP_WRITE, zero, device_ns, slot);
+    record_cgroup(fast::bio_cgroup(r), dev, OP_WRITE, zero, device_ns, slot);
     count(EVENT_FAST_COMPLETION);
 }
 
@@ -276,7 +276,8 @@ fn try_rq_issue_tp(ctx: &TracePointContext) -> Result<(), i64> {
     let (bytes_off, rwbs_off) = (conf!(tp_issue_bytes) as usize, conf!(tp_issue_rwbs) as usize);
     let bytes: u32 = unsafe { ctx.read_at(bytes_off) }?;
     let rwbs: [u8; 8] = unsafe { ctx.read_at(rwbs_off) }?;
-    on_issue(key, dev, classify_rwbs(&rwbs), bytes, 0);
+    // The record has no request pointer: every request on line 0.
+    on_issue(key, dev, classify_rwbs(&rwbs), bytes, 0, 0);
     Ok(())
 }
 

@@ -4,18 +4,18 @@
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
-    bindings::{BPF_ANY, BPF_NOEXIST},
+    bindings::{BPF_ANY, BPF_F_MMAPABLE, BPF_NOEXIST},
     helpers::{bpf_get_current_cgroup_id, bpf_ktime_get_ns},
     macros::map,
     maps::{Array, HashMap, PerCpuArray},
 };
 use blkio_agent_common::{
     CONTROL_EPOCH, CONTROL_SLOTS, COUNTER_SLOTS, CgroupKey, CgroupStats, DEVICE_INDEX_PROBES, DEVICE_INDEX_SIZE,
-    DeviceHists, DeviceInflight, EVENT_PARTIAL_COMPLETION, EVENT_REQUEUED, Framed, HistKey, IGNORED_SLOT,
+    DeviceHists, DeviceInflight, DeviceQueues, EVENT_PARTIAL_COMPLETION, EVENT_REQUEUED, Framed, HistKey, IGNORED_SLOT,
     LOSS_CGROUP_MAP_FULL, LOSS_COMPLETE_WITHOUT_START, LOSS_DEVICE_MAP_FULL, LOSS_HIST_UPDATE_FAILED,
     LOSS_STALE_EVICTED, LOSS_START_INSERT_FAILED, MAX_CGROUP_KEYS, MAX_DENSE_DEVICES, MAX_DEVICES, MAX_HIST_KEYS,
-    MAX_INFLIGHT_REQUESTS, OP_COUNT, OUTSTANDING_SIZE, OpHist, RequestKey, RequestStart, device_index_match,
-    device_index_pos, log2_slot, outstanding_mark, outstanding_match, outstanding_pos,
+    MAX_INFLIGHT_REQUESTS, OP_COUNT, OUTSTANDING_SIZE, OpHist, QUEUE_LINES, RequestKey, RequestStart, cgroup_shard,
+    device_index_match, device_index_pos, log2_slot, outstanding_mark, outstanding_match, outstanding_pos,
 };
 
 use crate::conf;
@@ -35,9 +35,13 @@ static DEVICE_INDEX: Array<u64> = Array::with_max_entries(DEVICE_INDEX_SIZE, 0);
 #[map]
 static DENSE_HISTS: PerCpuArray<Framed<DeviceHists>> = PerCpuArray::with_max_entries(MAX_DENSE_DEVICES, 0);
 
-/// In-flight gauge per dense slot (shared: depth is a property of the device, not of a CPU).
+/// In-flight gauges per dense slot, one cache line per hardware queue (`QUEUE_LINES`): the depth
+/// is a property of the device, but a line per CPU could not give its peak, and one line per
+/// device was written by every CPU doing its I/O. `BPF_F_MMAPABLE` page-aligns the values, so
+/// each 64-byte line is a cache line of its own (a plain array's values start 16 bytes into one).
+/// <https://elixir.bootlin.com/linux/v6.18/source/kernel/bpf/arraymap.c> (`array_map_alloc`)
 #[map]
-static DENSE_INFLIGHT: Array<DeviceInflight> = Array::with_max_entries(MAX_DENSE_DEVICES, 0);
+static DENSE_INFLIGHT: Array<DeviceQueues> = Array::with_max_entries(MAX_DENSE_DEVICES, BPF_F_MMAPABLE);
 
 /// Fallback histograms per (device, op) for devices without a dense slot; shared, atomic adds.
 #[map]
@@ -125,7 +129,7 @@ pub fn on_insert(key: RequestKey, dev: u32) {
             // Still marked in flight, yet inserted again without a requeue event: the old
             // completion was lost (or, with classic keys, two requests collided).
             count(LOSS_STALE_EVICTED);
-            inflight_evict(Device::of(start.dev));
+            inflight_evict(Device::of(start.dev).on_line(start.line));
             start.issue_ns = 0;
         }
         // Otherwise a leftover of a request merged away before issue; reuse the slot.
@@ -145,10 +149,11 @@ pub(crate) fn control(i: u32) -> u64 {
 }
 
 /// `queued_since`: when queueing began if known without an insert event (the request's
-/// allocation time), else 0. Inlined: BPF calls take at most 5 register arguments.
+/// allocation time), else 0. `line`: the depth line of the request's hardware queue. Inlined:
+/// BPF calls take at most 5 register arguments.
 #[inline(always)]
-pub fn on_issue(key: RequestKey, dev: u32, op: u32, bytes: u32, queued_since: u64) {
-    let device = Device::of(dev);
+pub fn on_issue(key: RequestKey, dev: u32, op: u32, bytes: u32, queued_since: u64, line: u32) {
+    let device = Device::of(dev).on_line(line);
     if device.ignored() {
         return;
     }
@@ -158,7 +163,7 @@ pub fn on_issue(key: RequestKey, dev: u32, op: u32, bytes: u32, queued_since: u6
         if start.issue_ns != 0 {
             // Issued twice without completing: replace the stale entry, moving its depth.
             count(LOSS_STALE_EVICTED);
-            inflight_evict(Device::of(start.dev));
+            inflight_evict(Device::of(start.dev).on_line(start.line));
             start.insert_ns = 0;
         }
         if start.cgroup_id == 0 {
@@ -171,11 +176,12 @@ pub fn on_issue(key: RequestKey, dev: u32, op: u32, bytes: u32, queued_since: u6
         start.dev = dev;
         start.op = op;
         start.bytes = bytes;
+        start.line = line;
         inflight_add(device, 1);
         return;
     }
     let start =
-        RequestStart { insert_ns: queued_since, issue_ns: now, cgroup_id: submitter_cgroup(), dev, op, bytes, _pad: 0 };
+        RequestStart { insert_ns: queued_since, issue_ns: now, cgroup_id: submitter_cgroup(), dev, op, bytes, line };
     if REQUESTS.insert(&key, &start, BPF_ANY as u64).is_err() {
         count(LOSS_START_INSERT_FAILED);
         return;
@@ -190,7 +196,7 @@ pub fn on_requeue(key: RequestKey, remaining: u32) {
     if let Some(p) = REQUESTS.get_ptr(&key) {
         let start = unsafe { *p };
         let _ = REQUESTS.remove(&key);
-        let dev = Device::of(start.dev);
+        let dev = Device::of(start.dev).on_line(start.line);
         if dev.ignored() {
             // Issued before userspace marked the device: nothing of it is reported any more.
             return;
@@ -221,7 +227,7 @@ pub fn on_complete(key: RequestKey, completion: Completion, bio_cgroup: u64, dev
         return;
     };
     let start = unsafe { *p };
-    let dev = Device::of(start.dev);
+    let dev = Device::of(start.dev).on_line(start.line);
     if dev.ignored() {
         // Issued before userspace marked the device: nothing of it is reported any more.
         let _ = REQUESTS.remove(&key);
@@ -244,7 +250,7 @@ pub fn on_complete(key: RequestKey, completion: Completion, bio_cgroup: u64, dev
     let device_slot = log2_slot(device_ns / 1000);
     record_hist(dev, start.op, start.bytes, device_ns, queue_ns, device_slot);
     let cgroup_id = if start.cgroup_id != 0 { start.cgroup_id } else { bio_cgroup };
-    record_cgroup(cgroup_id, start.dev, start.op, start.bytes, device_ns, device_slot);
+    record_cgroup(cgroup_id, dev, start.op, start.bytes, device_ns, device_slot);
 }
 
 /// A device and its dense slot, looked up once per event and shared by the depth gauge and
@@ -256,6 +262,8 @@ pub fn on_complete(key: RequestKey, completion: Completion, bio_cgroup: u64, dev
 pub(crate) struct Device {
     pub id: u32,
     slot: u32,
+    /// Depth line of the request's hardware queue (`QUEUE_LINES`), below `QUEUE_LINES`.
+    line: u32,
 }
 
 const NO_SLOT: u32 = u32::MAX;
@@ -263,7 +271,20 @@ const NO_SLOT: u32 = u32::MAX;
 impl Device {
     #[inline(always)]
     pub fn of(id: u32) -> Device {
-        Device { id, slot: dense_slot(id).unwrap_or(NO_SLOT) }
+        Device { id, slot: dense_slot(id).unwrap_or(NO_SLOT), line: 0 }
+    }
+
+    /// The same device, for a request of the hardware queue with depth line `line`.
+    #[inline(always)]
+    pub fn on_line(self, line: u32) -> Device {
+        Device { line: line & (QUEUE_LINES as u32 - 1), ..self }
+    }
+
+    /// Whether the request's depth line matters: a dense device has a gauge line per hardware
+    /// queue, and attribution shards by line; the fallback entry is one gauge.
+    #[inline(always)]
+    pub fn uses_line(self) -> bool {
+        self.slot != NO_SLOT || conf!(attribute_cgroups) != 0
     }
 
     /// Userspace marked the device as not reported (`IGNORED_SLOT`): its requests are skipped
@@ -440,11 +461,11 @@ pub(crate) fn record_carried_bytes(dev: u32, op: u32, bytes: u32) {
 /// Adds a completed request to its cgroup's statistics (nothing for cgroup 0: not attributing,
 /// or no cgroup known).
 #[inline(always)]
-pub(crate) fn record_cgroup(cgroup_id: u64, dev: u32, op: u32, bytes: u32, device_ns: u64, device_slot: usize) {
+pub(crate) fn record_cgroup(cgroup_id: u64, dev: Device, op: u32, bytes: u32, device_ns: u64, device_slot: usize) {
     if cgroup_id == 0 {
         return;
     }
-    let key = CgroupKey { cgroup_id, dev, op };
+    let key = CgroupKey { cgroup_id, dev: dev.id, op: op as u16, shard: cgroup_shard(dev.line) };
     let p = match CGROUPS.get_ptr_mut(&key) {
         Some(p) => p,
         None => {
@@ -481,12 +502,13 @@ unsafe fn add_u32(dst: *mut u32, v: u32) {
     unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(dst, v) };
 }
 
-/// The device's in-flight gauge: its dense slot, else the fallback map (inserted on first use).
+/// The device's in-flight gauge: its dense slot's line of the request's queue, else the
+/// fallback map (one entry per device, inserted on first use).
 #[inline(always)]
 fn inflight_entry(dev: Device) -> Option<*mut DeviceInflight> {
     if dev.slot != NO_SLOT {
         if let Some(p) = DENSE_INFLIGHT.get_ptr_mut(dev.slot) {
-            return Some(p);
+            return Some(dense_line(p, dev.line));
         }
     }
     match INFLIGHT.get_ptr_mut(&dev.id) {
@@ -496,6 +518,13 @@ fn inflight_entry(dev: Device) -> Option<*mut DeviceInflight> {
             INFLIGHT.get_ptr_mut(&dev.id)
         }
     }
+}
+
+/// Line `line` of a dense device's gauges.
+#[inline(always)]
+fn dense_line(p: *mut DeviceQueues, line: u32) -> *mut DeviceInflight {
+    let line = (line as usize) & (QUEUE_LINES - 1);
+    unsafe { &raw mut (*p).lines[line].gauge }
 }
 
 /// Counts down a request whose completion the programs never saw (it was issued again), and
@@ -533,8 +562,13 @@ pub(crate) fn outstanding_issue(rq: u64, dev: Device) {
     let old = unsafe { core::ptr::read_volatile(p) };
     if let Some(slot) = outstanding_match(old, rq) {
         // Only dense slots are marked: count down that entry directly (a decrement never raises
-        // a peak), without the fallback map's insert path in this program.
-        if let Some(g) = DENSE_INFLIGHT.get_ptr_mut(slot) {
+        // a peak), without the fallback map's insert path in this program. The line is that of
+        // the request's queue now: a request keeps its hardware queue from allocation to
+        // completion, and a driver tag set per queue (all but host-wide shared tags) keeps a
+        // request on one queue for good. With shared tags the count-down may land on another
+        // line of the same device: the device's depth stays exact.
+        if let Some(d) = DENSE_INFLIGHT.get_ptr_mut(slot) {
+            let g = dense_line(d, dev.line);
             unsafe {
                 atomic_xadd::<i64, i64, { AtomicOrdering::Relaxed }>(&raw mut (*g).inflight, -1);
                 add_u64(&raw mut (*g).evicted, 1);

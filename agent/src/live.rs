@@ -159,7 +159,7 @@ mod tests {
                 queue_time: Hist::default(),
                 size: Hist::default(),
             }],
-            depth: Some(Depth { count: 2, peak: 9, sysfs: None }),
+            depth: Some(Depth { count: 2, peak: 9, peak_upper: 9, sysfs: None }),
             unseen: None,
         });
         iv

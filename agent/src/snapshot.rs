@@ -114,6 +114,11 @@ pub struct DeviceInflight {
     /// Highest in-flight count during the interval. Absent in the seed's files.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peak: Option<u64>,
+    /// Upper bound of the interval's highest in-flight count, present only when it is above
+    /// `peak`: the device's I/O moved on several hardware queues, and `peak` is then the highest
+    /// queue's (a depth the device had) while the device's own lies in `[peak, peak_upper]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_upper: Option<u64>,
     /// The kernel's own count from `/sys/block/<dev>/inflight` (reads + writes) at the same time;
     /// read only when the agent's count is non-zero while nothing completed.
     #[serde(default, skip_serializing_if = "Option::is_none")]

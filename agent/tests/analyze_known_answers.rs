@@ -4,7 +4,8 @@
 //! Workload (600 snapshots of 1 s):
 //! - nvme0n1: 90 reads of 40 µs (slot 5, [32, 63]) and 10 writes of 300 µs (slot 8, [256, 511])
 //!   per interval; in intervals 300..320 the writes take 20 000 µs (slot 14) instead.
-//! - sda: 10 writes of 1000 µs (slot 9) per interval.
+//! - sda: 10 writes of 1000 µs (slot 9) per interval; depth 1, peak 2, and in interval 200 a peak
+//!   bounded by `peak_upper` 9 (I/O on several hardware queues).
 //! - loop0: never completes anything (only in `inflight`).
 
 mod analyze_support;
@@ -14,6 +15,7 @@ use analyze_support::*;
 const N: usize = 600;
 const SLOW: std::ops::Range<usize> = 300..320;
 const PEAK_AT: usize = 123;
+const BOUNDED_AT: usize = 200;
 
 fn workload(schema: Schema) -> String {
     (0..N)
@@ -23,7 +25,10 @@ fn workload(schema: Schema) -> String {
             let peak = if i == PEAK_AT { 77 } else { depth + 3 };
             let devs = [
                 DevSample::new("nvme0n1", 259 << 20, vec![io("read", 40, 90), io("write", write_us, 10)], depth, peak),
-                DevSample::new("sda", 8 << 20, vec![io("write", 1000, 10)], 1, 2),
+                match DevSample::new("sda", 8 << 20, vec![io("write", 1000, 10)], 1, 2) {
+                    d if i == BOUNDED_AT => d.with_peak_upper(9),
+                    d => d,
+                },
                 DevSample::new("loop0", 7 << 20, vec![], 0, 0),
             ];
             line(&snapshot(schema, Some("node-a"), T0 + (i + 1) as f64, 1.0, i as u64, &devs))
@@ -110,6 +115,9 @@ fn current_schema_gives_exact_answers() {
     );
     approx(&device(&s, Some("node-a"), "sda")["mean_latency_us"], 1000.0, "sda exact mean");
     assert_eq!(device(&s, Some("node-a"), "sda")["peak_queue_depth"], 2);
+    assert_eq!(device(&s, Some("node-a"), "sda")["peak_queue_depth_upper"], 9, "the range of interval 200");
+    assert_eq!(nvme.get("peak_queue_depth_upper"), None, "exact peaks only: no upper bound");
+    assert!(run.stdout.lines().any(|l| l.contains("sda") && l.contains(" 2-9 ")), "{}", run.stdout);
 
     for f in [
         "nvme0n1_latency_hist.png",

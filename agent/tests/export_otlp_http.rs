@@ -118,6 +118,8 @@ async fn cumulative_points_equal_the_published_snapshots() {
     assert_eq!(v, snaps[3].inflight[0].count as f64);
     assert_eq!(inflight.start_time_unix_nano, 0);
     assert_eq!(number(last, "blkio.inflight.peak", &[]).unwrap().1, snaps[3].inflight[0].peak.unwrap() as f64);
+    let upper = number(last, "blkio.inflight.peak.upper", &[]).unwrap().1;
+    assert_eq!(upper, snaps[3].inflight[0].peak_upper.unwrap() as f64, "the peak's bound, from the same snapshot");
 
     // Per-pod histogram with the pod's Kubernetes attributes.
     let (pod, _) = hist(

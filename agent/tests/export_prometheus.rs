@@ -382,30 +382,35 @@ async fn inflight_peak_is_the_highest_since_the_previous_scrape() {
     let exporters = metrics_only(&[]);
     let addr = exporters.metrics_addr().unwrap();
     let peak_of = |text: &str| scalar(find(&parse(text), "blkio_inflight_peak", &[("system_device", DEVICE)]));
+    let upper_of = |text: &str| scalar(find(&parse(text), "blkio_inflight_peak_upper", &[("system_device", DEVICE)]));
+    // Interval 3's burst used several hardware queues: its peak is bounded, by 70.
     let with_peak = |seq: u64, count: u64, peak: u64| {
         let mut iv = interval(seq);
-        iv.devices[0].depth = Some(blkio_agent::interval::Depth { count, peak, sysfs: None });
+        let peak_upper = if seq == 3 { 70 } else { peak };
+        iv.devices[0].depth = Some(blkio_agent::interval::Depth { count, peak, peak_upper, sysfs: None });
         iv
     };
     // Scrape 1 covers intervals 0..15, with a burst to 57 in interval 3 only.
     for seq in 0..15 {
         exporters.publish(&with_peak(seq, 2, if seq == 3 { 57 } else { 4 }));
     }
-    assert_eq!(peak_of(&scrape_text(addr).await), 57.0);
+    let text = scrape_text(addr).await;
+    assert_eq!((peak_of(&text), upper_of(&text)), (57.0, 70.0));
     // Scrape 2: intervals 15..30 peak at 9 (interval 16); the 57 is not reported twice.
     for seq in 15..30 {
         exporters.publish(&with_peak(seq, 1, if seq == 16 { 9 } else { 3 }));
     }
-    assert_eq!(peak_of(&scrape_text(addr).await), 9.0);
+    let text = scrape_text(addr).await;
+    assert_eq!((peak_of(&text), upper_of(&text)), (9.0, 9.0), "the bound's window restarts too");
     // Scrape 3 with nothing published since: the depth still in flight.
     let text = scrape_text(addr).await;
-    assert_eq!(peak_of(&text), 1.0);
+    assert_eq!((peak_of(&text), upper_of(&text)), (1.0, 1.0));
     assert_eq!(scalar(find(&parse(&text), "blkio_inflight", &[("system_device", DEVICE)])), 1.0);
     exporters.shutdown(Duration::from_secs(1)).await;
 }
 
-/// docs/export.md's series count per device at the default flags: 79 per operation, 4 per
-/// device, so 399 for a device with all five operations; counted on a real scrape.
+/// docs/export.md's series count per device at the default flags: 79 per operation, 6 per
+/// device, so 401 for a device with all five operations; counted on a real scrape.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn series_per_device_are_as_documented() {
     let exporters = metrics_only(&[]);
@@ -435,6 +440,6 @@ async fn series_per_device_are_as_documented() {
     for op in ["read", "write", "discard", "flush", "other"] {
         assert_eq!(per_op(op), 79, "{op}");
     }
-    assert_eq!(series.len(), 400, "{}", series.join("\n"));
+    assert_eq!(series.len(), 401, "{}", series.join("\n"));
     exporters.shutdown(Duration::from_secs(1)).await;
 }

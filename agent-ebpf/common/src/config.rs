@@ -44,6 +44,12 @@ pub struct Config {
     /// `request.state` and `MQ_RQ_IDLE` (`enum mq_rq_state`).
     pub rq_state: u64,
     pub mq_rq_idle: u64,
+    // ---- depth per hardware queue ----
+    /// 1 when `request.mq_hctx` and `blk_mq_hw_ctx.queue_num` exist (every blk-mq kernel); 0
+    /// puts every request on depth line 0.
+    pub queue_lines: u64,
+    pub rq_mq_hctx: u64,
+    pub hctx_queue_num: u64,
     // ---- attribution ----
     /// 1: record the submitting task's cgroup in the start map (attribution by task).
     pub attribute_cgroups: u64,
@@ -98,6 +104,9 @@ impl Config {
         stats_flags_from_btf: 0,
         rq_state: 0,
         mq_rq_idle: 0,
+        queue_lines: 0,
+        rq_mq_hctx: 0,
+        hctx_queue_num: 0,
         attribute_cgroups: 0,
         bio_cgroup: 0,
         rq_bio: 0,

@@ -185,7 +185,8 @@ pub struct RequestStart {
     pub op: u32,
     /// Request size in bytes at issue.
     pub bytes: u32,
-    pub _pad: u32,
+    /// The depth line of the request's hardware queue ([`queue_line`]), taken at issue.
+    pub line: u32,
 }
 
 /// Key of the per-(device, op) histogram map.
@@ -298,6 +299,49 @@ pub struct DeviceInflight {
     pub evicted: u64,
 }
 
+/// Depth lines per dense device: one per hardware queue (`rq->mq_hctx->queue_num` modulo this;
+/// line 0 in tracepoint mode, which has no request pointer).
+///
+/// A line is written at every issue and completion of its queue's requests, so only the CPUs the
+/// block layer maps to that queue write it: on a multi-queue NVMe each line stays in one core's
+/// cache (the queue's submission and completion both run on its CPUs), where one line per device
+/// moved between every core that did I/O. The device's depth is the sum of its lines; its peak
+/// lies between the highest line peak and the sum of the line peaks (equal when one line moved),
+/// see `docs/performance.md` ("Depth per hardware queue"). 64 lines: at most 3 queues share a
+/// line on a 192-CPU node, and 32 devices cost 128 KiB.
+pub const QUEUE_LINES: usize = 64;
+
+/// One hardware queue's gauge, alone on its 64-byte cache line (the array is `BPF_F_MMAPABLE`,
+/// which page-aligns its values).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct QueueLine {
+    pub gauge: DeviceInflight,
+    pub _pad: [u64; 2],
+}
+
+const _: () = assert!(core::mem::size_of::<QueueLine>() == 64);
+const _: () = assert!(QUEUE_LINES.is_power_of_two());
+
+/// Every queue line of one dense device: one element of `DENSE_INFLIGHT`, read with one lookup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct DeviceQueues {
+    pub lines: [QueueLine; QUEUE_LINES],
+}
+
+impl Default for DeviceQueues {
+    fn default() -> Self {
+        DeviceQueues { lines: [QueueLine::default(); QUEUE_LINES] }
+    }
+}
+
+/// The line of hardware queue `queue_num`.
+#[inline(always)]
+pub fn queue_line(queue_num: u32) -> u32 {
+    queue_num & (QUEUE_LINES as u32 - 1)
+}
+
 /// Size of the fast path's table of requests in flight: direct-mapped, one `u64` per entry.
 ///
 /// The fast path keeps no per-request state, so a completion the kernel did not show the programs
@@ -353,7 +397,23 @@ pub fn outstanding_match(entry: u64, rq: u64) -> Option<u32> {
 pub struct CgroupKey {
     pub cgroup_id: u64,
     pub dev: u32,
-    pub op: u32,
+    /// One of the `OP_*` values.
+    pub op: u16,
+    /// [`cgroup_shard`] of the request's hardware queue: userspace sums a series' shards.
+    pub shard: u16,
+}
+
+/// Entries one (cgroup, device, op) series is spread over. One pod doing all of a device's I/O
+/// from many CPUs would otherwise put every completion's atomic adds on one shared line; split
+/// by hardware queue (the queue's CPUs complete its requests), 8 lines share the load. The map's
+/// `MAX_CGROUP_KEYS` then hold at least 512 series even when every one of them uses every queue
+/// (a series only takes the shards of the queues it used).
+pub const CGROUP_SHARDS: u32 = 8;
+
+/// The attribution shard of a request on depth line `line`.
+#[inline(always)]
+pub fn cgroup_shard(line: u32) -> u16 {
+    (line & (CGROUP_SHARDS - 1)) as u16
 }
 
 /// Cumulative statistics of completed requests submitted from one cgroup (atomic adds).
@@ -429,6 +489,7 @@ mod pod {
     unsafe impl aya::Pod for OpHist {}
     unsafe impl aya::Pod for DeviceHists {}
     unsafe impl aya::Pod for DeviceInflight {}
+    unsafe impl aya::Pod for DeviceQueues {}
     unsafe impl aya::Pod for CgroupKey {}
     unsafe impl aya::Pod for CgroupStats {}
     // SAFETY: `T` is Pod and a multiple of 8 bytes (asserted below), so no padding is added.

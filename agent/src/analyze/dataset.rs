@@ -61,9 +61,48 @@ pub struct Rec {
     pub slot_len: u8,
     pub inflight: u64,
     pub peak: u64,
+    /// `peak_upper` (the interval's I/O used several hardware queues), else NONE.
+    pub peak_upper: u64,
     /// `op_recs[ops_off..ops_off + ops_len]` of the device hold this record's ops.
     pub ops_off: u32,
     pub ops_len: u8,
+}
+
+/// The highest in-flight depth over some records. `peak`: the highest the device certainly had
+/// (each record's `peak`, or its end-of-interval `count` where the input has no `peak`).
+/// `upper`: the highest any record allows (its `peak_upper` where its I/O used several hardware
+/// queues and the agent could only bound the device's peak, docs/performance.md), shown only
+/// when above `peak`.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PeakDepth {
+    pub peak: Option<u64>,
+    bound: Option<u64>,
+}
+
+impl PeakDepth {
+    pub fn add(&mut self, r: &Rec) {
+        let known = [r.inflight, r.peak].into_iter().filter(|&v| v != NONE).max();
+        if let Some(v) = known {
+            self.peak = Some(self.peak.map_or(v, |p| p.max(v)));
+        }
+        if let Some(u) = known.max(Some(r.peak_upper).filter(|&u| u != NONE)) {
+            self.bound = Some(self.bound.map_or(u, |b| b.max(u)));
+        }
+    }
+
+    /// The upper bound of the peak when it is above `peak`.
+    pub fn upper(&self) -> Option<u64> {
+        self.bound.filter(|&b| self.peak.is_some_and(|p| b > p))
+    }
+
+    /// `peak`, or `peak-upper` when bounded; `-` without depth data.
+    pub fn cell(&self) -> String {
+        match (self.peak, self.upper()) {
+            (None, _) => "-".into(),
+            (Some(p), None) => p.to_string(),
+            (Some(p), Some(u)) => format!("{p}-{u}"),
+        }
+    }
 }
 
 /// One op of one record (`ops[]` of the agent's schema): exact counts and sums, and its
@@ -281,6 +320,7 @@ impl Dataset {
             slot_len: 0,
             inflight: NONE,
             peak: NONE,
+            peak_upper: NONE,
             ops_off: 0,
             ops_len: 0,
         };
@@ -307,6 +347,7 @@ impl Dataset {
             let rec = last_or_push(&mut dev.recs, origin, blank);
             rec.inflight = i.count;
             rec.peak = i.peak.unwrap_or(NONE);
+            rec.peak_upper = i.peak_upper.unwrap_or(NONE);
         }
         for o in &snap.ops {
             let Some(d) = node.device(o.device_id, &o.device_name, filter) else { continue };

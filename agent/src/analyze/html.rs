@@ -59,7 +59,7 @@ pub fn render(a: &Analysis) -> String {
         let _ = writeln!(
             h,
             "<td>{}</td><td>{}</td><td>{}</td><td{}>{}</td></tr>",
-            s.peak_queue_depth.map_or("-".into(), |p| p.to_string()),
+            s.peak_queue_depth.cell(),
             esc(&utc(s.first_timestamp)),
             esc(&utc(s.last_timestamp)),
             if s.anomalies.is_empty() { "" } else { " class=\"warn\"" },

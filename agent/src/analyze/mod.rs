@@ -399,7 +399,7 @@ fn render_device(
     frame: &charts::Frame,
     percentiles: &[f64],
 ) -> Result<Pngs> {
-    if st.total_requests == 0 && st.peak_queue_depth.unwrap_or(0) == 0 {
+    if st.total_requests == 0 && st.peak_queue_depth.peak.unwrap_or(0) == 0 {
         return Ok(None);
     }
     let data = charts::DeviceColumns::new(cols, dev);
@@ -426,7 +426,7 @@ fn render_device(
         out.push(("throughput", png));
         out.push(("request_size", charts::request_size(&name, &charts::op_series(&size, &[0; dataset::SLOTS]))?));
     }
-    out.push(("queue_depth", charts::queue_depth(&name, frame, cols, &data, an, st.peak_queue_depth)?));
+    out.push(("queue_depth", charts::queue_depth(&name, frame, cols, &data, an, st.peak_queue_depth.peak)?));
     out.push(("qd_iops", charts::qd_iops(&name, frame, cols, &data, an)?));
     Ok(Some(out))
 }

@@ -35,6 +35,8 @@ pub struct PhaseJson {
     pub end: f64,
     pub active_seconds: f64,
     pub peak_depth: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_depth_upper: Option<u64>,
     pub avg_depth: Option<f64>,
     pub ops: Vec<OpRowJson>,
 }
@@ -65,7 +67,8 @@ pub fn phase_json(p: &PhaseStats) -> PhaseJson {
         start: p.start,
         end: p.end,
         active_seconds: p.active_s,
-        peak_depth: p.peak_depth,
+        peak_depth: p.peak_depth.peak,
+        peak_depth_upper: p.peak_depth.upper(),
         avg_depth: p.avg_depth,
         ops: p.rows.iter().map(row_json).collect(),
     }
@@ -89,11 +92,7 @@ fn cells(p: &PhaseStats, r: &OpRow, first: bool, with_phase: bool) -> Vec<String
     c.push(opt(r.mean_queue_us, human_us));
     c.push(opt(r.mean_size_bytes, |v| format!("{:.0} KiB", v / 1024.0)));
     if first {
-        c.push(format!(
-            "{}/{}",
-            p.peak_depth.map_or("-".into(), |v| v.to_string()),
-            opt(p.avg_depth, |v| format!("{v:.1}"))
-        ));
+        c.push(format!("{}/{}", p.peak_depth.cell(), opt(p.avg_depth, |v| format!("{v:.1}"))));
         c.push(format!("{:.2}", p.active_s));
     } else {
         c.extend([String::new(), String::new()]);

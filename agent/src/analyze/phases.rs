@@ -14,7 +14,7 @@
 use crate::histogram::percentile;
 
 use super::charts::Event;
-use super::dataset::{DeviceSeries, NONE, OPS, Rec, SLOTS};
+use super::dataset::{DeviceSeries, OPS, PeakDepth, Rec, SLOTS};
 
 /// The percentiles of the phase table (fio's clat percentiles list these too).
 pub const PHASE_PERCENTILES: [f64; 4] = [50.0, 90.0, 99.0, 99.9];
@@ -60,7 +60,7 @@ pub struct PhaseStats {
     pub active_s: f64,
     /// "all" first, then every op with completions.
     pub rows: Vec<OpRow>,
-    pub peak_depth: Option<u64>,
+    pub peak_depth: PeakDepth,
     /// Mean number of requests in the device while active (exact device time / active s).
     pub avg_depth: Option<f64>,
 }
@@ -86,7 +86,7 @@ pub fn stats_of(dev: &DeviceSeries, label: &str, recs: &[&Rec]) -> PhaseStats {
     let rate = |n: f64| (active_s > 0.0).then(|| n / active_s);
     let mut all = [0u64; SLOTS];
     let (mut total, mut lat_sum, mut lat_exact) = (0u64, 0f64, true);
-    let mut peak: Option<u64> = None;
+    let mut peak = PeakDepth::default();
     // Per op: completions, bytes, device-time slots and sums, queue sum, size slots.
     let mut per_op = vec![OpAcc::default(); OPS.len()];
     for r in recs {
@@ -95,11 +95,7 @@ pub fn stats_of(dev: &DeviceSeries, label: &str, recs: &[&Rec]) -> PhaseStats {
         if r.total > 0 {
             if r.sum_us.is_finite() { lat_sum += r.sum_us } else { lat_exact = false }
         }
-        for v in [r.inflight, r.peak] {
-            if v != NONE {
-                peak = Some(peak.map_or(v, |p| p.max(v)));
-            }
-        }
+        peak.add(r);
         for o in dev.rec_op_detail(r) {
             let acc = &mut per_op[o.op as usize];
             acc.count += o.count;
@@ -204,6 +200,7 @@ pub fn active_seconds(recs: &[&Rec]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::analyze::dataset::NONE;
 
     fn rec(ts: f64, total: u64) -> Rec {
         Rec {
@@ -216,6 +213,7 @@ mod tests {
             slot_len: 0,
             inflight: NONE,
             peak: NONE,
+            peak_upper: NONE,
             ops_off: 0,
             ops_len: 0,
         }

@@ -3,7 +3,7 @@
 use crate::histogram::{estimated_mean, percentile};
 
 use super::anomaly;
-use super::dataset::{DeviceSeries, NONE, NodeData, SLOTS};
+use super::dataset::{DeviceSeries, NONE, NodeData, PeakDepth, SLOTS};
 use super::phases::{self, Phase, PhaseStats};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -27,8 +27,9 @@ pub struct DeviceStats {
     pub mean_exact: bool,
     /// (requested percentile, value in µs; None without completions).
     pub percentiles: Vec<(f64, Option<f64>)>,
-    /// Highest `peak` (or end-of-interval `count` where the input has no `peak`).
-    pub peak_queue_depth: Option<u64>,
+    /// Highest `peak` (or end-of-interval `count` where the input has no `peak`), and its upper
+    /// bound where intervals had `peak_upper`.
+    pub peak_queue_depth: PeakDepth,
     pub first_timestamp: f64,
     pub last_timestamp: f64,
     pub intervals: usize,
@@ -54,7 +55,7 @@ pub fn device_stats(
 ) -> DeviceStats {
     let mut slots = [0u64; SLOTS];
     let (mut total, mut sum_us, mut exact) = (0u64, 0f64, true);
-    let mut peak: Option<u64> = None;
+    let mut peak = PeakDepth::default();
     let mut by_op: Option<[u64; 5]> = None;
     let mut points = Vec::with_capacity(dev.recs.len());
     let (mut peak_mb, mut peak_iops): (Option<f64>, Option<f64>) = (None, None);
@@ -65,11 +66,7 @@ pub fn device_stats(
         if r.total > 0 {
             if r.sum_us.is_finite() { sum_us += r.sum_us } else { exact = false }
         }
-        for v in [r.inflight, r.peak] {
-            if v != NONE {
-                peak = Some(peak.map_or(v, |p| p.max(v)));
-            }
-        }
+        peak.add(r);
         if let Some(ops) = dev.rec_ops(r) {
             let acc = by_op.get_or_insert([0; 5]);
             for (a, o) in acc.iter_mut().zip(ops) {

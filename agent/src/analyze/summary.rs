@@ -42,6 +42,9 @@ pub struct DeviceJson<'a> {
     pub mean_latency: &'static str,
     pub percentiles_us: OrderedMap,
     pub peak_queue_depth: Option<u64>,
+    /// The peak's upper bound, present when above it (`peak_upper` in the input).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_queue_depth_upper: Option<u64>,
     pub first_timestamp: f64,
     pub last_timestamp: f64,
     pub anomalies: Vec<AnomalyJson>,
@@ -119,7 +122,8 @@ pub fn build(a: &Analysis) -> Summary<'_> {
                         .map(|(p, v)| (percentile_key(*p), v.map_or(serde_json::Value::Null, Into::into)))
                         .collect(),
                 ),
-                peak_queue_depth: s.peak_queue_depth,
+                peak_queue_depth: s.peak_queue_depth.peak,
+                peak_queue_depth_upper: s.peak_queue_depth.upper(),
                 first_timestamp: s.first_timestamp,
                 last_timestamp: s.last_timestamp,
                 anomalies: s
@@ -197,7 +201,7 @@ pub fn text(a: &Analysis) -> String {
         });
         row.extend(s.percentiles.iter().map(|(_, v)| v.map_or("-".into(), human_us)));
         row.push(s.by_op.rows[0].mb_per_s.map_or("-".into(), |v| format!("{v:.1}")));
-        row.push(s.peak_queue_depth.map_or("-".into(), |p| p.to_string()));
+        row.push(s.peak_queue_depth.cell());
         row.push(utc(s.first_timestamp));
         row.push(utc(s.last_timestamp));
         row.push(s.anomalies.len().to_string());

@@ -4,8 +4,8 @@
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray};
 use blkio_agent_common::{
-    CONTROL_EPOCH, COUNTER_SLOTS, CgroupKey, CgroupStats, DeviceHists, DeviceInflight as KernelInflight, Framed,
-    HistKey, OpHist,
+    CONTROL_EPOCH, COUNTER_SLOTS, CgroupKey, CgroupStats, DeviceHists, DeviceInflight as KernelInflight, DeviceQueues,
+    Framed, HistKey, OpHist,
 };
 
 use crate::{
@@ -26,8 +26,8 @@ pub trait MapRead {
     fn dense_hists(&self, slot: u32) -> Result<Vec<Framed<DeviceHists>>>;
     /// Entries of the fallback `INFLIGHT` hash map.
     fn fallback_inflight(&self) -> Result<Vec<(u32, KernelInflight)>>;
-    /// Dense slot `slot` of `DENSE_INFLIGHT`.
-    fn dense_inflight(&self, slot: u32) -> Result<KernelInflight>;
+    /// Dense slot `slot` of `DENSE_INFLIGHT`: the device's line per hardware queue.
+    fn dense_inflight(&self, slot: u32) -> Result<DeviceQueues>;
     /// Entries of the attribution map (empty when attribution is off).
     fn cgroups(&self) -> Result<Vec<(CgroupKey, Framed<CgroupStats>)>>;
     /// Per-CPU copies of the `COUNTERS` element.
@@ -56,7 +56,7 @@ pub struct AyaMaps {
     probes: Probes,
     index: Array<MapData, u64>,
     dense_hists: PerCpuArray<MapData, Framed<DeviceHists>>,
-    dense_inflight: Array<MapData, KernelInflight>,
+    dense_inflight: Array<MapData, DeviceQueues>,
     hists: BpfHashMap<MapData, HistKey, Framed<OpHist>>,
     inflight: BpfHashMap<MapData, u32, KernelInflight>,
     cgroups: Option<BpfHashMap<MapData, CgroupKey, Framed<CgroupStats>>>,
@@ -115,7 +115,7 @@ impl MapRead for AyaMaps {
         self.inflight.iter().map(|r| r.map_err(map_err("INFLIGHT"))).collect()
     }
 
-    fn dense_inflight(&self, slot: u32) -> Result<KernelInflight> {
+    fn dense_inflight(&self, slot: u32) -> Result<DeviceQueues> {
         self.dense_inflight.get(&slot, 0).map_err(map_err("DENSE_INFLIGHT"))
     }
 

@@ -8,10 +8,12 @@
 //!
 //! - [`maps`]: the seam (read and control traits; the aya implementation).
 //! - [`read`]: the read path — deltas, dense/fallback merges, naming and filtering.
+//! - [`depth`]: a device's depth from its lines per hardware queue, and its peak's bounds.
 //! - [`control`]: the control path — dense slots, depth resync, attribution eviction.
 //! - [`reconcile`]: completions the kernel counted and the programs did not see (diskstats).
 
 pub mod control;
+pub mod depth;
 pub mod maps;
 pub mod read;
 pub mod reconcile;
@@ -24,7 +26,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use blkio_agent_common::{CgroupKey, CgroupStats, DeviceInflight as KernelInflight};
+use blkio_agent_common::{CgroupKey, CgroupStats};
 
 pub use self::{
     control::CGROUP_IDLE_EVICT,
@@ -33,6 +35,7 @@ pub use self::{
 };
 use self::{
     control::{DenseSlots, Eviction, Resync},
+    depth::{Gauge, LineHistory},
     read::{Baselines, op_name, read_all},
     reconcile::{Reconcile, agent_counts},
 };
@@ -67,6 +70,8 @@ pub struct Collector<M = AyaMaps> {
     eviction: Eviction,
     /// Depth at the end of the previous interval: the floor of this interval's peak.
     prev_depth: HashMap<u32, u64>,
+    /// Each device's queue lines at the previous read: the upper bound of the next peak.
+    lines: LineHistory,
     names: DeviceNames,
     filter: DeviceFilter,
     node: String,
@@ -119,6 +124,7 @@ impl<M: MapRead + MapControl> Collector<M> {
             resync: Resync::default(),
             eviction: Eviction::default(),
             prev_depth: HashMap::new(),
+            lines: LineHistory::default(),
             names,
             filter,
             node,
@@ -263,7 +269,7 @@ impl<M: MapRead + MapControl> Collector<M> {
         let agent = agent_counts(&raw.hists);
         let seen: std::collections::BTreeSet<u32> =
             raw.hists.keys().map(|k| k.dev).chain(raw.inflight.keys().copied()).collect();
-        let evicted: HashMap<u32, u64> = raw.inflight.iter().map(|(&dev, g)| (dev, g.evicted)).collect();
+        let evicted: HashMap<u32, u64> = raw.inflight.iter().map(|(&dev, g)| (dev, g.merged.evicted)).collect();
         let new = self.reconcile.update(before, &agent, &seen, &evicted);
         if self.reconcile.needs_baseline(before)
             && let Ok(after) = self.names.diskstats()
@@ -318,17 +324,18 @@ impl<M: MapRead + MapControl> Collector<M> {
     fn depths(
         &mut self,
         ended_epoch: u64,
-        inflight: &BTreeMap<u32, KernelInflight>,
+        inflight: &BTreeMap<u32, Gauge>,
         completed: &HashMap<u32, u64>,
         devices: &mut BTreeMap<u32, DeviceInterval>,
     ) -> u64 {
         let slot = (ended_epoch & 1) as usize;
         let mut resynced = 0;
-        for (&dev, v) in inflight {
+        for (&dev, g) in inflight {
             let name = self.names.name(dev);
             if !self.filter.allows(&name) {
                 continue;
             }
+            let v = &g.merged;
             // The raw kernel value is below 0 if arming was late (see CONTROL_ARMED_NS), reported
             // as 0, and above the truth by the completions the kernel did not show the programs
             // (README, "Completions the kernel does not show"): those the reconciliation found
@@ -344,6 +351,10 @@ impl<M: MapRead + MapControl> Collector<M> {
                 if v.peak_epoch[slot] == ended_epoch { (v.peak[slot] - peak_correction).max(0) as u64 } else { 0 };
             let floor = self.prev_depth.get(&dev).copied().unwrap_or(0);
             let peak = interval_peak.max(floor).max(depth);
+            // Requests still counted although completed sit on some line (each line's share is
+            // at least 0), so the bound stays above the real peak without them.
+            let upper = self.lines.upper(dev, g, ended_epoch).map(|u| (u - correction).max(0) as u64);
+            let peak_upper = upper.map_or(peak, |u| u.max(peak));
             let done = completed.get(&dev).copied().unwrap_or(0);
             // The kernel's own count is only needed to judge a gauge that looks stuck (non-zero
             // with nothing completing); reading sysfs for every device every interval would be
@@ -360,6 +371,7 @@ impl<M: MapRead + MapControl> Collector<M> {
                 self.resync.was_reset(dev);
                 resynced += (v.inflight - offset).unsigned_abs();
                 depth = 0;
+                self.lines.forget(dev);
                 tracing::warn!(
                     device = dev,
                     gauge = v.inflight,
@@ -374,14 +386,16 @@ impl<M: MapRead + MapControl> Collector<M> {
                 depth: None,
                 unseen: self.reconcile.unseen_total(dev).map(|_| 0),
             });
-            entry.depth = Some(Depth { count: depth, peak, sysfs });
+            entry.depth = Some(Depth { count: depth, peak, peak_upper, sysfs });
         }
         resynced
     }
 
+    /// One delta per (cgroup, device, op): the shards of a series (`CGROUP_SHARDS`) are taken
+    /// apart (each has its own baseline and idle eviction) and summed.
     fn cgroup_deltas(&mut self, entries: Vec<(CgroupKey, CgroupStats)>) -> Vec<CgroupDelta> {
         let now = Instant::now();
-        let mut out = Vec::new();
+        let mut out: BTreeMap<(u64, u32, u16), CgroupDelta> = BTreeMap::new();
         for (key, cur) in entries {
             let Some((count, device_ns, bytes, device_slots)) = self.base.cgroup_delta(key, cur) else {
                 if self.eviction.idle(key, now) {
@@ -395,17 +409,23 @@ impl<M: MapRead + MapControl> Collector<M> {
             if !self.filter.allows(&name) {
                 continue;
             }
-            out.push(CgroupDelta {
+            let d = out.entry((key.cgroup_id, key.dev, key.op)).or_insert_with(|| CgroupDelta {
                 cgroup_id: key.cgroup_id,
                 device_id: key.dev,
                 device_name: name,
-                op: op_name(key.op),
-                count,
-                device_ns,
-                bytes,
-                device_slots,
+                op: op_name(u32::from(key.op)),
+                count: 0,
+                device_ns: 0,
+                bytes: 0,
+                device_slots: [0; blkio_agent_common::HIST_SLOTS],
             });
+            d.count += count;
+            d.device_ns += device_ns;
+            d.bytes += bytes;
+            for (sum, n) in d.device_slots.iter_mut().zip(device_slots) {
+                *sum += n;
+            }
         }
-        out
+        out.into_values().collect()
     }
 }

@@ -11,6 +11,7 @@ use blkio_agent_common::{
 };
 
 use super::{
+    depth::{Gauge, collapse},
     maps::{Counters, MapRead},
     settle::settle,
 };
@@ -104,7 +105,7 @@ pub fn merge_inflight(dense: Option<KernelInflight>, fallback: Option<KernelInfl
 /// One interval's cumulative kernel values, dense and fallback halves merged.
 pub(super) struct Raw {
     pub hists: BTreeMap<HistKey, OpHist>,
-    pub inflight: BTreeMap<u32, KernelInflight>,
+    pub inflight: BTreeMap<u32, Gauge>,
     pub cgroups: Vec<(CgroupKey, CgroupStats)>,
     pub counters: Counters,
     pub recursion: u64,
@@ -140,9 +141,12 @@ pub(super) fn read_all(maps: &impl MapRead, slots: &[u32]) -> Result<Raw> {
     let mut inflight = BTreeMap::new();
     for (slot, &dev) in slots.iter().enumerate() {
         let dense = maps.dense_inflight(slot as u32)?;
-        inflight.insert(dev, merge_inflight(Some(dense), fallback.remove(&dev)));
+        let f = fallback.remove(&dev);
+        let mut lines: Vec<KernelInflight> = dense.lines.iter().map(|l| l.gauge).collect();
+        lines.extend(f);
+        inflight.insert(dev, Gauge { merged: merge_inflight(Some(collapse(&dense)), f), lines });
     }
-    inflight.extend(fallback);
+    inflight.extend(fallback.into_iter().map(|(dev, f)| (dev, Gauge { merged: f, lines: vec![f] })));
     let mut counters = [0u64; blkio_agent_common::COUNTER_SLOTS as usize];
     for cpu in maps.counters()? {
         for (c, v) in counters.iter_mut().zip(cpu) {

@@ -7,8 +7,8 @@ use std::{
 };
 
 use blkio_agent_common::{
-    COUNTER_SLOTS, CgroupKey, CgroupStats, DeviceHists, DeviceInflight as KernelInflight, Framed, HistKey,
-    IGNORED_SLOT, LOSS_STALE_EVICTED, OP_COUNT, OP_READ, OP_WRITE, OpHist, device_index_match,
+    COUNTER_SLOTS, CgroupKey, CgroupStats, DeviceHists, DeviceInflight as KernelInflight, DeviceQueues, Framed,
+    HistKey, IGNORED_SLOT, LOSS_STALE_EVICTED, OP_COUNT, OP_READ, OP_WRITE, OpHist, device_index_match,
 };
 
 use super::{maps::Counters, *};
@@ -28,7 +28,7 @@ struct FakeMaps {
     fallback_hists: BTreeMap<HistKey, OpHist>,
     dense_hists: HashMap<u32, Vec<DeviceHists>>,
     fallback_inflight: BTreeMap<u32, KernelInflight>,
-    dense_inflight: HashMap<u32, KernelInflight>,
+    dense_inflight: HashMap<u32, DeviceQueues>,
     cgroups: BTreeMap<CgroupKey, CgroupStats>,
     counters: Vec<Counters>,
     recursion: u64,
@@ -84,7 +84,7 @@ impl FakeMaps {
     fn gauge(&mut self, dev: u32, inflight: i64) {
         match self.slot(dev) {
             Some(IGNORED_SLOT) => {}
-            Some(s) => self.dense_inflight.entry(s).or_default().inflight = inflight,
+            Some(s) => self.dense_inflight.entry(s).or_default().lines[0].gauge.inflight = inflight,
             None => self.fallback_inflight.entry(dev).or_default().inflight = inflight,
         }
     }
@@ -101,7 +101,7 @@ impl MapRead for FakeMaps {
     fn fallback_inflight(&self) -> Result<Vec<(u32, KernelInflight)>> {
         Ok(self.fallback_inflight.iter().map(|(k, v)| (*k, *v)).collect())
     }
-    fn dense_inflight(&self, slot: u32) -> Result<KernelInflight> {
+    fn dense_inflight(&self, slot: u32) -> Result<DeviceQueues> {
         Ok(self.dense_inflight.get(&slot).copied().unwrap_or_default())
     }
     fn cgroups(&self) -> Result<Vec<(CgroupKey, Framed<CgroupStats>)>> {
@@ -338,7 +338,8 @@ fn a_stuck_gauge_on_an_idle_device_is_reset_and_counted() {
         (0..3).map(|_| device(&c.collect().unwrap().interval, "loop0").depth.unwrap().count).collect();
     assert_eq!(depths, vec![3, 3, 0], "reset after two intervals of disagreement");
     assert_eq!(
-        c.maps.dense_inflight.get(&0).map_or(0, |v| v.inflight) + c.maps.fallback_inflight[&LOOP0].inflight,
+        c.maps.dense_inflight.get(&0).map_or(0, |v| v.lines[0].gauge.inflight)
+            + c.maps.fallback_inflight[&LOOP0].inflight,
         3,
         "the kernel gauge is never written (its value is set aside)"
     );
@@ -352,7 +353,7 @@ fn idle_attribution_entries_are_evicted_and_restart_from_zero() {
     let root = fixture();
     let mut c = collector(root.path(), &[], FakeMaps::default());
     c.set_cgroup_idle_evict(std::time::Duration::ZERO);
-    let key = CgroupKey { cgroup_id: 42, dev: SDA, op: OP_READ };
+    let key = CgroupKey { cgroup_id: 42, dev: SDA, op: OP_READ as u16, shard: 0 };
     let mut stats = CgroupStats::ZERO;
     stats.count = 2;
     stats.device_slots[3] = 2;
@@ -434,4 +435,68 @@ fn a_busy_device_is_never_over_reported() {
     set_loop0_diskstats(root.path(), 2 + 5, 3);
     let iv = c.collect().unwrap().interval;
     assert_eq!((iv.losses.get("unseen_completions"), device(&iv, "loop0").depth.unwrap().count), (0, 3));
+}
+
+#[test]
+fn a_device_on_several_queues_reports_its_peak_bounds() {
+    let root = fixture();
+    let mut c = collector(root.path(), &[], FakeMaps::default());
+    c.maps.gauge(NVME, 1);
+    c.collect().unwrap();
+    let slot = c.maps.slot(NVME).expect("a dense slot");
+    c.maps.fallback_inflight.clear();
+    // Epoch 1: queue 0 reached 5 and still holds 3; queue 9 reached 4 and holds 2.
+    let lines = &mut c.maps.dense_inflight.entry(slot).or_default().lines;
+    lines[0].gauge = KernelInflight { inflight: 3, peak: [0, 5], peak_epoch: [0, 1], evicted: 0 };
+    lines[9].gauge = KernelInflight { inflight: 2, peak: [0, 4], peak_epoch: [0, 1], evicted: 0 };
+    let iv = c.collect().unwrap().interval;
+    let d = device(&iv, "nvme0n1").depth.unwrap();
+    assert_eq!((d.count, d.peak, d.peak_upper), (5, 5, 9), "the highest queue's peak, and the sum of both");
+    let snap = iv.snapshot();
+    assert_eq!((snap.inflight[0].peak, snap.inflight[0].peak_upper), (Some(5), Some(9)));
+    // Epoch 2: only queue 0 moves (to 1, no issue): queue 9's 2 may still have been there with
+    // queue 0's 3 at the start, so the floor is 5, and the bound 3 + 2.
+    c.maps.dense_inflight.get_mut(&slot).unwrap().lines[0].gauge.inflight = 1;
+    let d = device(&c.collect().unwrap().interval, "nvme0n1").depth.unwrap();
+    assert_eq!((d.count, d.peak, d.peak_upper), (3, 5, 5));
+    // Epoch 3: queue 9 drained, queue 0 reached 4.
+    let lines = &mut c.maps.dense_inflight.get_mut(&slot).unwrap().lines;
+    lines[9].gauge.inflight = 0;
+    lines[0].gauge = KernelInflight { inflight: 2, peak: [0, 4], peak_epoch: [0, 3], evicted: 0 };
+    let iv = c.collect().unwrap().interval;
+    let d = device(&iv, "nvme0n1").depth.unwrap();
+    assert_eq!((d.count, d.peak, d.peak_upper), (2, 4, 6), "queue 9 held 2 at the last read: 4 + 2");
+    assert_eq!(iv.snapshot().inflight[0].peak_upper, Some(6));
+    // Epoch 4: nothing moves; only queue 0 holds requests: exact, and the JSONL has no bound.
+    let iv = c.collect().unwrap().interval;
+    let d = device(&iv, "nvme0n1").depth.unwrap();
+    assert_eq!((d.count, d.peak, d.peak_upper), (2, 2, 2));
+    assert_eq!(iv.snapshot().inflight[0].peak_upper, None);
+}
+
+#[test]
+fn a_series_spread_over_shards_is_one_delta_and_each_shard_keeps_its_baseline() {
+    let root = fixture();
+    let mut c = collector(root.path(), &[], FakeMaps::default());
+    let key = |cgroup_id, op: u32, shard| CgroupKey { cgroup_id, dev: SDA, op: op as u16, shard };
+    let stats = |count: u64, slot: usize| {
+        let mut s = CgroupStats::ZERO;
+        (s.count, s.device_ns, s.bytes, s.device_slots[slot]) = (count, count * 1000, count * 4096, count as u32);
+        s
+    };
+    c.maps.cgroups.insert(key(42, OP_READ, 0), stats(2, 3));
+    c.maps.cgroups.insert(key(42, OP_READ, 5), stats(3, 4));
+    c.maps.cgroups.insert(key(42, OP_WRITE, 5), stats(1, 4));
+    c.maps.cgroups.insert(key(43, OP_READ, 5), stats(7, 4));
+    let got = c.collect().unwrap().cgroups;
+    let rows: Vec<_> =
+        got.iter().map(|d| (d.cgroup_id, d.op, d.count, d.bytes, d.device_slots[3], d.device_slots[4])).collect();
+    assert_eq!(
+        rows,
+        vec![(42, "read", 5, 5 * 4096, 2, 3), (42, "write", 1, 4096, 0, 1), (43, "read", 7, 7 * 4096, 0, 7)]
+    );
+    // Next interval: only shard 0 of cgroup 42's reads moved (+1).
+    c.maps.cgroups.insert(key(42, OP_READ, 0), stats(3, 3));
+    let got = c.collect().unwrap().cgroups;
+    assert_eq!(got.iter().map(|d| (d.cgroup_id, d.op, d.count)).collect::<Vec<_>>(), vec![(42, "read", 1)]);
 }

@@ -95,6 +95,14 @@ metric!(
     "Highest number of requests in flight since the previous scrape (Prometheus) or export (OTLP), so that no interval's peak is missed."
 );
 metric!(
+    INFLIGHT_PEAK_UPPER,
+    "blkio.inflight.peak.upper",
+    "{request}",
+    Gauge,
+    Unit,
+    "Upper bound of the highest number of requests in flight over the same window as blkio.inflight.peak: equal to it when the device's I/O used one hardware queue, else the sum of each queue's highest depth (the device's own peak lies between the two)."
+);
+metric!(
     UNSEEN_COMPLETIONS,
     "blkio.completions.unseen",
     "{request}",
@@ -204,6 +212,7 @@ pub const ALL: &[&MetricDef] = &[
     &POD_IO,
     &INFLIGHT,
     &INFLIGHT_PEAK,
+    &INFLIGHT_PEAK_UPPER,
     &UNSEEN_COMPLETIONS,
     &DISK_OPERATIONS,
     &DISK_OPERATION_TIME,

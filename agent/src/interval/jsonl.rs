@@ -32,6 +32,7 @@ impl Interval {
                         device_name: d.name.clone(),
                         count: depth.count,
                         peak: Some(depth.peak),
+                        peak_upper: (depth.peak_upper > depth.peak).then_some(depth.peak_upper),
                         sysfs_count: depth.sysfs,
                         unseen_completions: d.unseen,
                     })
@@ -137,14 +138,14 @@ mod tests {
             id: 7 << 20,
             name: "loop0".into(),
             ops: vec![OpInterval { op: "read", count: 2, bytes: 8192, device_time: h, queue_time: h, size: h }],
-            depth: Some(Depth { count: 1, peak: 4, sysfs: None }),
+            depth: Some(Depth { count: 1, peak: 4, peak_upper: 7, sysfs: None }),
             unseen: None,
         });
         iv.devices.push(DeviceInterval {
             id: 8 << 20,
             name: "sda".into(),
             ops: vec![],
-            depth: Some(Depth { count: 0, peak: 0, sysfs: Some(0) }),
+            depth: Some(Depth { count: 0, peak: 0, peak_upper: 0, sysfs: Some(0) }),
             unseen: None,
         });
         iv.pods.push(PodSeries {
@@ -165,7 +166,7 @@ mod tests {
             concat!(
                 r#"{{"schema_version":1,"timestamp":1759414800.123,"iso_timestamp":"2025-10-02T14:20:00.123000+00:00","interval_s":5.0,"node":"n1","seq":3,"#,
                 r#""latency_histogram":[{{"device_id":7340032,"device_name":"loop0","total":2,"sum_us":40.5,"sum_ns":40500,"buckets":{b}}}],"#,
-                r#""inflight":[{{"device_id":7340032,"device_name":"loop0","count":1,"peak":4}},{{"device_id":8388608,"device_name":"sda","count":0,"peak":0,"sysfs_count":0}}],"#,
+                r#""inflight":[{{"device_id":7340032,"device_name":"loop0","count":1,"peak":4,"peak_upper":7}},{{"device_id":8388608,"device_name":"sda","count":0,"peak":0,"sysfs_count":0}}],"#,
                 r#""ops":[{{"device_id":7340032,"device_name":"loop0","op":"read","count":2,"bytes":8192,"device_time":{t},"queue_time":{t},"size":{{"buckets":{b}}}}}],"#,
                 r#""pods":[{{"cgroup":"system.slice","device_id":7340032,"device_name":"loop0","op":"read","count":2,"bytes":8192,"device_time":{t}}}],"#,
                 r#""losses":{z},"losses_total":{z},"agent":{{"version":"{v}","attach":"btf"}}}}"#

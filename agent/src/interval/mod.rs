@@ -61,8 +61,12 @@ pub struct OpInterval {
 pub struct Depth {
     /// Requests in flight at the end of the interval (tracked since the agent started).
     pub count: u64,
-    /// Highest depth during the interval.
+    /// Highest depth during the interval: exact when one hardware queue's line moved, else the
+    /// highest line's, a depth the device had (`collector::depth`).
     pub peak: u64,
+    /// Upper bound of the interval's highest depth: `peak` when that is exact, else the sum of
+    /// each queue line's highest value.
+    pub peak_upper: u64,
     /// `/sys/block/<dev>/inflight` when it was read (only to judge a gauge that looks stuck).
     pub sysfs: Option<u64>,
 }

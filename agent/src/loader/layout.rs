@@ -37,6 +37,9 @@ pub struct BtfLayout {
     pub bio_cgroup: Option<BioCgroupLayout>,
     /// vmlinux type id of each hook's `btf_trace_<tracepoint>` typedef (the `tp_btf` attach id).
     pub attach_ids: Vec<(&'static str, u32)>,
+    /// `request.mq_hctx` and `blk_mq_hw_ctx.queue_num`: the depth line of a request's hardware
+    /// queue (`blkio_agent_common::QUEUE_LINES`); `None` puts every request on line 0.
+    pub queue: Option<(u64, u64)>,
 }
 
 /// `rq->bio->bi_blkg->blkcg->css.cgroup->kn->id` (see `agent-ebpf/src/fast.rs`, `bio_cgroup`).
@@ -226,6 +229,10 @@ impl BtfLayout {
             req_op_secure_erase: op("REQ_OP_SECURE_ERASE")?,
             legacy_q_arg,
             attach_ids,
+            queue: btf
+                .member_offset("request", "mq_hctx")
+                .ok()
+                .zip(btf.member_offset("blk_mq_hw_ctx", "queue_num").ok()),
         })
     }
 }
@@ -251,6 +258,11 @@ impl BtfLayout {
             attribute_cgroups: u64::from(attribution == Some(CgroupSource::Task)),
             ..Config::DEFAULT
         };
+        if let Some((rq_mq_hctx, hctx_queue_num)) = self.queue {
+            c.queue_lines = 1;
+            c.rq_mq_hctx = rq_mq_hctx;
+            c.hctx_queue_num = hctx_queue_num;
+        }
         if let (Some(b), Some(CgroupSource::Bio)) = (&self.bio_cgroup, attribution) {
             c.bio_cgroup = 1;
             c.rq_bio = b.rq_bio;

@@ -42,11 +42,17 @@ pub struct DevSample {
     pub ios: Vec<Io>,
     pub inflight: u64,
     pub peak: u64,
+    /// `peak_upper` (the agent's schema only): the I/O used several hardware queues.
+    pub peak_upper: Option<u64>,
 }
 
 impl DevSample {
     pub fn new(name: &str, id: u64, ios: Vec<Io>, inflight: u64, peak: u64) -> Self {
-        DevSample { name: name.into(), id, ios, inflight, peak }
+        DevSample { name: name.into(), id, ios, inflight, peak, peak_upper: None }
+    }
+
+    pub fn with_peak_upper(self, upper: u64) -> Self {
+        DevSample { peak_upper: Some(upper), ..self }
     }
 }
 
@@ -99,6 +105,7 @@ pub fn snapshot(
             device_name: d.name.clone(),
             count: d.inflight,
             peak: cur.then_some(d.peak),
+            peak_upper: d.peak_upper.filter(|_| cur),
             sysfs_count: cur.then_some(d.inflight),
             unseen_completions: None,
         });

@@ -102,7 +102,7 @@ pub fn interval(seq: u64) -> Interval {
         id: 7 << 20 | 7,
         name: DEVICE.into(),
         ops: vec![reads, writes, discard],
-        depth: Some(Depth { count: seq % 4, peak: 10 + seq % 7, sysfs: None }),
+        depth: Some(Depth { count: seq % 4, peak: 10 + seq % 7, peak_upper: 12 + seq % 7, sysfs: None }),
         unseen: None,
     });
     iv.losses = Losses::default().with("complete_without_start", seq % 2).with("requeued", 1);

@@ -10,8 +10,9 @@
 //! - `scsi_debug-faults`: injected transport errors (retried: requeue from MQ_RQ_COMPLETE), host
 //!   busy (requeue at dispatch), short transfers (a partial completion, then a requeue of the
 //!   rest) and a medium error (partial completion, then failure).
-//! - `nvme-qd32`: 32 threads of synchronous O_DIRECT I/O on the emulated NVMe; every snapshot's
-//!   in-flight count and peak at most 32, the highest peak at least 16.
+//! - `nvme-qd32`: 32 threads of synchronous O_DIRECT I/O on the emulated NVMe, on both CPUs and
+//!   so both hardware queues; every snapshot's in-flight count and peak at most 32, the highest
+//!   peak's upper bound (`peak_upper`, the sum of the queues' peaks) at least 16.
 //! - `nvme-fio`: fio randrw 4 KiB through libaio on the emulated NVMe, 12 s at iodepth 4, idle,
 //!   then 12 s at iodepth 32: every snapshot's in-flight count and peak at most the iodepth of
 //!   its phase, each phase's highest peak at least half of it, and the agent's reads and writes
@@ -153,7 +154,8 @@ pub fn run(name: &str, agent_args: &[String]) -> (Result<String, String>, Vec<St
             format!("failed reads: {}, short-transfer phase reads: {}", f.failed_reads, f.short_phase_reads)
         }),
         "nvme-qd32" => {
-            exp.depth[0] = Some(DepthPhase::always(32));
+            // 32 threads run on both CPUs, so on both of the NVMe's hardware queues.
+            exp.depth[0] = Some(DepthPhase::spread(32));
             faults::concurrent(&dev, 32, 48).map(|_| "32 threads x 48".into())
         }
         "nvme-fio" => (|| {
@@ -161,7 +163,7 @@ pub fn run(name: &str, agent_args: &[String]) -> (Result<String, String>, Vec<St
             // Idle between the phases, so that no snapshot holds requests of both.
             thread::sleep(Duration::from_millis(1500));
             let qd32 = fio::randrw(&dev, 32, FIO_SECONDS)?;
-            exp.depth[0] = Some(DepthPhase { until: qd32.started, max: 4 });
+            exp.depth[0] = Some(DepthPhase { until: qd32.started, max: 4, spread: false });
             exp.depth[1] = Some(DepthPhase::always(32));
             fio_jobs = vec![qd4, qd32];
             Ok(format!("fio randrw QD4 {:.0} s + QD32 {:.0} s", qd4.ended - qd4.started, qd32.ended - qd32.started))
@@ -204,12 +206,16 @@ pub fn run(name: &str, agent_args: &[String]) -> (Result<String, String>, Vec<St
             return Err(format!("ext4 did no flushes or writes: {disk:?}"));
         }
         Ok(format!(
-            "{dev}: {did}; {} (decided: {decided}) peak={}{} requeued={} partial={} snapshots={}{}",
+            "{dev}: {did}; {} (decided: {decided}) peak={}{}{} requeued={} partial={} snapshots={}{}",
             exact::summary(&t),
             t.peak,
             match exp.depth.iter().flatten().count() {
                 0 | 1 => String::new(),
                 n => format!(" (per phase {:?})", &t.phase_peaks[..n]),
+            },
+            match t.bounded {
+                0 => String::new(),
+                n => format!(" peak_upper<={} in {n} snapshots", t.peak_upper),
             },
             t.requeued,
             t.partial,

@@ -130,7 +130,8 @@ pub fn maps(ids: &BTreeSet<u32>) -> anyhow::Result<Vec<LoadedMap>> {
 
 /// The agent's maps as the code declares them (agent-ebpf/src/state.rs), with sizes and
 /// capacities taken from `blkio-agent-common`, so this stays true when the layout changes.
-/// Flags are 0 (preallocated) in state.rs; a loaded map's real flags replace them.
+/// Flags are 0 (preallocated) in state.rs but for `DENSE_INFLIGHT`'s `BPF_F_MMAPABLE`; a loaded
+/// map's real flags replace them.
 pub fn code_maps() -> Vec<MapSpec> {
     use std::mem::size_of;
 
@@ -153,12 +154,16 @@ pub fn code_maps() -> Vec<MapSpec> {
             size_of::<c::Framed<c::DeviceHists>>(),
             c::MAX_DENSE_DEVICES,
         ),
-        spec("DENSE_INFLIGHT", "array", size_of::<u32>(), size_of::<c::DeviceInflight>(), c::MAX_DENSE_DEVICES),
+        MapSpec {
+            flags: BPF_F_MMAPABLE,
+            ..spec("DENSE_INFLIGHT", "array", size_of::<u32>(), size_of::<c::DeviceQueues>(), c::MAX_DENSE_DEVICES)
+        },
         spec("HISTS", "hash", size_of::<c::HistKey>(), size_of::<c::Framed<c::OpHist>>(), c::MAX_HIST_KEYS),
         spec("INFLIGHT", "hash", size_of::<u32>(), size_of::<c::DeviceInflight>(), c::MAX_DEVICES),
         spec("CGROUPS", "hash", size_of::<c::CgroupKey>(), size_of::<c::Framed<c::CgroupStats>>(), c::MAX_CGROUP_KEYS),
         spec("COUNTERS", "percpu_array", size_of::<u32>(), size_of::<[u64; c::COUNTER_SLOTS as usize]>(), 1),
         spec("OUTSTANDING", "array", size_of::<u32>(), size_of::<u64>(), c::OUTSTANDING_SIZE),
+        spec("SCRATCH", "percpu_array", size_of::<u32>(), size_of::<u64>(), 1),
         spec("CONTROL", "array", size_of::<u32>(), size_of::<u64>(), c::CONTROL_SLOTS),
     ]
 }

@@ -109,11 +109,11 @@ pub struct Totals {
     /// `None` until the first interval, whose table of kinds the totals then follow.
     losses: Option<Losses>,
     /// Device -> (in flight at the end of the last snapshot, that snapshot's peak).
-    inflight: BTreeMap<String, (u64, u64)>,
+    inflight: BTreeMap<String, (u64, Peak)>,
     /// Device -> highest depth since the window began, one window per reader: the OTLP export
     /// and the `/metrics` scrape each see every peak once (the scrape window is restarted by
     /// each scrape, the OTLP one by each export).
-    windows: [BTreeMap<String, u64>; 2],
+    windows: [BTreeMap<String, Peak>; 2],
     /// Device -> (series start, unseen completions since then), for reconciled devices.
     unseen: BTreeMap<String, (u64, u64)>,
     /// Device -> /proc/diskstats (io_time, weighted_io_time) since start, ms.
@@ -189,11 +189,10 @@ impl Totals {
             }
         }
         let depths = || iv.devices.iter().filter_map(|d| d.depth.map(|depth| (&d.name, depth)));
-        self.inflight = depths().map(|(name, d)| (name.clone(), (d.count, d.peak))).collect();
+        self.inflight = depths().map(|(name, d)| (name.clone(), (d.count, Peak::of(&d)))).collect();
         for window in &mut self.windows {
             for (name, d) in depths() {
-                let p = window.entry(name.clone()).or_default();
-                *p = (*p).max(d.peak);
+                window.entry(name.clone()).or_default().raise(Peak::of(&d));
             }
         }
         for d in &iv.disk_time {
@@ -232,7 +231,8 @@ impl Totals {
     /// as the collector floors each interval's peak). For OTLP this also restarts the count of
     /// intervals since the last export.
     pub fn reset_window(&mut self, reader: PeakWindow) {
-        self.windows[reader as usize] = self.inflight.iter().map(|(dev, (count, _))| (dev.clone(), *count)).collect();
+        self.windows[reader as usize] =
+            self.inflight.iter().map(|(dev, (count, _))| (dev.clone(), Peak { low: *count, high: *count })).collect();
         if reader == PeakWindow::Otlp {
             self.since_collect = 0;
         }
@@ -240,6 +240,25 @@ impl Totals {
 
     pub fn losses(&self) -> Losses {
         self.losses.clone().unwrap_or_default()
+    }
+}
+
+/// A window's highest depth: the intervals' peaks (`low`) and their upper bounds (`high`), see
+/// [`crate::interval::Depth`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Peak {
+    low: u64,
+    high: u64,
+}
+
+impl Peak {
+    fn of(d: &crate::interval::Depth) -> Peak {
+        Peak { low: d.peak, high: d.peak_upper.max(d.peak) }
+    }
+
+    fn raise(&mut self, p: Peak) {
+        self.low = self.low.max(p.low);
+        self.high = self.high.max(p.high);
     }
 }
 
@@ -369,7 +388,8 @@ impl Totals {
             let a = vec![(attr::DEVICE, dev.clone())];
             push(&metrics::INFLIGHT, a.clone(), self.last_ns, Value::Gauge(*count as u128));
             let peak = self.windows[reader as usize].get(dev).copied().unwrap_or(*peak);
-            push(&metrics::INFLIGHT_PEAK, a, self.last_ns, Value::Gauge(peak as u128));
+            push(&metrics::INFLIGHT_PEAK, a.clone(), self.last_ns, Value::Gauge(u128::from(peak.low)));
+            push(&metrics::INFLIGHT_PEAK_UPPER, a, self.last_ns, Value::Gauge(u128::from(peak.high)));
         }
         for (dev, (start, n)) in &self.unseen {
             push(

@@ -27,7 +27,7 @@ pub fn interval(end_s: f64, interval_s: f64, reads: &[(u32, u64)], read_sum_ns: 
             queue_time: hist(&[(0, count)], 0),
             size: hist(&[(12, count)], count * 4096),
         }],
-        depth: Some(Depth { count: 2, peak: 9, sysfs: None }),
+        depth: Some(Depth { count: 2, peak: 9, peak_upper: 9, sysfs: None }),
         unseen: None,
     });
     iv.pods.push(PodSeries {
@@ -164,7 +164,7 @@ fn a_new_loss_kind_in_the_table_reaches_jsonl_prometheus_and_otlp() {
 }
 
 fn with_depth(mut iv: Interval, count: u64, peak: u64) -> Interval {
-    iv.devices[0].depth = Some(Depth { count, peak, sysfs: None });
+    iv.devices[0].depth = Some(Depth { count, peak, peak_upper: peak, sysfs: None });
     iv
 }
 
