@@ -31,7 +31,7 @@ use blkio_agent_common::{
 use crate::fast::Rq;
 
 use crate::state::{
-    Completion, Device, control, count, on_complete, on_insert, on_issue, on_requeue, record_cgroup, record_hist,
+    Completion, control, count, on_complete, on_insert, on_issue, on_requeue, record_cgroup, record_hist,
 };
 
 /// The kernel layout and feature switches, written by userspace as one global before loading
