@@ -300,6 +300,9 @@ pub struct FioResult {
     /// CPU pressure during the run: share of time some runnable task waited for a CPU
     /// (/proc/pressure/cpu `some`), in %. High values mean other work competed for the CPUs.
     pub cpu_pressure: Option<f64>,
+    /// Share (%) of the CPUs' time the hypervisor ran other work instead of this VM's during the
+    /// run (`/proc/stat` steal): what slows both tools' programs, and ours more (docs/performance.md).
+    pub steal: Option<f64>,
 }
 
 fn psi_cpu_some_us() -> Option<u64> {
@@ -328,6 +331,7 @@ pub fn fio(ctx: &Ctx, dev: &str, w: Workload, runtime: u64, tag: &str) -> anyhow
     }
     let err = ctx.scratch.join(format!("fio-{tag}.err"));
     let psi0 = psi_cpu_some_us();
+    let steal0 = sys::steal_now();
     let t0 = Instant::now();
     let mut p = Proc::spawn("fio", &mut cmd, &ctx.scratch.join(format!("fio-{tag}.out")), &err)?;
     let status = p.wait(Duration::from_secs(runtime + 60))?;
@@ -335,6 +339,7 @@ pub fn fio(ctx: &Ctx, dev: &str, w: Workload, runtime: u64, tag: &str) -> anyhow
         (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / t0.elapsed().as_micros().max(1) as f64 * 100.0),
         _ => None,
     };
+    let steal = sys::steal_percent(steal0, sys::steal_now());
     if !status.success() {
         bail!("fio failed ({status}):\n{}", tail(&err, 10));
     }
@@ -347,5 +352,5 @@ pub fn fio(ctx: &Ctx, dev: &str, w: Workload, runtime: u64, tag: &str) -> anyhow
     if iops <= 0.0 {
         bail!("fio reported no I/O on {dev}");
     }
-    Ok(FioResult { iops, cpu_pressure })
+    Ok(FioResult { iops, cpu_pressure, steal })
 }

@@ -211,13 +211,26 @@ fn measure(
     let per_io =
         |tool: &str| progs.iter().filter(|p| p.tool == tool).map(|p| p.run_ns).sum::<u64>() as f64 / ios.max(1) as f64;
     eprintln!(
-        "xtask: {}, {order}: {ios} I/Os ({:.0} IOPS), agent {:.1} ns/I/O, biolatency {:.1} ns/I/O",
+        "xtask: {}, {order}: {ios} I/Os ({:.0} IOPS, steal {:.0} %), agent {:.1} ns/I/O, biolatency {:.1} ns/I/O",
         w.name,
         f.iops,
+        f.steal.unwrap_or(f64::NAN),
         per_io("agent"),
         per_io("biolatency")
     );
-    Ok((KernelRun { workload: w.name, order, ios, secs, fio_iops: f.iops, cpu_pressure: f.cpu_pressure, progs }, maps))
+    Ok((
+        KernelRun {
+            workload: w.name,
+            order,
+            ios,
+            secs,
+            fio_iops: f.iops,
+            cpu_pressure: f.cpu_pressure,
+            steal: f.steal,
+            progs,
+        },
+        maps,
+    ))
 }
 
 /// fio IOPS without and with the agent: per round and workload, one run of each back to back
@@ -236,13 +249,14 @@ fn iops(ctx: &Ctx, lo: &LoopDev, r: &mut Results) -> anyhow::Result<()> {
                     a.stop()?;
                 }
                 eprintln!(
-                    "xtask: round {}/{}, {}, {} agent: {:.0} IOPS (CPU pressure {:.0} %)",
+                    "xtask: round {}/{}, {}, {} agent: {:.0} IOPS (CPU pressure {:.0} %, steal {:.0} %)",
                     round + 1,
                     o.rounds,
                     w.name,
                     if with_agent { "with" } else { "without" },
                     f.iops,
-                    f.cpu_pressure.unwrap_or(f64::NAN)
+                    f.cpu_pressure.unwrap_or(f64::NAN),
+                    f.steal.unwrap_or(f64::NAN)
                 );
                 r.iops.push(IopsRun {
                     workload: w.name,
@@ -250,6 +264,7 @@ fn iops(ctx: &Ctx, lo: &LoopDev, r: &mut Results) -> anyhow::Result<()> {
                     with_agent,
                     iops: f.iops,
                     cpu_pressure: f.cpu_pressure,
+                    steal: f.steal,
                 });
             }
         }

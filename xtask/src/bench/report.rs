@@ -42,9 +42,21 @@ fn verdict(ok: bool) -> String {
     if ok { "met".into() } else { "**not met**".into() }
 }
 
+/// A percentage cell, `-` when not measured.
+fn percent(p: Option<f64>) -> String {
+    p.map_or("-".into(), |p| format!("{p:.0} %"))
+}
+
 fn mib(b: u64) -> String {
     format!("{:.2} MiB", b as f64 / (1 << 20) as f64)
 }
+
+/// What the steal column means, and why it matters for the ratio.
+const STEAL_NOTE: &str = "\nSteal is the share of the CPUs' time the hypervisor gave to other work during the runs \
+    (`/proc/stat` steal, all CPUs): near 0 at idle here, tens of percent when the host is busy. The ratio depends on \
+    the CPU model more than on steal: the same build measured 0.35× on the AMD EPYC hosts this VM has run on and \
+    0.55–0.70× on the Intel Xeon ones, at low and at high steal (README, Performance). Compare ratios between runs on \
+    the same CPU model.\n";
 
 pub fn markdown(r: &Results) -> String {
     let m = &r.meta;
@@ -86,6 +98,7 @@ pub fn markdown(r: &Results) -> String {
             ),
         };
         s += &ratio_table(&ks);
+        s += STEAL_NOTE;
         s += "\nPer program (both runs together):\n\n";
         s += &program_table(&r.kernel);
         s += &undelivered(&r.kernel);
@@ -123,6 +136,7 @@ pub fn markdown(r: &Results) -> String {
             "mean pair ratio ± 95 % CI",
             "serial-path estimate",
             "CPU pressure",
+            "steal",
             "target ≥ 0.98×",
         ]);
         for i in &is {
@@ -136,7 +150,8 @@ pub fn markdown(r: &Results) -> String {
                 i.pair_ratios().iter().map(|x| format!("{x:.3}")).collect::<Vec<_>>().join(", "),
                 format!("{pm:.3} ± {ph:.3}"),
                 agent_ns.map_or("-".into(), |ns| format!("{:.3}×", 1.0 / (1.0 + ns * mean(&i.without) * 1e-9))),
-                i.cpu_pressure.map_or("-".into(), |p| format!("{p:.0} %")),
+                percent(i.cpu_pressure),
+                percent(i.steal),
                 i.verdict().into(),
             ]);
         }
@@ -147,7 +162,8 @@ pub fn markdown(r: &Results) -> String {
               is the ratio if every agent nanosecond measured above delayed the next I/O (exact for a CPU-bound QD1 loop, \
               pessimistic when the work spreads over CPUs); it is derived from the bpf_stats run, not from the IOPS runs, so it is \
               immune to their noise. CPU pressure is the mean share of time some runnable task waited for a CPU during the runs \
-              (/proc/pressure/cpu `some`; fio, the loop worker and the agent count too): compare it between reruns to see how busy the machine was.\n";
+              (/proc/pressure/cpu `some`; fio, the loop worker and the agent count too): compare it between reruns to see how busy the machine was. \
+              Steal is explained under the kernel cost.\n";
     }
 
     s += "\n## Userspace\n\n";
@@ -285,6 +301,7 @@ fn ratio_table(ks: &[KernelSummary]) -> String {
         "biolatency -D ns/I/O",
         "ratio",
         "ratio per attach order",
+        "steal",
         "target ≤ 0.5×",
     ]);
     for k in ks {
@@ -297,6 +314,7 @@ fn ratio_table(ks: &[KernelSummary]) -> String {
             k.bio_ns.map_or("-".into(), |b| format!("{b:.1}")),
             ratio.map_or("-".into(), |x| format!("{x:.2}×")),
             k.per_order.iter().map(|(o, x)| format!("{o}: {x:.2}×")).collect::<Vec<_>>().join("; "),
+            percent(k.steal),
             ratio.map_or("not measured".into(), |x| verdict(x <= 0.5)),
         ]);
     }

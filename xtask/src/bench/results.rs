@@ -45,6 +45,8 @@ pub struct KernelRun {
     pub secs: f64,
     pub fio_iops: f64,
     pub cpu_pressure: Option<f64>,
+    /// Hypervisor steal during the run (%, `sys::steal_percent`).
+    pub steal: Option<f64>,
     pub progs: Vec<ProgRow>,
 }
 
@@ -63,6 +65,7 @@ pub struct IopsRun {
     pub with_agent: bool,
     pub iops: f64,
     pub cpu_pressure: Option<f64>,
+    pub steal: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -145,6 +148,8 @@ pub struct KernelSummary {
     pub agent_ns: f64,
     pub bio_ns: Option<f64>,
     pub per_order: Vec<(String, f64)>,
+    /// Mean hypervisor steal (%) over the workload's runs.
+    pub steal: Option<f64>,
 }
 
 pub fn kernel_summary(r: &Results) -> Vec<KernelSummary> {
@@ -183,6 +188,7 @@ pub fn summary_of(kernel: &[KernelRun]) -> Vec<KernelSummary> {
                 agent_ns: agent as f64 / ios.max(1) as f64,
                 bio_ns: bio.map(|b| b as f64 / ios.max(1) as f64),
                 per_order,
+                steal: runs.iter().map(|k| k.steal).collect::<Option<Vec<f64>>>().map(|v| mean(&v)),
             }
         })
         .collect()
@@ -194,6 +200,8 @@ pub struct IopsSummary {
     pub with: Vec<f64>,
     /// Mean CPU pressure (PSI `some`, %) over all runs of the workload.
     pub cpu_pressure: Option<f64>,
+    /// Mean hypervisor steal (%) over all runs of the workload.
+    pub steal: Option<f64>,
 }
 
 impl IopsSummary {
@@ -249,6 +257,13 @@ pub fn iops_summary(r: &Results) -> Vec<IopsSummary> {
                 without: pick(false),
                 with: pick(true),
                 cpu_pressure: psi.map(|p| mean(&p)),
+                steal: r
+                    .iops
+                    .iter()
+                    .filter(|i| i.workload == w)
+                    .map(|i| i.steal)
+                    .collect::<Option<Vec<f64>>>()
+                    .map(|v| mean(&v)),
             }
         })
         .collect()
@@ -266,24 +281,24 @@ pub fn json(r: &Results) -> Value {
         },
         "kernel": kernel_summary(r).iter().map(|k| json!({
             "workload": k.workload, "ios": k.ios, "iops": k.iops, "agent_ns_per_io": k.agent_ns,
-            "biolatency_ns_per_io": k.bio_ns, "ratio": k.bio_ns.map(|b| k.agent_ns / b),
+            "biolatency_ns_per_io": k.bio_ns, "ratio": k.bio_ns.map(|b| k.agent_ns / b), "steal_percent_mean": k.steal,
             "ratio_per_order": k.per_order.iter().map(|(o, x)| json!({"order": o, "ratio": x})).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
         "attribution_mode": r.attribution_mode,
         "attribution_kernel": summary_of(&r.attribution).iter().map(|k| json!({
             "workload": k.workload, "ios": k.ios, "agent_ns_per_io": k.agent_ns,
-            "biolatency_ns_per_io": k.bio_ns, "ratio": k.bio_ns.map(|b| k.agent_ns / b),
+            "biolatency_ns_per_io": k.bio_ns, "ratio": k.bio_ns.map(|b| k.agent_ns / b), "steal_percent_mean": k.steal,
         })).collect::<Vec<_>>(),
         "kernel_runs": r.kernel.iter().chain(&r.attribution).map(|k| json!({
             "workload": k.workload, "order": k.order, "ios": k.ios, "secs": k.secs, "fio_iops": k.fio_iops,
-            "cpu_pressure_percent": k.cpu_pressure,
+            "cpu_pressure_percent": k.cpu_pressure, "steal_percent": k.steal,
             "programs": k.progs.iter().map(|p| json!({
                 "tool": p.tool, "name": p.name, "run_cnt": p.runs, "run_time_ns": p.run_ns, "bytes_jited": p.jited,
             })).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
         "iops": iops_summary(r).iter().map(|i| json!({
             "workload": i.workload, "without": i.without, "with": i.with, "ratio": i.ratio(),
-            "cpu_pressure_percent_mean": i.cpu_pressure,
+            "cpu_pressure_percent_mean": i.cpu_pressure, "steal_percent_mean": i.steal,
             "pair_ratios": i.pair_ratios(), "pair_ratio_mean": i.ci95().0, "pair_ratio_ci95_half_width": i.ci95().1,
             "verdict": i.verdict().trim_matches('*'),
         })).collect::<Vec<_>>(),

@@ -292,6 +292,26 @@ pub fn cpu_count(path: &str) -> anyhow::Result<u64> {
     Ok(n)
 }
 
+/// Hypervisor steal and all time of every CPU, in ticks, from the `cpu` line of `stat` (a
+/// `/proc/stat` text): `user nice system idle iowait irq softirq steal ...`. Guest time is
+/// already inside user and nice, so it is not added again.
+pub fn steal_ticks(stat: &str) -> Option<(u64, u64)> {
+    let line = stat.lines().find(|l| l.split_whitespace().next() == Some("cpu"))?;
+    let v: Vec<u64> = line.split_whitespace().skip(1).take(8).map(|f| f.parse().ok()).collect::<Option<_>>()?;
+    (v.len() == 8).then(|| (v[7], v.iter().sum()))
+}
+
+/// Share (%) of all CPUs' time the hypervisor gave to other work between two `steal_ticks`.
+pub fn steal_percent(before: Option<(u64, u64)>, after: Option<(u64, u64)>) -> Option<f64> {
+    let ((s0, t0), (s1, t1)) = (before?, after?);
+    (t1 > t0).then(|| s1.saturating_sub(s0) as f64 / (t1 - t0) as f64 * 100.0)
+}
+
+/// [`steal_ticks`] of this machine now.
+pub fn steal_now() -> Option<(u64, u64)> {
+    steal_ticks(&fs::read_to_string("/proc/stat").ok()?)
+}
+
 /// The 1, 5 and 15 minute load averages.
 pub fn loadavg() -> String {
     read_trim("/proc/loadavg").split_whitespace().take(3).collect::<Vec<_>>().join(" ")
@@ -310,4 +330,27 @@ pub fn cpu_model() -> String {
 
 pub fn command_output(cmd: &mut Command) -> String {
     cmd.output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steal_is_the_eighth_field_of_the_cpu_line() {
+        let before = "cpu  100 5 50 800 10 0 5 30 0 0\ncpu0 50 2 25 400 5 0 2 15 0 0\nintr 1\n";
+        let after = "cpu  160 5 70 860 10 0 5 90 7 0\ncpu0 80 2 35 430 5 0 2 45 0 0\n";
+        assert_eq!(steal_ticks(before), Some((30, 1000)));
+        assert_eq!(steal_ticks(after), Some((90, 1200)));
+        // 60 of the 200 ticks that passed were stolen.
+        assert_eq!(steal_percent(steal_ticks(before), steal_ticks(after)), Some(30.0));
+    }
+
+    #[test]
+    fn a_short_or_missing_cpu_line_gives_nothing() {
+        assert_eq!(steal_ticks("cpu  1 2 3 4\n"), None);
+        assert_eq!(steal_ticks("cpu0 1 2 3 4 5 6 7 8\n"), None);
+        assert_eq!(steal_percent(Some((1, 10)), Some((1, 10))), None, "no time passed");
+        assert_eq!(steal_percent(None, Some((1, 10))), None);
+    }
 }
