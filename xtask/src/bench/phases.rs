@@ -129,20 +129,24 @@ fn kernel_cost(ctx: &Ctx, lo: &LoopDev, r: &mut Results) -> anyhow::Result<(Vec<
     Ok((maps, mid))
 }
 
+/// "attribution source bio, fast path on" from the agent's `BTF layout resolved` log line.
+fn attribution_mode(log: &str) -> Option<String> {
+    let l = log.lines().find(|l| l.contains("BTF layout resolved"))?;
+    let field = |name: &str| {
+        let v = l.split(&format!(" {name}=")).nth(1).and_then(|v| v.split_whitespace().next());
+        v.unwrap_or("?").trim_matches('"').to_string()
+    };
+    // The loader logs the fast path's state (`on`, `verifying`, `unavailable`, `failed`).
+    Some(format!("attribution source {}, fast path {}", field("attribution"), field("fast_path")))
+}
+
 /// The agent with `--attribute-pods` (the chart's default), in both attach orders against
 /// biolatency, which is running when this starts and is restarted once to run second.
 fn attribution_cost(ctx: &Ctx, lo: &LoopDev, r: &mut Results, bio: Biolatency) -> anyhow::Result<()> {
     let runtime = ctx.opts.runtime;
     let agent = Agent::start(ctx, "attribution", &[], &["--attribute-pods"])?;
     let log = agent.log();
-    r.attribution_mode = log.lines().find(|l| l.contains("BTF layout resolved")).map(|l| {
-        let field = |name: &str| l.split(&format!("{name}=")).nth(1).and_then(|v| v.split_whitespace().next());
-        format!(
-            "attribution source {}, fast path {}",
-            field("attribution").unwrap_or("?").trim_matches('"'),
-            if field("fast_path") == Some("true") { "on" } else { "off" }
-        )
-    });
+    r.attribution_mode = attribution_mode(&log);
     for w in WORKLOADS {
         let tools = [("agent", &agent.owned), ("biolatency", &bio.owned)];
         r.attribution.push(measure(ctx, lo, w, runtime, "biolatency first", &tools, None)?.0);
@@ -446,4 +450,19 @@ fn row(
         notes.push(n);
     }
     MapRow { spec, source, loaded: loaded.cloned(), formula_local, node_bytes, note: notes.join("; ") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_attribution_label_names_the_logged_fast_path_state() {
+        let log = "2026-12-03T12:29:53Z  INFO blkio_agent::loader::attach: BTF layout resolved fast_path=\"on\" \
+                   stats_flags=\"btf\" attribution=\"bio\"\n";
+        assert_eq!(attribution_mode(log).as_deref(), Some("attribution source bio, fast path on"));
+        let verifying = log.replace("\"on\"", "\"verifying\"").replace("\"bio\"", "\"task\"");
+        assert_eq!(attribution_mode(&verifying).as_deref(), Some("attribution source task, fast path verifying"));
+        assert_eq!(attribution_mode("no such line\n"), None);
+    }
 }
