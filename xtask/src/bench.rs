@@ -301,7 +301,7 @@ pub struct FioResult {
     /// (/proc/pressure/cpu `some`), in %. High values mean other work competed for the CPUs.
     pub cpu_pressure: Option<f64>,
     /// Share (%) of the CPUs' time the hypervisor ran other work instead of this VM's during the
-    /// run (`/proc/stat` steal): what slows both tools' programs, and ours more (docs/performance.md).
+    /// run (`/proc/stat` steal): how contended the host was, recorded beside each result.
     pub steal: Option<f64>,
 }
 

@@ -112,6 +112,11 @@ pub fn mean(v: &[f64]) -> f64 {
     v.iter().sum::<f64>() / v.len().max(1) as f64
 }
 
+/// Mean of per-run readings, `None` when any run lacks one (its source was unreadable).
+pub fn mean_of(v: impl Iterator<Item = Option<f64>>) -> Option<f64> {
+    v.collect::<Option<Vec<f64>>>().map(|v| mean(&v))
+}
+
 pub fn sd(v: &[f64]) -> f64 {
     if v.len() < 2 {
         return 0.0;
@@ -188,7 +193,7 @@ pub fn summary_of(kernel: &[KernelRun]) -> Vec<KernelSummary> {
                 agent_ns: agent as f64 / ios.max(1) as f64,
                 bio_ns: bio.map(|b| b as f64 / ios.max(1) as f64),
                 per_order,
-                steal: runs.iter().map(|k| k.steal).collect::<Option<Vec<f64>>>().map(|v| mean(&v)),
+                steal: mean_of(runs.iter().map(|k| k.steal)),
             }
         })
         .collect()
@@ -251,19 +256,13 @@ pub fn iops_summary(r: &Results) -> Vec<IopsSummary> {
                 v.sort_by_key(|i| i.round);
                 v.iter().map(|i| i.iops).collect()
             };
-            let psi: Option<Vec<f64>> = r.iops.iter().filter(|i| i.workload == w).map(|i| i.cpu_pressure).collect();
+            let runs = || r.iops.iter().filter(move |i| i.workload == w);
             IopsSummary {
                 workload: w.to_string(),
                 without: pick(false),
                 with: pick(true),
-                cpu_pressure: psi.map(|p| mean(&p)),
-                steal: r
-                    .iops
-                    .iter()
-                    .filter(|i| i.workload == w)
-                    .map(|i| i.steal)
-                    .collect::<Option<Vec<f64>>>()
-                    .map(|v| mean(&v)),
+                cpu_pressure: mean_of(runs().map(|i| i.cpu_pressure)),
+                steal: mean_of(runs().map(|i| i.steal)),
             }
         })
         .collect()
