@@ -24,15 +24,14 @@
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use blkio_agent_common::{
     CONTROL_ARMED_NS, CONTROL_FAST_SINCE, EVENT_FAST_COMPLETION, EVENT_PARTIAL_COMPLETION, EVENT_REQUEUED,
-    SELFTEST_AGREE, SELFTEST_DISAGREE, gauge_counts_end, gauge_counts_issue, log2_slot, queue_line, request_bytes,
+    SELFTEST_AGREE, SELFTEST_DISAGREE, TagMark, gauge_counts_end, gauge_counts_issue, log2_slot, queue_line,
+    request_bytes,
 };
 
 use crate::{
     classify_req_op, conf,
-    state::{
-        Device, control, count, inflight_add, outstanding_end, outstanding_issue, pointer_value, record_carried_bytes,
-        record_cgroup, record_hist,
-    },
+    gauge::{inflight_add, mark_end, mark_issue},
+    state::{Device, control, count, record_carried_bytes, record_cgroup, record_hist},
 };
 
 /// Whether the running kernel has every field the fast path reads (it still waits for
@@ -80,6 +79,35 @@ pub fn bio_cgroup(rq: Rq) -> u64 {
     id().unwrap_or(0)
 }
 
+/// `Rq::queue_num` of a request without a hardware queue.
+const NO_QUEUE: u32 = u32::MAX;
+
+#[inline(always)]
+fn line_of(queue_num: u32) -> u32 {
+    if queue_num == NO_QUEUE { 0 } else { queue_line(queue_num) }
+}
+
+/// The block layer's issue stamp of a request, read once: `RQF_STATS` and `io_start_time_ns`.
+#[derive(Clone, Copy)]
+struct Stamp {
+    stats: bool,
+    io_start_ns: u64,
+}
+
+impl Stamp {
+    #[inline(always)]
+    fn of(rq: Rq) -> Stamp {
+        let flags = u64::from(load::<u32>(rq.0, conf!(rq_rq_flags)));
+        Stamp { stats: flags & conf!(rqf_stats_mask) != 0, io_start_ns: load(rq.0, conf!(rq_io_start_time)) }
+    }
+
+    /// `io_start_time_ns` when the request went through blk-stat accounting, else 0.
+    #[inline(always)]
+    fn issued(self) -> u64 {
+        if self.stats { self.io_start_ns } else { 0 }
+    }
+}
+
 /// A `struct request *` argument of a BTF tracepoint.
 #[derive(Clone, Copy)]
 pub struct Rq(pub u64);
@@ -110,24 +138,40 @@ impl Rq {
     /// `io_start_time_ns` when this request went through blk-stat accounting, else 0.
     #[inline(always)]
     fn stats_issue_ns(self) -> u64 {
-        if u64::from(load::<u32>(self.0, conf!(rq_rq_flags))) & conf!(rqf_stats_mask) == 0 {
-            return 0;
-        }
-        load(self.0, conf!(rq_io_start_time))
+        Stamp::of(self).issued()
     }
 
-    /// The depth line of the request's hardware queue: `rq->mq_hctx->queue_num`, folded into
-    /// `QUEUE_LINES` (0 without the fields, or for a request without a queue context).
+    /// `rq->mq_hctx->queue_num`: the request's hardware queue (`NO_QUEUE` without the fields, or
+    /// for a request without a queue context).
     #[inline(always)]
-    pub fn queue_line(self) -> u32 {
+    fn queue_num(self) -> u32 {
         if conf!(queue_lines) == 0 {
-            return 0;
+            return NO_QUEUE;
         }
         let hctx: u64 = load(self.0, conf!(rq_mq_hctx));
         if hctx == 0 {
-            return 0;
+            return NO_QUEUE;
         }
-        queue_line(load::<u32>(hctx, conf!(hctx_queue_num)))
+        load(hctx, conf!(hctx_queue_num))
+    }
+
+    /// The depth line of the request's hardware queue: its queue number folded into
+    /// `QUEUE_LINES` (0 without one).
+    #[inline(always)]
+    pub fn queue_line(self) -> u32 {
+        line_of(self.queue_num())
+    }
+
+    /// Where the request is marked while counted in its line's gauge: its tag's bit there, or
+    /// `TagMark::NONE` for the outstanding table (see `TagMark`).
+    #[inline(always)]
+    fn tag_mark(self, queue_num: u32) -> TagMark {
+        if conf!(tag_marks) == 0 {
+            return TagMark::NONE;
+        }
+        let internal_tag: i32 = load(self.0, conf!(rq_internal_tag));
+        let tag: i32 = load(self.0, conf!(rq_tag));
+        TagMark::of(internal_tag, tag, queue_num).unwrap_or(TagMark::NONE)
     }
 
     /// `(major << 20) | first_minor` of the request's disk: `rq->rq_disk` before 5.17,
@@ -164,8 +208,26 @@ fn now_ns() -> u64 {
 /// fallback entry without attribution, skips the line's two loads.
 #[inline(always)]
 pub fn device_of(rq: Rq) -> Device {
+    device_on_queue(rq).0
+}
+
+/// [`device_of`], with the request's queue number when the device uses its line (`NO_QUEUE`
+/// when not).
+#[inline(always)]
+fn device_on_queue(rq: Rq) -> (Device, u32) {
     let dev = Device::of(rq.dev());
-    if dev.ignored() || !dev.uses_line() { dev } else { dev.on_line(rq.queue_line()) }
+    if dev.ignored() || !dev.uses_line() {
+        return (dev, NO_QUEUE);
+    }
+    let n = rq.queue_num();
+    (dev.on_line(line_of(n)), n)
+}
+
+/// The request's device and where it is marked while counted in the depth gauge.
+#[inline(always)]
+fn counted_device(rq: Rq) -> (Device, TagMark) {
+    let (dev, n) = device_on_queue(rq);
+    (dev, if dev.ignored() || !dev.dense() { TagMark::NONE } else { rq.tag_mark(n) })
 }
 
 /// Issue: handles the request and returns true when the block layer will stamp it
@@ -186,34 +248,40 @@ pub fn issue(rq: Rq) -> bool {
         return false;
     }
     if gauge_counts_issue(control(CONTROL_ARMED_NS), allocated, now_ns) {
-        let dev = device_of(rq);
+        let (dev, mark) = counted_device(rq);
         if dev.ignored() {
             return true;
         }
-        if let Some(rq) = pointer_value(rq.0) {
-            outstanding_issue(rq, dev);
-        }
+        mark_issue(dev, mark, rq.0);
         inflight_add(dev, 1);
     }
     true
 }
 
-/// The flag self-test, at every completion of a non-passthrough request: `QUEUE_FLAG_STATS` on
-/// the queue, `RQF_STATS` on the request and a non-zero `io_start_time_ns` must agree (the block
-/// layer sets the last two together, under the first, and zeroes the stamp at allocation,
-/// `blk_mq_rq_ctx_init`). With a wrong bit from the version table they soon disagree on some
-/// request; userspace then never turns the fast path on (or turns it off).
+/// The flag self-test: `QUEUE_FLAG_STATS` on the queue, `RQF_STATS` on the request and a
+/// non-zero `io_start_time_ns` must agree (the block layer sets the last two together, under the
+/// first, and zeroes the stamp at allocation, `blk_mq_rq_ctx_init`). With a wrong bit from the
+/// version table they soon disagree on some request; userspace then never turns the fast path
+/// on. Run at every completion of a non-passthrough request until the fast path is on; from then
+/// on it only feeds the reported disagreement count, so it runs on one completion in
+/// [`SELFTEST_SAMPLE`] (chosen by the issue stamp's bits, which costs no load), and saves the
+/// queue flags' load on the others.
 #[inline(always)]
-fn self_test(rq: Rq, fast_on: bool) {
+fn self_test(rq: Rq, stamp: Stamp, fast_on: bool) {
+    if fast_on && (stamp.io_start_ns >> 10) % SELFTEST_SAMPLE != 0 {
+        return;
+    }
     let q_bit = load::<u64>(rq.q(), conf!(q_queue_flags)) & conf!(queue_flag_stats_mask) != 0;
-    let r_bit = u64::from(load::<u32>(rq.0, conf!(rq_rq_flags))) & conf!(rqf_stats_mask) != 0;
-    let stamped = load::<u64>(rq.0, conf!(rq_io_start_time)) != 0;
-    if q_bit != r_bit || r_bit != stamped {
+    let stamped = stamp.io_start_ns != 0;
+    if q_bit != stamp.stats || stamp.stats != stamped {
         count(SELFTEST_DISAGREE);
     } else if !fast_on {
         count(SELFTEST_AGREE);
     }
 }
+
+/// Once the fast path is on, the self-test checks one completion in this many.
+const SELFTEST_SAMPLE: u64 = 64;
 
 /// Completion of a request: returns false when the fast path did not take it (the caller then
 /// uses the start map). `remaining` (`__data_len`) is what the caller already read.
@@ -224,13 +292,14 @@ pub fn complete(rq: Rq, nr_bytes: u32, remaining: u32, cgroup_id: u64) -> bool {
         return false;
     }
     let fast_since = control(CONTROL_FAST_SINCE);
-    self_test(rq, fast_since != 0);
-    let dev = device_of(rq);
+    let stamp = Stamp::of(rq);
+    self_test(rq, stamp, fast_since != 0);
+    let (dev, mark) = counted_device(rq);
     if dev.ignored() {
         // Not reported (`--devices`): taken, so that the start map does not count it lost.
         return true;
     }
-    let issued = rq.stats_issue_ns();
+    let issued = stamp.issued();
     if issued == 0 {
         return false;
     }
@@ -247,9 +316,7 @@ pub fn complete(rq: Rq, nr_bytes: u32, remaining: u32, cgroup_id: u64) -> bool {
     let queue_ns = if allocated != 0 && allocated <= issued { issued - allocated } else { 0 };
     let bytes = request_bytes(load::<u16>(rq.0, conf!(rq_stats_sectors)), remaining);
     if gauge_counts_end(control(CONTROL_ARMED_NS), allocated, issued) {
-        if let Some(rq) = pointer_value(rq.0) {
-            outstanding_end(rq);
-        }
+        mark_end(dev, mark, rq.0);
         inflight_add(dev, -1);
     }
     let device_slot = log2_slot(device_ns / 1000);
@@ -285,7 +352,7 @@ pub fn requeue(rq: Rq) -> bool {
     if !gauge_counts_end(control(CONTROL_FAST_SINCE), allocated, issued) {
         return false;
     }
-    let dev = device_of(rq);
+    let (dev, mark) = counted_device(rq);
     if dev.ignored() {
         return true;
     }
@@ -298,9 +365,7 @@ pub fn requeue(rq: Rq) -> bool {
         record_carried_bytes(dev.id, classify_req_op(rq.raw_op()), size.saturating_sub(remaining));
     }
     if started && gauge_counts_end(control(CONTROL_ARMED_NS), allocated, issued) {
-        if let Some(rq) = pointer_value(rq.0) {
-            outstanding_end(rq);
-        }
+        mark_end(dev, mark, rq.0);
         inflight_add(dev, -1);
     }
     count(EVENT_REQUEUED);

@@ -16,6 +16,7 @@
 #![allow(internal_features)]
 
 mod fast;
+mod gauge;
 mod state;
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;

@@ -4,21 +4,23 @@
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
-    bindings::{BPF_ANY, BPF_F_MMAPABLE, BPF_NOEXIST},
+    bindings::{BPF_ANY, BPF_NOEXIST},
     helpers::{bpf_get_current_cgroup_id, bpf_ktime_get_ns},
     macros::map,
     maps::{Array, HashMap, PerCpuArray},
 };
 use blkio_agent_common::{
-    CONTROL_EPOCH, CONTROL_SLOTS, COUNTER_SLOTS, CgroupKey, CgroupStats, DEVICE_INDEX_PROBES, DEVICE_INDEX_SIZE,
-    DeviceHists, DeviceInflight, DeviceQueues, EVENT_PARTIAL_COMPLETION, EVENT_REQUEUED, Framed, HistKey, IGNORED_SLOT,
-    LOSS_CGROUP_MAP_FULL, LOSS_COMPLETE_WITHOUT_START, LOSS_DEVICE_MAP_FULL, LOSS_HIST_UPDATE_FAILED,
-    LOSS_STALE_EVICTED, LOSS_START_INSERT_FAILED, MAX_CGROUP_KEYS, MAX_DENSE_DEVICES, MAX_DEVICES, MAX_HIST_KEYS,
-    MAX_INFLIGHT_REQUESTS, OP_COUNT, OUTSTANDING_SIZE, OpHist, QUEUE_LINES, RequestKey, RequestStart, cgroup_shard,
-    device_index_match, device_index_pos, log2_slot, outstanding_mark, outstanding_match, outstanding_pos,
+    CONTROL_SLOTS, COUNTER_SLOTS, CgroupKey, CgroupStats, DEVICE_INDEX_PROBES, DEVICE_INDEX_SIZE, DeviceHists,
+    EVENT_PARTIAL_COMPLETION, EVENT_REQUEUED, Framed, HistKey, IGNORED_SLOT, LOSS_CGROUP_MAP_FULL,
+    LOSS_COMPLETE_WITHOUT_START, LOSS_DEVICE_MAP_FULL, LOSS_HIST_UPDATE_FAILED, LOSS_STALE_EVICTED,
+    LOSS_START_INSERT_FAILED, MAX_CGROUP_KEYS, MAX_DENSE_DEVICES, MAX_HIST_KEYS, MAX_INFLIGHT_REQUESTS, OP_COUNT,
+    OpHist, QUEUE_LINES, RequestKey, RequestStart, cgroup_shard, device_index_match, device_index_pos, log2_slot,
 };
 
-use crate::conf;
+use crate::{
+    conf,
+    gauge::{inflight_add, inflight_evict},
+};
 
 /// Requests between insert/issue and completion.
 #[map]
@@ -35,21 +37,9 @@ static DEVICE_INDEX: Array<u64> = Array::with_max_entries(DEVICE_INDEX_SIZE, 0);
 #[map]
 static DENSE_HISTS: PerCpuArray<Framed<DeviceHists>> = PerCpuArray::with_max_entries(MAX_DENSE_DEVICES, 0);
 
-/// In-flight gauges per dense slot, one cache line per hardware queue (`QUEUE_LINES`): the depth
-/// is a property of the device, but a line per CPU could not give its peak, and one line per
-/// device was written by every CPU doing its I/O. `BPF_F_MMAPABLE` page-aligns the values, so
-/// each 64-byte line is a cache line of its own (a plain array's values start 16 bytes into one).
-/// <https://elixir.bootlin.com/linux/v6.18/source/kernel/bpf/arraymap.c> (`array_map_alloc`)
-#[map]
-static DENSE_INFLIGHT: Array<DeviceQueues> = Array::with_max_entries(MAX_DENSE_DEVICES, BPF_F_MMAPABLE);
-
 /// Fallback histograms per (device, op) for devices without a dense slot; shared, atomic adds.
 #[map]
 static HISTS: HashMap<HistKey, Framed<OpHist>> = HashMap::with_max_entries(MAX_HIST_KEYS, 0);
-
-/// Fallback in-flight gauge per device for devices without a dense slot.
-#[map]
-static INFLIGHT: HashMap<u32, DeviceInflight> = HashMap::with_max_entries(MAX_DEVICES, 0);
 
 /// Per-(cgroup, device, op) statistics, only filled when attribution is on. Preallocated, like
 /// every hash map here: kernels before 6.1 refuse run-time allocated hash maps in tracepoint and
@@ -65,14 +55,6 @@ static CGROUPS: HashMap<CgroupKey, Framed<CgroupStats>> = HashMap::with_max_entr
 #[map]
 static COUNTERS: PerCpuArray<[u64; COUNTER_SLOTS as usize]> = PerCpuArray::with_max_entries(1, 0);
 
-/// Fast-path requests counted in the depth gauge, by request pointer (see `OUTSTANDING_SIZE`).
-#[map]
-static OUTSTANDING: Array<u64> = Array::with_max_entries(OUTSTANDING_SIZE, 0);
-
-/// One word per CPU through which [`pointer_value`] turns a pointer into a number.
-#[map]
-static SCRATCH: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
-
 /// Written by userspace: `CONTROL_EPOCH`.
 #[map]
 static CONTROL: Array<u64> = Array::with_max_entries(CONTROL_SLOTS, 0);
@@ -81,7 +63,6 @@ static CONTROL: Array<u64> = Array::with_max_entries(CONTROL_SLOTS, 0);
 /// BPF stack.
 static ZERO_HIST: Framed<OpHist> = Framed::new(OpHist::ZERO);
 static ZERO_CGROUP: Framed<CgroupStats> = Framed::new(CgroupStats::ZERO);
-static ZERO_INFLIGHT: DeviceInflight = DeviceInflight { inflight: 0, peak: [0, 0], peak_epoch: [0, 0], evicted: 0 };
 
 pub enum Completion {
     Partial,
@@ -261,12 +242,12 @@ pub fn on_complete(key: RequestKey, completion: Completion, bio_cgroup: u64, dev
 #[derive(Clone, Copy)]
 pub(crate) struct Device {
     pub id: u32,
-    slot: u32,
+    pub(crate) slot: u32,
     /// Depth line of the request's hardware queue (`QUEUE_LINES`), below `QUEUE_LINES`.
-    line: u32,
+    pub(crate) line: u32,
 }
 
-const NO_SLOT: u32 = u32::MAX;
+pub(crate) const NO_SLOT: u32 = u32::MAX;
 
 impl Device {
     #[inline(always)]
@@ -285,6 +266,12 @@ impl Device {
     #[inline(always)]
     pub fn uses_line(self) -> bool {
         self.slot != NO_SLOT || conf!(attribute_cgroups) != 0
+    }
+
+    /// The device has a dense slot (gauge lines per hardware queue).
+    #[inline(always)]
+    pub fn dense(self) -> bool {
+        self.slot != NO_SLOT
     }
 
     /// Userspace marked the device as not reported (`IGNORED_SLOT`): its requests are skipped
@@ -493,135 +480,11 @@ pub(crate) fn record_cgroup(cgroup_id: u64, dev: Device, op: u32, bytes: u32, de
 
 /// `lock xadd` (BPF_ATOMIC_ADD). `core::sync::atomic` has no 64-bit RMW on the bpf target.
 #[inline(always)]
-unsafe fn add_u64(dst: *mut u64, v: u64) {
+pub(crate) unsafe fn add_u64(dst: *mut u64, v: u64) {
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(dst, v) };
 }
 
 #[inline(always)]
 unsafe fn add_u32(dst: *mut u32, v: u32) {
     unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(dst, v) };
-}
-
-/// The device's in-flight gauge: its dense slot's line of the request's queue, else the
-/// fallback map (one entry per device, inserted on first use).
-#[inline(always)]
-fn inflight_entry(dev: Device) -> Option<*mut DeviceInflight> {
-    if dev.slot != NO_SLOT {
-        if let Some(p) = DENSE_INFLIGHT.get_ptr_mut(dev.slot) {
-            return Some(dense_line(p, dev.line));
-        }
-    }
-    match INFLIGHT.get_ptr_mut(&dev.id) {
-        Some(p) => Some(p),
-        None => {
-            let _ = INFLIGHT.insert(&dev.id, &ZERO_INFLIGHT, BPF_NOEXIST as u64);
-            INFLIGHT.get_ptr_mut(&dev.id)
-        }
-    }
-}
-
-/// Line `line` of a dense device's gauges.
-#[inline(always)]
-fn dense_line(p: *mut DeviceQueues, line: u32) -> *mut DeviceInflight {
-    let line = (line as usize) & (QUEUE_LINES - 1);
-    unsafe { &raw mut (*p).lines[line].gauge }
-}
-
-/// Counts down a request whose completion the programs never saw (it was issued again), and
-/// records that on the device's gauge for userspace (`DeviceInflight::evicted`).
-#[inline(always)]
-fn inflight_evict(dev: Device) {
-    inflight_add(dev, -1);
-    if let Some(p) = inflight_entry(dev) {
-        unsafe { add_u64(&raw mut (*p).evicted, 1) };
-    }
-}
-
-/// The address a BTF-typed pointer holds, as a plain number. The verifier forbids masks and
-/// shifts on pointers, and 5.10's also a partial read of one spilled to the stack ("invalid size
-/// of register fill"); but a program loaded with `CAP_PERFMON` may store a pointer into a map
-/// value, and what it loads back from there is a number.
-#[inline(always)]
-pub(crate) fn pointer_value(ptr: u64) -> Option<u64> {
-    let p = SCRATCH.get_ptr_mut(0)?;
-    unsafe {
-        core::ptr::write_volatile(p, ptr);
-        Some(core::ptr::read_volatile(p))
-    }
-}
-
-/// Fast-path issue of `rq` (its [`pointer_value`]), counted in `dev`'s gauge: if `rq` is still
-/// marked, its last completion was never seen, so it is counted down from the device it was
-/// marked with; then `rq` is marked with `dev`. Devices without a dense slot are not marked.
-#[inline(always)]
-pub(crate) fn outstanding_issue(rq: u64, dev: Device) {
-    let Some(mark) = outstanding_mark(rq, dev.slot) else { return };
-    let Some(p) = OUTSTANDING.get_ptr_mut(outstanding_pos(rq)) else { return };
-    // Plain 64-bit loads and stores: one request is issued on one CPU at a time, and an entry
-    // another request overwrites concurrently can only lose a mark, never forge one.
-    let old = unsafe { core::ptr::read_volatile(p) };
-    if let Some(slot) = outstanding_match(old, rq) {
-        // Only dense slots are marked: count down that entry directly (a decrement never raises
-        // a peak), without the fallback map's insert path in this program. The line is that of
-        // the request's queue now: a request keeps its hardware queue from allocation to
-        // completion, and a driver tag set per queue (all but host-wide shared tags) keeps a
-        // request on one queue for good. With shared tags the count-down may land on another
-        // line of the same device: the device's depth stays exact.
-        if let Some(d) = DENSE_INFLIGHT.get_ptr_mut(slot) {
-            let g = dense_line(d, dev.line);
-            unsafe {
-                atomic_xadd::<i64, i64, { AtomicOrdering::Relaxed }>(&raw mut (*g).inflight, -1);
-                add_u64(&raw mut (*g).evicted, 1);
-            }
-        }
-    }
-    unsafe { core::ptr::write_volatile(p, mark) };
-}
-
-/// Fast-path completion or requeue of `rq` (its [`pointer_value`]), counted down from the
-/// gauge: clears its mark.
-#[inline(always)]
-pub(crate) fn outstanding_end(rq: u64) {
-    let Some(p) = OUTSTANDING.get_ptr_mut(outstanding_pos(rq)) else { return };
-    if outstanding_match(unsafe { core::ptr::read_volatile(p) }, rq).is_some() {
-        unsafe { core::ptr::write_volatile(p, 0) };
-    }
-}
-
-/// Adds `delta` to the device's in-flight count and raises this epoch's peak.
-///
-/// When userspace gives a device its dense slot while requests are in flight, those requests
-/// were counted in the fallback entry and are uncounted from the dense one; userspace sums the
-/// two, so the depth stays exact, and adds the fallback entry to the dense peaks (which is why a
-/// peak is recorded even when the entry's own count is not positive).
-#[inline(always)]
-pub(crate) fn inflight_add(dev: Device, delta: i64) {
-    let p = match inflight_entry(dev) {
-        Some(p) => p,
-        None => {
-            count(LOSS_DEVICE_MAP_FULL);
-            return;
-        }
-    };
-    // A plain atomic add keeps the count exact. rustc links BPF objects for ISA v1, which cannot
-    // use the old value an atomic returns, so the new depth is read back afterwards; under
-    // concurrent issues that read may already include other CPUs' requests, which is still a
-    // depth the device really had.
-    let now = unsafe {
-        atomic_xadd::<i64, i64, { AtomicOrdering::Relaxed }>(&raw mut (*p).inflight, delta);
-        core::ptr::read_volatile(&raw const (*p).inflight)
-    };
-    if delta > 0 {
-        let epoch = control(CONTROL_EPOCH);
-        let slot = (epoch & 1) as usize;
-        // A racy max: two CPUs raising the peak at once may keep the smaller value, which can
-        // under-report the peak by the few requests issued in that instant.
-        let (peak, peak_epoch) = unsafe { (&mut (*p).peak[slot], &mut (*p).peak_epoch[slot]) };
-        if *peak_epoch != epoch {
-            *peak_epoch = epoch;
-            *peak = now;
-        } else if now > *peak {
-            *peak = now;
-        }
-    }
 }

@@ -50,6 +50,12 @@ pub struct Config {
     pub queue_lines: u64,
     pub rq_mq_hctx: u64,
     pub hctx_queue_num: u64,
+    /// 1 when `request.tag` and `request.internal_tag` exist too (every blk-mq kernel): the fast
+    /// path marks requests of low tags on their queue line ([`crate::TagMark`]) instead of the
+    /// outstanding table.
+    pub tag_marks: u64,
+    pub rq_tag: u64,
+    pub rq_internal_tag: u64,
     // ---- attribution ----
     /// 1: record the submitting task's cgroup in the start map (attribution by task).
     pub attribute_cgroups: u64,
@@ -107,6 +113,9 @@ impl Config {
         queue_lines: 0,
         rq_mq_hctx: 0,
         hctx_queue_num: 0,
+        tag_marks: 0,
+        rq_tag: 0,
+        rq_internal_tag: 0,
         attribute_cgroups: 0,
         bio_cgroup: 0,
         rq_bio: 0,

@@ -317,7 +317,8 @@ pub const QUEUE_LINES: usize = 64;
 #[derive(Clone, Copy, Debug, Default)]
 pub struct QueueLine {
     pub gauge: DeviceInflight,
-    pub _pad: [u64; 2],
+    /// The queue's requests counted in `gauge`, one bit per tag (see [`TagMark`]).
+    pub tags: [u64; 2],
 }
 
 const _: () = assert!(core::mem::size_of::<QueueLine>() == 64);
@@ -340,6 +341,69 @@ impl Default for DeviceQueues {
 #[inline(always)]
 pub fn queue_line(queue_num: u32) -> u32 {
     queue_num & (QUEUE_LINES as u32 - 1)
+}
+
+/// Tags below this are marked on their queue's line ([`QueueLine::tags`]); requests with higher
+/// tags go to the outstanding table ([`OUTSTANDING_SIZE`]).
+pub const TAG_BITS: u32 = 128;
+
+/// Where a fast-path request counted in its queue line's gauge is marked, when its tag says so.
+///
+/// Marking a request in the outstanding table costs a cache line that the issuing and the
+/// completing CPU pass between them at every I/O. The queue's gauge line already moves that way,
+/// and has 16 bytes to spare: one bit per tag below [`TAG_BITS`]. A tag names one request of
+/// its queue at a time (the block layer frees it only after the completion, where the programs
+/// clear the bit), so an issue that finds its tag's bit still set knows the tag's last holder
+/// completed unseen, as the table knew from its request pointer. Only the tag's holder changes
+/// its bit, so setting it is an atomic add of `mask` to a word whose bit is clear and clearing
+/// it an add of `-mask` where it is set: no carry or borrow reaches another tag's bit (BPF
+/// ISA v1, which rustc links for, has no atomic or; nor has 5.10's verifier).
+///
+/// The tag is `internal_tag` when the queue has a scheduler (the scheduler tag, held from
+/// allocation to free; the driver tag is released before the requeue tracepoint,
+/// `__blk_mq_requeue_request`), else `tag` (the driver tag, which is then the allocation tag).
+/// A line holds one queue's tags only when the queue number is below [`QUEUE_LINES`]; tags
+/// shared by every queue of a host (`BLK_MQ_F_TAG_HCTX_SHARED`) are unique across its lines too.
+/// <https://elixir.bootlin.com/linux/v6.18/source/block/blk-mq.c> (`__blk_mq_requeue_request`,
+/// `blk_mq_free_request`)
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TagMark {
+    /// Index into [`QueueLine::tags`].
+    pub word: u32,
+    pub mask: u64,
+}
+
+impl TagMark {
+    /// No mark on the line: the request goes to the outstanding table. (A plain value rather
+    /// than an `Option` in the programs: the verifier rejects reading the uninitialized payload
+    /// LLVM leaves in a `None`.)
+    pub const NONE: TagMark = TagMark { word: 0, mask: 0 };
+
+    /// The mark of a request with scheduler tag `internal_tag` and driver tag `tag` (each -1 for
+    /// none, `BLK_MQ_NO_TAG`) on hardware queue `queue_num`; `None` when it goes to the table.
+    #[inline(always)]
+    pub fn of(internal_tag: i32, tag: i32, queue_num: u32) -> Option<TagMark> {
+        let t = if internal_tag >= 0 { internal_tag } else { tag };
+        if t < 0 || t as u32 >= TAG_BITS || queue_num as usize >= QUEUE_LINES {
+            return None;
+        }
+        let t = t as u32;
+        Some(TagMark { word: (t >> 6) & 1, mask: 1 << (t & 63) })
+    }
+
+    /// What an issue adds to the word that read `word`: `mask` to set the bit, or `None` when
+    /// the bit is still set (its last holder's completion was unseen: count that one down).
+    #[inline(always)]
+    pub fn issue_add(self, word: u64) -> Option<u64> {
+        if word & self.mask == 0 { Some(self.mask) } else { None }
+    }
+
+    /// What a completion or requeue adds to the word that read `word`: `-mask` to clear the bit,
+    /// `None` when it is not set (the request was not marked).
+    #[inline(always)]
+    pub fn end_add(self, word: u64) -> Option<u64> {
+        if word & self.mask != 0 { Some(self.mask.wrapping_neg()) } else { None }
+    }
 }
 
 /// Size of the fast path's table of requests in flight: direct-mapped, one `u64` per entry.
@@ -528,6 +592,66 @@ mod tests {
         let distinct = 1 + pos.windows(2).filter(|w| w[0] != w[1]).count();
         assert_eq!(distinct, 1024);
         assert_eq!(outstanding_pos(rq), outstanding_pos(rq + (64 << 15)), "2 MiB apart: one entry");
+    }
+
+    #[test]
+    fn tag_marks_pick_the_scheduler_tag_and_stay_on_their_own_line() {
+        assert_eq!(TagMark::of(-1, 0, 0), Some(TagMark { word: 0, mask: 1 }));
+        assert_eq!(TagMark::of(-1, 63, 0), Some(TagMark { word: 0, mask: 1 << 63 }));
+        assert_eq!(TagMark::of(-1, 64, 0), Some(TagMark { word: 1, mask: 1 }));
+        assert_eq!(TagMark::of(-1, 127, 63), Some(TagMark { word: 1, mask: 1 << 63 }));
+        assert_eq!(TagMark::of(5, 70, 0), Some(TagMark { word: 0, mask: 1 << 5 }), "scheduler tag first");
+        assert_eq!(TagMark::of(5, -1, 0), TagMark::of(5, 9, 0), "driver tag released before requeue");
+        assert_eq!(TagMark::of(-1, 128, 0), None, "beyond the line's bits: the table");
+        assert_eq!(TagMark::of(200, 3, 0), None, "a high scheduler tag is not replaced by the driver tag");
+        assert_eq!(TagMark::of(-1, -1, 0), None, "no tag");
+        assert_eq!(TagMark::of(-1, 3, QUEUE_LINES as u32), None, "a line shared by two queues");
+    }
+
+    /// A model of one line under every interleaving of three tags' lifetimes, with unseen
+    /// completions: the gauge plus the evictions always equal the requests really in flight,
+    /// and no bit ever leaks into another tag's.
+    #[test]
+    fn tag_marks_keep_the_gauge_exact_through_unseen_completions() {
+        let mut words = [0u64; 2];
+        let mut gauge = 0i64;
+        let mut in_flight = [false; 3];
+        let tags = [0, 63, 64];
+        // A fixed pseudo-random schedule: (tag index, event), event 0 issue, 1 completion,
+        // 2 completion the programs do not see.
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let i = (x % 3) as usize;
+            let m = TagMark::of(-1, tags[i], 7).unwrap();
+            let w = &mut words[m.word as usize];
+            if !in_flight[i] {
+                match m.issue_add(*w) {
+                    Some(add) => *w = w.wrapping_add(add),
+                    None => gauge -= 1,
+                }
+                gauge += 1;
+                in_flight[i] = true;
+            } else if (x >> 8).is_multiple_of(4) {
+                in_flight[i] = false;
+            } else {
+                if let Some(add) = m.end_add(*w) {
+                    *w = w.wrapping_add(add);
+                }
+                gauge -= 1;
+                in_flight[i] = false;
+            }
+            let unseen_marked = |j: usize| {
+                let m = TagMark::of(-1, tags[j], 7).unwrap();
+                !in_flight[j] && words[m.word as usize] & m.mask != 0
+            };
+            let real = in_flight.iter().filter(|&&f| f).count() as i64;
+            let lost = (0..3).filter(|&j| unseen_marked(j)).count() as i64;
+            assert_eq!(gauge, real + lost, "the gauge is off by exactly the marks still awaiting eviction");
+            assert_eq!(words[0] & !(1 | 1 << 63) | words[1] & !1, 0, "no other bit set");
+        }
     }
 
     #[test]

@@ -40,6 +40,9 @@ pub struct BtfLayout {
     /// `request.mq_hctx` and `blk_mq_hw_ctx.queue_num`: the depth line of a request's hardware
     /// queue (`blkio_agent_common::QUEUE_LINES`); `None` puts every request on line 0.
     pub queue: Option<(u64, u64)>,
+    /// `request.tag` and `request.internal_tag`: with `queue`, the fast path's tag marks
+    /// (`blkio_agent_common::TagMark`).
+    pub tags: Option<(u64, u64)>,
 }
 
 /// `rq->bio->bi_blkg->blkcg->css.cgroup->kn->id` (see `agent-ebpf/src/fast.rs`, `bio_cgroup`).
@@ -233,6 +236,7 @@ impl BtfLayout {
                 .member_offset("request", "mq_hctx")
                 .ok()
                 .zip(btf.member_offset("blk_mq_hw_ctx", "queue_num").ok()),
+            tags: btf.member_offset("request", "tag").ok().zip(btf.member_offset("request", "internal_tag").ok()),
         })
     }
 }
@@ -262,6 +266,11 @@ impl BtfLayout {
             c.queue_lines = 1;
             c.rq_mq_hctx = rq_mq_hctx;
             c.hctx_queue_num = hctx_queue_num;
+            if let Some((rq_tag, rq_internal_tag)) = self.tags {
+                c.tag_marks = 1;
+                c.rq_tag = rq_tag;
+                c.rq_internal_tag = rq_internal_tag;
+            }
         }
         if let (Some(b), Some(CgroupSource::Bio)) = (&self.bio_cgroup, attribution) {
             c.bio_cgroup = 1;

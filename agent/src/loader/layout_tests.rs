@@ -133,3 +133,43 @@ fn layout_of_a_pre_5_11_kernel() {
     assert_eq!(l.rq_disk, Some(88));
     assert_eq!(l.legacy_q_arg, vec!["block_rq_issue", "block_rq_insert", "block_rq_requeue"]);
 }
+
+#[test]
+fn tag_marks_need_the_queue_number_and_both_tags() {
+    let build = |tags: bool| {
+        let mut b = BtfBuilder::new();
+        let u32t = b.int("unsigned int", 4);
+        let int = b.int("int", 4);
+        let vp = b.ptr(0);
+        let disk = b.structure("gendisk", 64, &[("major", int, 0), ("first_minor", int, 4)]);
+        let disk_ptr = b.ptr(disk);
+        b.structure("request_queue", 128, &[("disk", disk_ptr, 96)]);
+        b.structure("blk_mq_hw_ctx", 512, &[("queue_num", u32t, 336)]);
+        let mut members = vec![("q", vp, 0), ("mq_hctx", vp, 16), ("cmd_flags", u32t, 24), ("__data_len", u32t, 44)];
+        if tags {
+            members.extend([("tag", int, 32), ("internal_tag", int, 36)]);
+        }
+        let req = b.structure("request", 256, &members);
+        b.enumeration("req_op", &[("REQ_OP_READ", 0), ("REQ_OP_WRITE", 1), ("REQ_OP_FLUSH", 2), ("REQ_OP_DISCARD", 3)]);
+        b.enumeration("req_op2", &[("REQ_OP_SECURE_ERASE", 5)]);
+        b.enumeration("req_flag_bits", &[("__REQ_FAILFAST_DEV", 8)]);
+        let rq = b.ptr(req);
+        for tp in ["block_rq_issue", "block_rq_insert", "block_rq_requeue"] {
+            let proto = b.func_proto(&[("", vp), ("", rq)]);
+            let fp = b.ptr(proto);
+            b.typedef(&format!("btf_trace_{tp}"), fp);
+        }
+        let proto = b.func_proto(&[("", vp), ("", rq), ("", int), ("", u32t)]);
+        let fp = b.ptr(proto);
+        b.typedef("btf_trace_block_rq_complete", fp);
+        Btf::parse(&b.build()).unwrap()
+    };
+    let c = BtfLayout::from_btf(&build(true), Some((6, 18))).unwrap().config(None);
+    assert_eq!((c.queue_lines, c.rq_mq_hctx, c.hctx_queue_num), (1, 16, 336));
+    assert_eq!((c.tag_marks, c.rq_tag, c.rq_internal_tag), (1, 32, 36));
+    let c = BtfLayout::from_btf(&build(false), Some((6, 18))).unwrap().config(None);
+    assert_eq!((c.queue_lines, c.tag_marks), (1, 0), "no tags: every request goes to the outstanding table");
+    let mut l = BtfLayout::from_btf(&build(true), Some((6, 18))).unwrap();
+    l.queue = None;
+    assert_eq!(l.config(None).tag_marks, 0, "lines shared by every queue cannot hold one queue's tags");
+}

@@ -128,9 +128,9 @@ pub fn maps(ids: &BTreeSet<u32>) -> anyhow::Result<Vec<LoadedMap>> {
     Ok(maps)
 }
 
-/// The agent's maps as the code declares them (agent-ebpf/src/state.rs), with sizes and
+/// The agent's maps as the code declares them (agent-ebpf/src/state.rs and gauge.rs), with sizes and
 /// capacities taken from `blkio-agent-common`, so this stays true when the layout changes.
-/// Flags are 0 (preallocated) in state.rs but for `DENSE_INFLIGHT`'s `BPF_F_MMAPABLE`; a loaded
+/// Flags are 0 (preallocated) there but for `DENSE_INFLIGHT`'s `BPF_F_MMAPABLE`; a loaded
 /// map's real flags replace them.
 pub fn code_maps() -> Vec<MapSpec> {
     use std::mem::size_of;

@@ -237,7 +237,7 @@ pub fn markdown(r: &Results) -> String {
         s += &format!(
             "Computed with the kernel's allocation formulas (v6.18 `htab_map_mem_usage()` in kernel/bpf/hashtab.c, \
              `array_map_mem_usage()` in kernel/bpf/arraymap.c; see xtask/src/bench/bpf.rs) from the map definitions in \
-             agent-ebpf/src/state.rs with key/value sizes and capacities from `blkio-agent-common`, and validated against \
+             agent-ebpf/src/state.rs and gauge.rs with key/value sizes and capacities from `blkio-agent-common`, and validated against \
              bpftool's `bytes_memlock` (the kernel's own accounting) of the maps the agent loaded on this {}-possible-CPU machine. \
              The residual (memlock − formula: the fixed `struct bpf_htab`/`bpf_array` header) is added to the {NODE_CPUS}-CPU figure. \
              Preallocated maps (the default, flags 0) cost their full capacity whatever the number of devices; only maps with \

@@ -86,7 +86,7 @@ pub struct SnapshotStats {
 #[derive(Debug, Clone)]
 pub struct MapRow {
     pub spec: MapSpec,
-    /// "code" (declared in state.rs, sizes from blkio-agent-common) or "loaded" (only seen in
+    /// "code" (declared in state.rs or gauge.rs, sizes from blkio-agent-common) or "loaded" (only seen in
     /// the loaded object: globals sections or maps this table does not know yet).
     pub source: &'static str,
     pub loaded: Option<LoadedMap>,
