@@ -11,6 +11,7 @@
 
 mod privileged_support;
 
+use std::path::Path;
 use std::{
     process::Command,
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -59,9 +60,16 @@ fn depth_stays_within_iodepth_under_sustained_fio_load() {
     }
     let after = dev.diskstats();
     agent.wait_snapshots(2);
-    agent.stop(libc::SIGINT);
+    let stderr = agent.stop(libc::SIGINT);
 
     let snaps = read_jsonl(&out);
+    // On a kernel with BTF this is a test of the fast path's gauge and marks: a verifier refusal
+    // that fell back to classic tracepoints (only a warning in the agent) must fail it.
+    if Path::new("/sys/kernel/btf/vmlinux").exists() {
+        let last = snaps.last().and_then(|s| s.agent.as_ref()).expect("a snapshot with its agent");
+        let fast = last.path.as_ref().map(|p| p.fast.as_str());
+        assert_eq!((last.attach.as_str(), fast), ("btf", Some("on")), "BTF mode with the fast path:\n{stderr}");
+    }
     let mut peak_seen = [0u64; 2];
     // Unseen completions found in each snapshot's interval or after it: the most its gauge can
     // still have been above the real depth. (The corrections found in an interval are applied at
